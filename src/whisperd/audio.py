@@ -1,0 +1,145 @@
+"""Decode any container or codec FFmpeg reads (through PyAV) to 16 kHz mono float32."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from whisperd.errors import (
+    AudioTooLongError,
+    EmptyAudioError,
+    NoAudioStreamError,
+    TruncatedAudioError,
+    UndecodableAudioError,
+)
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+Audio = npt.NDArray[np.float32]
+AudioSource = str | Path | bytes | BinaryIO
+
+
+def _open(source: AudioSource) -> av.container.InputContainer:
+    if isinstance(source, bytes):
+        if not source:
+            raise EmptyAudioError("The audio file is empty (0 bytes).", param="file")
+        source = io.BytesIO(source)
+    elif isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            raise EmptyAudioError(f"No such audio file: {path}", param="file")
+        if path.stat().st_size == 0:
+            raise EmptyAudioError("The audio file is empty (0 bytes).", param="file")
+        source = str(path)
+    try:
+        return av.open(source, mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as exc:
+        raise UndecodableAudioError(
+            "The file is not audio or video in a format FFmpeg can read; "
+            "send a common format such as mp3, wav, flac, ogg, m4a, webm or mp4.",
+            param="file",
+        ) from exc
+
+
+def probe_duration(source: AudioSource) -> float | None:
+    """The duration the container declares, in seconds, without decoding; None if unknown."""
+    try:
+        with _open(source) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except (UndecodableAudioError, EmptyAudioError):
+        return None
+    return None
+
+
+def iter_chunks(
+    source: AudioSource, *, max_seconds: float | None = None
+) -> Iterator[Audio]:
+    """Decode ``source`` piece by piece: 16 kHz mono float32 arrays of a few thousand samples.
+
+    Raises a typed :class:`~whisperd.errors.AudioError` for empty input, input with no
+    audio stream, undecodable or truncated data, and audio longer than ``max_seconds``.
+    """
+    max_samples = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
+    decoded = 0
+    with _open(source) as container:
+        if not container.streams.audio:
+            raise NoAudioStreamError("The file has no audio stream.", param="file")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        try:
+            for frame in container.decode(stream):
+                # A frame with no timestamp (raw streams) is fine; resampling handles rates.
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    decoded += chunk.size
+                    if max_samples is not None and decoded > max_samples:
+                        raise AudioTooLongError(
+                            f"The audio is longer than the limit of {max_seconds:.0f} s; "
+                            "split it or raise WHISPERD_MAX_AUDIO_SECONDS.",
+                            param="file",
+                        )
+                    yield chunk
+            for out in resampler.resample(None):
+                chunk = out.to_ndarray().reshape(-1)
+                decoded += chunk.size
+                yield chunk
+        except (av.FFmpegError, ValueError) as exc:
+            if decoded == 0:
+                raise UndecodableAudioError(
+                    "The audio stream could not be decoded; the file is damaged or uses "
+                    "a codec FFmpeg cannot read.",
+                    param="file",
+                ) from exc
+            raise TruncatedAudioError(
+                f"The audio breaks off after {decoded / SAMPLE_RATE:.1f} s (cut or damaged "
+                "data); send the complete file.",
+                param="file",
+            ) from exc
+    if decoded == 0:
+        raise EmptyAudioError("The file contains no audio samples.", param="file")
+
+
+def decode(source: AudioSource, *, max_seconds: float | None = None) -> Audio:
+    """Decode ``source`` completely to one 16 kHz mono float32 array."""
+    chunks = list(iter_chunks(source, max_seconds=max_seconds))
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def duration(audio: Audio) -> float:
+    """Seconds of audio in a decoded array."""
+    return audio.shape[0] / SAMPLE_RATE
+
+
+def ffmpeg_versions() -> dict[str, str]:
+    """The versions of the FFmpeg libraries PyAV was built with."""
+    return {name: ".".join(map(str, ver)) for name, ver in av.library_versions.items()}
+
+
+def test_tone(seconds: float = 1.0, frequency: float = 440.0) -> bytes:
+    """A sine tone encoded as WAV (PCM 16-bit, 16 kHz) by FFmpeg itself."""
+    buffer = io.BytesIO()
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    samples = (0.3 * np.sin(2 * np.pi * frequency * t) * 32767).astype(np.int16)
+    with av.open(buffer, mode="w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()

@@ -1,0 +1,202 @@
+"""The exception tree. Each class knows its HTTP status and its OpenAI error ``type``.
+
+::
+
+    WhisperdError                     500 server_error
+    ├── InvalidRequestError           400 invalid_request_error
+    │   ├── AudioError                400   (the input is not usable audio)
+    │   │   ├── EmptyAudioError       400
+    │   │   ├── NoAudioStreamError    415
+    │   │   ├── UndecodableAudioError 415
+    │   │   │   └── TruncatedAudioError 400  (decodes, then breaks off)
+    │   │   └── AudioTooLongError     413
+    │   ├── UnsupportedTaskError      400   (translate / a language on an English-only model)
+    │   ├── PayloadTooLargeError      413
+    │   ├── UnsupportedMediaTypeError 415
+    │   ├── FetchError                400   (the URL could not be fetched)
+    │   │   └── ForbiddenURLError     400   (scheme, private address, redirect to one)
+    │   └── ValidationError           422
+    ├── AuthenticationError           401 authentication_error
+    ├── NotFoundError                 404 not_found_error
+    │   └── ModelNotFoundError        404
+    ├── RateLimitError                429 rate_limit_error  (carries retry_after seconds)
+    ├── ServiceUnavailableError       503 service_unavailable (draining, not ready)
+    ├── DeadlineExceededError         504 timeout_error
+    ├── CancelledError                499 cancelled         (the client went away)
+    └── ModelLoadError                500 server_error      (a bundled model is corrupt)
+
+Library errors (PyAV, CTranslate2, httpx, redis) are translated at the boundary with
+``raise X(...) from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class WhisperdError(Exception):
+    """Base of every error whisperd raises on purpose."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as OpenAI's JSON body."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    @property
+    def transient(self) -> bool:
+        """Whether retrying the same work later may succeed."""
+        return self.status_code >= 500 or self.status_code == 429
+
+
+class InvalidRequestError(WhisperdError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class AudioError(InvalidRequestError):
+    default_code = "invalid_audio"
+
+
+class EmptyAudioError(AudioError):
+    default_code = "empty_audio"
+
+
+class NoAudioStreamError(AudioError):
+    status_code = 415
+    default_code = "no_audio_stream"
+
+
+class UndecodableAudioError(AudioError):
+    status_code = 415
+    default_code = "unsupported_audio"
+
+
+class TruncatedAudioError(UndecodableAudioError):
+    status_code = 400
+    default_code = "truncated_audio"
+
+
+class AudioTooLongError(AudioError):
+    status_code = 413
+    default_code = "audio_too_long"
+
+
+class UnsupportedTaskError(InvalidRequestError):
+    default_code = "unsupported_task"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    status_code = 413
+    default_code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    status_code = 415
+    default_code = "unsupported_media_type"
+
+
+class FetchError(InvalidRequestError):
+    """The audio URL could not be fetched; ``upstream_status`` is the remote status if any."""
+
+    default_code = "fetch_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = "url",
+        code: str | None = None,
+        upstream_status: int | None = None,
+        retryable: bool = False,
+    ):
+        super().__init__(message, param=param, code=code)
+        self.upstream_status = upstream_status
+        self.retryable = retryable
+
+    @property
+    def transient(self) -> bool:
+        return self.retryable
+
+
+class ForbiddenURLError(FetchError):
+    default_code = "forbidden_url"
+
+
+class ValidationError(InvalidRequestError):
+    status_code = 422
+    default_code = "invalid_value"
+
+
+class AuthenticationError(WhisperdError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFoundError(WhisperdError):
+    status_code = 404
+    error_type = "not_found_error"
+    default_code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+    def __init__(self, message: str, *, param: str | None = "model", code: str | None = None):
+        super().__init__(message, param=param, code=code)
+
+
+class RateLimitError(WhisperdError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(WhisperdError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "unavailable"
+
+
+class DeadlineExceededError(WhisperdError):
+    status_code = 504
+    error_type = "timeout_error"
+    default_code = "deadline_exceeded"
+
+
+class CancelledError(WhisperdError):
+    status_code = 499
+    error_type = "cancelled"
+    default_code = "cancelled"
+
+    @property
+    def transient(self) -> bool:
+        return False
+
+
+class ModelLoadError(WhisperdError):
+    default_code = "model_load_failed"
+
+    @property
+    def transient(self) -> bool:
+        return False

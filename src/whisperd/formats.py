@@ -1,0 +1,175 @@
+"""Transcript formats: text, json, verbose_json (OpenAI's field names), srt, vtt, tsv."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from whisperd.engine import Segment, Transcription
+
+FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "tsv")
+MEDIA_TYPES = {
+    "json": "application/json",
+    "verbose_json": "application/json",
+    "text": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+    "tsv": "text/tab-separated-values; charset=utf-8",
+}
+EXTENSIONS = {"json": "json", "verbose_json": "json", "text": "txt", "srt": "srt", "vtt": "vtt",
+              "tsv": "tsv"}
+
+LANGUAGE_NAMES = {
+    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian",
+    "ko": "korean", "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish",
+    "pl": "polish", "ca": "catalan", "nl": "dutch", "ar": "arabic", "sv": "swedish",
+    "it": "italian", "id": "indonesian", "hi": "hindi", "fi": "finnish", "vi": "vietnamese",
+    "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay", "cs": "czech",
+    "ro": "romanian", "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian",
+    "th": "thai", "ur": "urdu", "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian",
+    "la": "latin", "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak",
+    "te": "telugu", "fa": "persian", "lv": "latvian", "bn": "bengali", "sr": "serbian",
+    "az": "azerbaijani", "sl": "slovenian", "kn": "kannada", "et": "estonian",
+    "mk": "macedonian", "br": "breton", "eu": "basque", "is": "icelandic", "hy": "armenian",
+    "ne": "nepali", "mn": "mongolian", "bs": "bosnian", "kk": "kazakh", "sq": "albanian",
+    "sw": "swahili", "gl": "galician", "mr": "marathi", "pa": "punjabi", "si": "sinhala",
+    "km": "khmer", "sn": "shona", "yo": "yoruba", "so": "somali", "af": "afrikaans",
+    "oc": "occitan", "ka": "georgian", "be": "belarusian", "tg": "tajik", "sd": "sindhi",
+    "gu": "gujarati", "am": "amharic", "yi": "yiddish", "lo": "lao", "uz": "uzbek",
+    "fo": "faroese", "ht": "haitian creole", "ps": "pashto", "tk": "turkmen", "nn": "nynorsk",
+    "mt": "maltese", "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar", "bo": "tibetan",
+    "tl": "tagalog", "mg": "malagasy", "as": "assamese", "tt": "tatar", "haw": "hawaiian",
+    "ln": "lingala", "ha": "hausa", "ba": "bashkir", "jw": "javanese", "su": "sundanese",
+    "yue": "cantonese",
+}
+
+
+def usage(transcription: Transcription) -> dict[str, Any]:
+    """OpenAI's duration-based usage block (whole seconds, rounded up)."""
+    return {"type": "duration", "seconds": math.ceil(transcription.duration)}
+
+
+def segment_dict(segment: Segment) -> dict[str, Any]:
+    """One segment with OpenAI's verbose_json field names."""
+    return {
+        "id": segment.id,
+        "seek": segment.seek,
+        "start": round(segment.start, 3),
+        "end": round(segment.end, 3),
+        "text": segment.text,
+        "tokens": list(segment.tokens),
+        "temperature": segment.temperature,
+        "avg_logprob": segment.avg_logprob,
+        "compression_ratio": segment.compression_ratio,
+        "no_speech_prob": segment.no_speech_prob,
+    }
+
+
+def to_json(transcription: Transcription, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"text": transcription.text, "usage": usage(transcription), **(extra or {})}
+
+
+def to_verbose_json(
+    transcription: Transcription,
+    *,
+    words: bool | None = None,
+    segments: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """OpenAI's verbose_json. ``words`` defaults to "when the engine produced them"."""
+    body: dict[str, Any] = {
+        "task": transcription.task,
+        "language": LANGUAGE_NAMES.get(transcription.language, transcription.language),
+        "duration": round(transcription.duration, 3),
+        "text": transcription.text,
+    }
+    if segments:
+        body["segments"] = [segment_dict(s) for s in transcription.segments]
+    has_words = any(s.words is not None for s in transcription.segments)
+    if words or (words is None and has_words):
+        body["words"] = [
+            {"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)}
+            for s in transcription.segments
+            for w in s.words or ()
+        ]
+    body["usage"] = usage(transcription)
+    body.update(extra or {})
+    return body
+
+
+def timestamp(seconds: float, separator: str = ",", *, always_hours: bool = True) -> str:
+    """``HH:MM:SS,mmm`` (hours grow past 99 for very long audio)."""
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    head = f"{hours:02d}:" if always_hours or hours else ""
+    return f"{head}{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def to_text(transcription: Transcription) -> str:
+    return transcription.text + "\n"
+
+
+def srt_block(index: int, segment: Segment) -> str:
+    """One SRT cue (1-based ``index``)."""
+    span = f"{timestamp(segment.start)} --> {timestamp(segment.end)}"
+    return f"{index}\n{span}\n{_one_line(segment.text)}\n\n"
+
+
+def to_srt(transcription: Transcription) -> str:
+    return "".join(srt_block(i, s) for i, s in enumerate(transcription.segments, start=1))
+
+
+def _vtt_escape(text: str) -> str:
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _one_line(text)
+
+
+def vtt_block(segment: Segment) -> str:
+    span = f"{timestamp(segment.start, '.')} --> {timestamp(segment.end, '.')}"
+    return f"{span}\n{_vtt_escape(segment.text)}\n\n"
+
+
+def to_vtt(transcription: Transcription) -> str:
+    return "WEBVTT\n\n" + "".join(vtt_block(s) for s in transcription.segments)
+
+
+def to_tsv(transcription: Transcription) -> str:
+    """openai-whisper's TSV: start and end in integer milliseconds, then the text."""
+    rows = ["start\tend\ttext"]
+    rows.extend(
+        f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{_one_line(s.text)}"
+        for s in transcription.segments
+    )
+    return "\n".join(rows) + "\n"
+
+
+_RENDER: dict[str, Callable[[Transcription], str]] = {
+    "text": to_text,
+    "srt": to_srt,
+    "vtt": to_vtt,
+    "tsv": to_tsv,
+    "json": lambda t: json.dumps(to_json(t), ensure_ascii=False),
+    "verbose_json": lambda t: json.dumps(to_verbose_json(t), ensure_ascii=False),
+}
+
+
+def render(transcription: Transcription, response_format: str) -> str:
+    """The transcript as a string in ``response_format`` (one of :data:`FORMATS`)."""
+    try:
+        renderer = _RENDER[response_format]
+    except KeyError:
+        msg = f"Unknown response_format {response_format!r}; use one of {', '.join(FORMATS)}"
+        raise ValueError(msg) from None
+    return renderer(transcription)
+
+
+def join_text(segments: Iterable[Segment]) -> str:
+    return "".join(s.text for s in segments).strip()

@@ -1,0 +1,177 @@
+"""The one settings object. Every field is also an environment variable: ``WHISPERD_<NAME>``."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+ComputeType = Literal[
+    "auto",
+    "default",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+]
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "tsv"]
+StrList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "whisperd"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "whisperd"
+
+
+class Settings(BaseSettings):
+    """whisperd's configuration; read from ``WHISPERD_*`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WHISPERD_",
+        env_file=None,
+        extra="ignore",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    # --- server -----------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Interface to listen on; use 0.0.0.0 in a container (and set API keys)."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level."""
+    log_format: Literal["text", "json"] = "text"
+    """Log line format: human-readable text or one JSON object per line."""
+
+    # --- model and engine -------------------------------------------------------------
+    model: str = "tiny.en"
+    """Model served by default (and for OpenAI's `whisper-1`): a catalog name or a local dir."""
+    preload_models: StrList = ()
+    """More models to load at start, besides `model` (comma-separated in the environment)."""
+    load_on_demand: bool = True
+    """Load another locally available model the first time a request names it."""
+    device: Device = "auto"
+    """Where inference runs: `auto` picks CUDA when CTranslate2 sees a GPU, else CPU."""
+    compute_type: ComputeType = "auto"
+    """CTranslate2 compute type; `auto` is float16 on CUDA and int8 on CPU."""
+    cpu_threads: int = Field(0, ge=0)
+    """CPU threads per engine slot; 0 divides the available cores among the slots."""
+    slots: int = Field(0, ge=0)
+    """Parallel inference workers; 0 means one per CPU core (at most 4) on CPU, 1 on a GPU."""
+    max_active: int = Field(0, ge=0)
+    """Requests decoded and interleaved at once; 0 means 4 per slot."""
+    max_queue: int = Field(16, ge=0)
+    """Requests waiting (not yet decoded) beyond the active ones; more get 429."""
+    beam_size: int = Field(5, ge=1, le=20)
+    """Default beam size."""
+    vad_filter: bool = False
+    """Default for the VAD filter, which skips long silences before decoding."""
+    model_cache_dir: Path = Field(default_factory=_default_cache_dir)
+    """Where assembled bundled models and downloaded models are kept."""
+    offline: bool = False
+    """Never contact a model hub, even for models that are not local."""
+
+    # --- limits -----------------------------------------------------------------------
+    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    """Largest accepted upload or fetched file, in bytes (default 200 MiB)."""
+    max_audio_seconds: float = Field(4 * 3600.0, gt=0)
+    """Longest audio accepted, in seconds; longer input is refused before inference."""
+    request_timeout: float = Field(600.0, gt=0)
+    """Execution deadline for a synchronous request, in seconds (504 beyond it)."""
+    drain_timeout: float = Field(30.0, ge=0)
+    """On SIGTERM, how long in-flight requests may run before the server exits."""
+    tmp_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()))
+    """Where uploads are spooled while a request runs."""
+
+    # --- URL fetching -----------------------------------------------------------------
+    fetch_timeout: float = Field(30.0, gt=0)
+    """Connect and read timeout for fetching an audio URL, in seconds."""
+    fetch_total_timeout: float = Field(300.0, gt=0)
+    """Overall time limit for fetching an audio URL, in seconds."""
+    fetch_allow_hosts: StrList = ()
+    """Hosts or CIDR ranges that URL fetching may reach even when private (trusted internal)."""
+    fetch_max_redirects: int = Field(5, ge=0)
+    """Redirects followed when fetching a URL."""
+
+    # --- security ---------------------------------------------------------------------
+    api_keys: StrList = ()
+    """API keys accepted as `Authorization: Bearer KEY`; none configured means no auth."""
+    api_keys_file: Path | None = None
+    """A file with one API key per line (blank lines and # comments ignored)."""
+
+    # --- jobs -------------------------------------------------------------------------
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    """Where the embedded Redis keeps its append-only file."""
+    redis_url: str | None = None
+    """An external Redis (redis://...); unset runs an embedded Redis in the data dir."""
+    queue_consumers: bool = True
+    """Run job consumers in this server process (false: API only; jobs run on workers)."""
+    job_ttl: float = Field(24 * 3600.0, gt=0)
+    """How long a finished job's record and result are kept, in seconds."""
+    job_max_retries: int = Field(3, ge=0)
+    """Retries of a transient job failure, with exponential backoff."""
+    job_max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    """Largest file stored in Redis for an uploaded job, in bytes."""
+    callback_secret: str | None = None
+    """Secret for the HMAC-SHA256 signature header on job callbacks."""
+    callback_max_retries: int = Field(8, ge=0)
+    """Retries of a failed callback delivery, with exponential backoff."""
+
+    @field_validator("preload_models", "fetch_allow_hosts", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        for entry in self.fetch_allow_hosts:
+            if "/" in entry:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError as exc:
+                    msg = f"fetch_allow_hosts: {entry!r} is not a valid CIDR range"
+                    raise ValueError(msg) from exc
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            msg = f"api_keys_file: {self.api_keys_file} does not exist; create it or unset it"
+            raise ValueError(msg)
+        return self
+
+    def all_api_keys(self) -> frozenset[str]:
+        """The configured keys, from the setting and the key file."""
+        keys = set(self.api_keys)
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.add(line)
+        return frozenset(keys)
+
+    def is_loopback_host(self) -> bool:
+        """Whether `host` only accepts connections from this machine."""
+        if self.host in ("localhost", ""):
+            return self.host == "localhost"
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
