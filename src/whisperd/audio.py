@@ -6,7 +6,7 @@ import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import av
 import numpy as np
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 Audio = npt.NDArray[np.float32]
-AudioSource = str | Path | bytes | BinaryIO
+AudioSource = str | Path | bytes | IO[bytes]
 
 
 def _open(source: AudioSource) -> av.container.InputContainer:
@@ -59,15 +59,13 @@ def probe_duration(source: AudioSource) -> float | None:
             if stream.duration is not None and stream.time_base is not None:
                 return float(stream.duration * stream.time_base)
             if container.duration is not None:
-                return container.duration / av.time_base
+                return float(container.duration / av.time_base)
     except (UndecodableAudioError, EmptyAudioError):
         return None
     return None
 
 
-def iter_chunks(
-    source: AudioSource, *, max_seconds: float | None = None
-) -> Iterator[Audio]:
+def iter_chunks(source: AudioSource, *, max_seconds: float | None = None) -> Iterator[Audio]:
     """Decode ``source`` piece by piece: 16 kHz mono float32 arrays of a few thousand samples.
 
     Raises a typed :class:`~whisperd.errors.AudioError` for empty input, input with no
@@ -84,7 +82,7 @@ def iter_chunks(
             for frame in container.decode(stream):
                 # A frame with no timestamp (raw streams) is fine; resampling handles rates.
                 for out in resampler.resample(frame):
-                    chunk = out.to_ndarray().reshape(-1)
+                    chunk: Audio = np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1)
                     decoded += chunk.size
                     if max_samples is not None and decoded > max_samples:
                         raise AudioTooLongError(
@@ -94,7 +92,7 @@ def iter_chunks(
                         )
                     yield chunk
             for out in resampler.resample(None):
-                chunk = out.to_ndarray().reshape(-1)
+                chunk = np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1)
                 decoded += chunk.size
                 yield chunk
         except (av.FFmpegError, ValueError) as exc:
@@ -121,7 +119,7 @@ def decode(source: AudioSource, *, max_seconds: float | None = None) -> Audio:
 
 def duration(audio: Audio) -> float:
     """Seconds of audio in a decoded array."""
-    return audio.shape[0] / SAMPLE_RATE
+    return float(audio.shape[0]) / SAMPLE_RATE
 
 
 def ffmpeg_versions() -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -69,6 +68,56 @@ def _main(
     ] = False,
 ) -> None:
     """A self-hosted Whisper speech-to-text service."""
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [WHISPERD_HOST].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port [WHISPERD_PORT].")] = None,
+    model: Annotated[
+        str | None, typer.Option("-m", "--model", help="Default model [WHISPERD_MODEL].")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [WHISPERD_DEVICE].")] = None,
+    compute_type: Annotated[
+        str | None, typer.Option(help="auto, int8, float16, ... [WHISPERD_COMPUTE_TYPE].")
+    ] = None,
+    slots: Annotated[
+        int | None, typer.Option(help="Parallel inference workers [WHISPERD_SLOTS].")
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help="Waiting requests before 429 [WHISPERD_MAX_QUEUE].")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Accepted API key; repeatable [WHISPERD_API_KEYS].")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="External Redis for jobs [WHISPERD_REDIS_URL].")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="[WHISPERD_LOG_LEVEL]")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text or json [WHISPERD_LOG_FORMAT].")
+    ] = None,
+) -> None:
+    """Run the HTTP server (OpenAI API, function and upload endpoints, jobs)."""
+    from whisperd.server import serve as run_server
+
+    settings = _settings(
+        host=host,
+        port=port,
+        model=model,
+        device=device,
+        compute_type=compute_type,
+        slots=slots,
+        max_queue=max_queue,
+        api_keys=tuple(api_key) if api_key else None,
+        redis_url=redis_url,
+        log_level=log_level,
+        log_format=log_format,
+    )
+    _setup_logging(settings.log_level, settings.log_format)
+    raise typer.Exit(run_server(settings))
 
 
 @app.command()

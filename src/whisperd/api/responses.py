@@ -1,0 +1,119 @@
+"""Inputs and outputs shared by the routes: opening the audio, rendering the transcript, SSE."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import IO, Any
+
+import anyio
+from fastapi import UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from whisperd import fetch, formats
+from whisperd.engine import Segment, Transcription, TranscriptionInfo
+from whisperd.errors import EmptyAudioError, InvalidRequestError, WhisperdError
+from whisperd.settings import Settings
+from whisperd.timings import Timings
+
+
+@asynccontextmanager
+async def audio_input(
+    file: UploadFile | None, url: str | None, settings: Settings, timings: Timings
+) -> AsyncIterator[IO[bytes]]:
+    """The request's audio as a file object: the spooled upload, or the URL fetched safely."""
+    if file is not None and url:
+        raise InvalidRequestError("Send either 'file' or 'url', not both.", param="url")
+    if file is not None:
+        if file.size == 0:
+            raise EmptyAudioError("The uploaded file is empty (0 bytes).", param="file")
+        yield file.file
+        return
+    if not url:
+        raise InvalidRequestError(
+            "Missing audio: send a 'file' (multipart upload) or a 'url'.",
+            param="file",
+            code="missing_field",
+        )
+    with timings.measure("fetch"):
+        fetched = await anyio.to_thread.run_sync(fetch.fetch_to_file, url.strip(), settings)
+    try:
+        yield fetched
+    finally:
+        fetched.close()
+
+
+def render(
+    transcription: Transcription,
+    response_format: str,
+    timings: Timings,
+    *,
+    words: bool | None = None,
+    segments: bool = True,
+) -> Response:
+    """The transcript as the response ``response_format`` asks for."""
+    with timings.measure("format"):
+        if response_format == "verbose_json":
+            body = formats.to_verbose_json(
+                transcription,
+                words=words,
+                segments=segments,
+                extra={"timings": timings.rounded()},
+            )
+            return JSONResponse(body)
+        if response_format == "json":
+            return JSONResponse(formats.to_json(transcription))
+        text = formats.render(transcription, response_format)
+        return PlainTextResponse(text, media_type=formats.MEDIA_TYPES[response_format])
+
+
+def sse(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def sse_events(items: AsyncIterator[TranscriptionInfo | Segment]) -> AsyncIterator[bytes]:
+    """OpenAI's transcription stream: a delta event per segment, then the done event."""
+    info: TranscriptionInfo | None = None
+    texts: list[str] = []
+    try:
+        async for item in items:
+            if isinstance(item, TranscriptionInfo):
+                info = item
+                continue
+            texts.append(item.text)
+            yield sse(
+                {
+                    "type": "transcript.text.delta",
+                    "delta": item.text,
+                    "segment_id": item.id,
+                    "start": item.start,
+                    "end": item.end,
+                }
+            )
+    except WhisperdError as exc:
+        yield sse(exc.to_dict())
+        return
+    done: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(texts).strip()}
+    if info is not None:
+        done["usage"] = {"type": "duration", "seconds": math.ceil(info.duration)}
+    yield sse(done)
+
+
+class CleanupStreamingResponse(StreamingResponse):
+    """A streaming response that runs ``cleanup`` however it ends (done, error, disconnect)."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[Any]], **kw: Any
+    ) -> None:
+        super().__init__(content, **kw)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._cleanup()

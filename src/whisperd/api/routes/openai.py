@@ -1,0 +1,311 @@
+"""OpenAI's audio API: ``/v1/audio/transcriptions``, ``/v1/audio/translations``, ``/v1/models``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
+
+from whisperd import models
+from whisperd.api.deps import EngineDep, PipelineDep, SettingsDep, TimingsDep
+from whisperd.api.responses import CleanupStreamingResponse, audio_input, render, sse_events
+from whisperd.api.schemas import (
+    ModelList,
+    ModelObject,
+    error_responses,
+)
+from whisperd.engine import TranscribeOptions, Transcriber, temperatures_from
+from whisperd.errors import ModelNotFoundError
+from whisperd.settings import ResponseFormat, Settings
+
+router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
+
+ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504)
+TEXT_TYPES = ("text/plain", "application/x-subrip", "text/vtt", "text/tab-separated-values")
+SUCCESS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The transcript in `response_format` (JSON, text, SRT, VTT, TSV), or a "
+        "`text/event-stream` of `transcript.text.delta` / `transcript.text.done` events "
+        "when `stream=true`.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/TranscriptionJson"},
+                        {"$ref": "#/components/schemas/TranscriptionVerbose"},
+                    ]
+                }
+            },
+            **{t: {"schema": {"type": "string"}} for t in TEXT_TYPES},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+FileField = Annotated[
+    UploadFile | None,
+    File(description="The audio or video file (any format FFmpeg reads)."),
+]
+UrlField = Annotated[
+    str | None,
+    Form(description="Instead of `file`: an http(s) URL of the audio, fetched by the server."),
+]
+ModelField = Annotated[
+    str,
+    Form(
+        description="`whisper-1` (the served default), a catalog name such as `base`, or a "
+        "model directory.",
+        examples=["whisper-1"],
+    ),
+]
+PromptField = Annotated[
+    str | None, Form(description="Text to guide spelling and style (initial prompt).")
+]
+FormatField = Annotated[ResponseFormat, Form(description="Output format.")]
+TemperatureField = Annotated[
+    float,
+    Form(
+        ge=0,
+        le=1,
+        description="Sampling temperature; 0 falls back to higher temperatures "
+        "only when decoding fails.",
+    ),
+]
+GranularitiesField = Annotated[
+    list[Literal["word", "segment"]] | None,
+    Form(
+        alias="timestamp_granularities[]",
+        description="`word` and/or `segment` timestamps in verbose_json.",
+    ),
+]
+StreamField = Annotated[
+    bool, Form(description="Stream server-sent events as segments are transcribed.")
+]
+HotwordsField = Annotated[
+    str | None, Form(description="Extra: words to favour, such as names or jargon.")
+]
+VadField = Annotated[
+    bool | None, Form(description="Extra: skip long silences with a voice activity detector.")
+]
+BeamField = Annotated[int | None, Form(ge=1, le=20, description="Extra: beam size.")]
+WordsField = Annotated[bool, Form(description="Extra: word timestamps (as granularity word).")]
+
+
+def _options(
+    settings: Settings,
+    *,
+    language: str | None,
+    task: Literal["transcribe", "translate"],
+    prompt: str | None,
+    temperature: float,
+    hotwords: str | None,
+    vad_filter: bool | None,
+    beam_size: int | None,
+    word_timestamps: bool,
+) -> TranscribeOptions:
+    return TranscribeOptions(
+        language=(language or "").strip().lower() or None,
+        task=task,
+        beam_size=beam_size or settings.beam_size,
+        temperature=temperatures_from(temperature),
+        initial_prompt=prompt or None,
+        hotwords=hotwords or None,
+        word_timestamps=word_timestamps,
+        vad_filter=settings.vad_filter if vad_filter is None else vad_filter,
+    )
+
+
+async def _respond(
+    request: Request,
+    pipeline: PipelineDep,
+    timings: TimingsDep,
+    *,
+    file: UploadFile | None,
+    url: str | None,
+    model: str,
+    options: TranscribeOptions,
+    response_format: str,
+    stream: bool,
+    granularities: Sequence[str],
+) -> Response:
+    async with audio_input(file, url, pipeline.settings, timings) as source:
+        if stream:
+            items, cleanup = await pipeline.stream(
+                request, source, options, model=model, timings=timings
+            )
+            return CleanupStreamingResponse(
+                sse_events(items),
+                cleanup,
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        result = await pipeline.transcribe(request, source, options, model=model, timings=timings)
+    return render(
+        result,
+        response_format,
+        timings,
+        words=options.word_timestamps or None,
+        segments=not granularities or "segment" in granularities,
+    )
+
+
+@router.post(
+    "/audio/transcriptions",
+    summary="Transcribe audio",
+    responses={**SUCCESS, **ERRORS},
+    response_model=None,
+)
+async def create_transcription(
+    request: Request,
+    pipeline: PipelineDep,
+    timings: TimingsDep,
+    file: FileField = None,
+    url: UrlField = None,
+    model: ModelField = "whisper-1",
+    language: Annotated[
+        str | None, Form(description="ISO-639-1 code of the spoken language; default: detect.")
+    ] = None,
+    prompt: PromptField = None,
+    response_format: FormatField = "json",
+    temperature: TemperatureField = 0.0,
+    timestamp_granularities: GranularitiesField = None,
+    stream: StreamField = False,
+    hotwords: HotwordsField = None,
+    vad_filter: VadField = None,
+    beam_size: BeamField = None,
+    word_timestamps: WordsField = False,
+) -> Response:
+    """Transcribe the audio in its own language (OpenAI-compatible)."""
+    granularities = list(timestamp_granularities or [])
+    options = _options(
+        pipeline.settings,
+        language=language,
+        task="transcribe",
+        prompt=prompt,
+        temperature=temperature,
+        hotwords=hotwords,
+        vad_filter=vad_filter,
+        beam_size=beam_size,
+        word_timestamps=word_timestamps or "word" in granularities,
+    )
+    return await _respond(
+        request,
+        pipeline,
+        timings,
+        file=file,
+        url=url,
+        model=model,
+        options=options,
+        response_format=response_format,
+        stream=stream,
+        granularities=granularities,
+    )
+
+
+@router.post(
+    "/audio/translations",
+    summary="Translate audio into English",
+    responses={**SUCCESS, **ERRORS},
+    response_model=None,
+)
+async def create_translation(
+    request: Request,
+    pipeline: PipelineDep,
+    timings: TimingsDep,
+    file: FileField = None,
+    url: UrlField = None,
+    model: ModelField = "whisper-1",
+    prompt: PromptField = None,
+    response_format: FormatField = "json",
+    temperature: TemperatureField = 0.0,
+    stream: StreamField = False,
+    vad_filter: VadField = None,
+    beam_size: BeamField = None,
+) -> Response:
+    """Translate speech in any language into English text; needs a multilingual model."""
+    options = _options(
+        pipeline.settings,
+        language=None,
+        task="translate",
+        prompt=prompt,
+        temperature=temperature,
+        hotwords=None,
+        vad_filter=vad_filter,
+        beam_size=beam_size,
+        word_timestamps=False,
+    )
+    return await _respond(
+        request,
+        pipeline,
+        timings,
+        file=file,
+        url=url,
+        model=model,
+        options=options,
+        response_format=response_format,
+        stream=stream,
+        granularities=[],
+    )
+
+
+def _model_objects(engine: Transcriber) -> list[ModelObject]:
+    settings = engine.settings
+    loaded = engine.loaded
+    default = engine.default_model
+    objects = [
+        ModelObject(
+            id="whisper-1",
+            loaded=True,
+            available=True,
+            source=default.source,
+            multilingual=default.multilingual,
+            default=True,
+        )
+    ]
+    for row in models.list_models(settings.model_cache_dir):
+        objects.append(
+            ModelObject(
+                id=row.name,
+                loaded=row.name in loaded,
+                available=row.available,
+                source=row.source,
+                multilingual=row.multilingual,
+                default=row.name == default.name,
+            )
+        )
+    for name, model in loaded.items():
+        if name not in models.CATALOG:
+            objects.append(
+                ModelObject(
+                    id=name,
+                    loaded=True,
+                    available=True,
+                    source=model.source,
+                    multilingual=model.multilingual,
+                    default=model is default,
+                )
+            )
+    return objects
+
+
+@router.get("/models", summary="List models", response_model=ModelList)
+async def list_models(engine: EngineDep) -> ModelList:
+    """The served default (`whisper-1`), the loaded models and the catalog with availability."""
+    return ModelList(data=await anyio.to_thread.run_sync(_model_objects, engine))
+
+
+@router.get(
+    "/models/{model_id:path}",
+    summary="Describe a model",
+    response_model=ModelObject,
+    responses=error_responses(401, 404),
+)
+async def get_model(model_id: str, engine: EngineDep, settings: SettingsDep) -> ModelObject:
+    """One model; 404 if it is unknown or not available on this server."""
+    for entry in await anyio.to_thread.run_sync(_model_objects, engine):
+        if entry.id == models.canonical_name(model_id) and (entry.available or entry.loaded):
+            return entry
+    raise ModelNotFoundError(f"Model {model_id!r} is unknown or not available on this server.")

@@ -1,0 +1,41 @@
+"""Health and readiness probes (also under OpenFaaS's ``/_/`` paths)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from whisperd.api.schemas import Health, error_responses
+
+router = APIRouter(tags=["Health"])
+
+
+@router.get("/healthz", summary="Liveness", response_model=Health)
+@router.get("/_/health", include_in_schema=False)
+async def healthz() -> Health:
+    """200 while the process is alive and serving HTTP."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", summary="Readiness", response_model=Health, responses=error_responses(503))
+@router.get("/_/ready", include_in_schema=False)
+async def readyz(request: Request) -> JSONResponse:
+    """200 when the model is loaded and the server is not draining; else 503."""
+    state = request.app.state
+    admission = getattr(state, "admission", None)
+    if not state.ready or admission is None:
+        status = "starting"
+    elif admission.draining:
+        status = "draining"
+    else:
+        return JSONResponse({"status": "ready"})
+    body = {
+        "status": status,
+        "error": {
+            "message": f"Not ready: {status}.",
+            "type": "service_unavailable",
+            "param": None,
+            "code": status,
+        },
+    }
+    return JSONResponse(body, status_code=503)

@@ -1,0 +1,142 @@
+"""Response bodies as pydantic models: they document the API in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(examples=["The file is not audio or video in a format FFmpeg can read."])
+    type: str = Field(examples=["invalid_request_error"])
+    param: str | None = Field(None, examples=["file"])
+    code: str | None = Field(None, examples=["unsupported_audio"])
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    descriptions = {
+        400: "Bad request: missing or unusable input, or options the model cannot honour.",
+        401: "Missing or invalid API key.",
+        404: "Unknown or unavailable model.",
+        413: "The upload, fetched file or audio duration is over the limit.",
+        415: "Not audio or video FFmpeg can read, or no audio stream.",
+        422: "A field has an invalid value.",
+        429: "At capacity: all engine slots and the queue are full; see Retry-After.",
+        503: "Not ready yet, or shutting down.",
+        504: "The request ran past its deadline (setting or X-Timeout).",
+    }
+    return {
+        status: {"model": ErrorResponse, "description": descriptions.get(status, "Error")}
+        for status in statuses
+    }
+
+
+class Usage(BaseModel):
+    type: Literal["duration"] = "duration"
+    seconds: int = Field(examples=[11])
+
+
+class TranscriptionJson(BaseModel):
+    """``response_format=json``."""
+
+    text: str = Field(
+        examples=[
+            "And so, my fellow Americans, ask not what your country can do "
+            "for you, ask what you can do for your country."
+        ]
+    )
+    usage: Usage
+
+
+class WordModel(BaseModel):
+    word: str
+    start: float
+    end: float
+
+
+class SegmentModel(BaseModel):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class TranscriptionVerbose(BaseModel):
+    """``response_format=verbose_json``; ``timings`` is ours (seconds per stage)."""
+
+    task: str = Field(examples=["transcribe"])
+    language: str = Field(examples=["english"])
+    duration: float = Field(examples=[11.0])
+    text: str
+    segments: list[SegmentModel] | None = None
+    words: list[WordModel] | None = None
+    usage: Usage
+    timings: dict[str, float] | None = None
+
+
+class ModelObject(BaseModel):
+    """A model as OpenAI lists it, with whisperd's details."""
+
+    id: str = Field(examples=["tiny.en"])
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "whisperd"
+    loaded: bool = False
+    available: bool = False
+    source: str = Field("hub", examples=["bundled"])
+    multilingual: bool = False
+    default: bool = False
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class TranslateResult(BaseModel):
+    """``POST /translate/``: the transcript and the detected language."""
+
+    text: str
+    language: str = Field(examples=["en"])
+
+
+class GpuCheck(BaseModel):
+    cuda: bool
+    device: str | None = None
+    device_count: int = 0
+
+
+class FfmpegCheck(BaseModel):
+    ffmpeg: dict[str, str]
+    pyav: str
+    decoded_seconds: float
+    ok: bool
+
+
+class ModelCheck(BaseModel):
+    model: str
+    path: str
+    source: str
+    device: str
+    compute_type: str
+    load_seconds: float
+    multilingual: bool
+    loaded_models: list[str]
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
