@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from fastapi import APIRouter, File, Query, Request, UploadFile
@@ -17,6 +18,7 @@ from whisperd.engine import TranscribeOptions, cuda_device_count
 from whisperd.errors import InvalidRequestError, PayloadTooLargeError
 
 router = APIRouter()
+F = TypeVar("F", bound=Callable[..., Any])
 
 FUNCTION_FORMATS = Literal["text", "json", "verbose_json", "srt", "vtt", "tsv"]
 _MAX_URL_BYTES = 8192
@@ -29,6 +31,17 @@ FUNCTION_BODY = {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
 }
+
+
+def _get_and_post(path: str, **kwargs: Any) -> Callable[[F], F]:
+    """Register a check under POST (the original contract) and GET, each its own operation."""
+
+    def register(func: F) -> F:
+        router.post(path, operation_id=func.__name__, **kwargs)(func)
+        router.get(path, operation_id=f"{func.__name__}_get", **kwargs)(func)
+        return func
+
+    return register
 
 
 def _options(pipeline: PipelineDep) -> TranscribeOptions:
@@ -121,9 +134,8 @@ async def translate_upload(
     return TranslateResult(text=result.text, language=result.language)
 
 
-@router.api_route(
+@_get_and_post(
     "/check-gpu/",
-    methods=["GET", "POST"],
     tags=["Upload endpoints"],
     summary="Is CUDA available?",
     response_model=GpuCheck,
@@ -145,9 +157,8 @@ def _decode_tone() -> float:
     return audio.duration(audio.decode(audio.test_tone(1.0)))
 
 
-@router.api_route(
+@_get_and_post(
     "/check-ffmpeg/",
-    methods=["GET", "POST"],
     tags=["Upload endpoints"],
     summary="Can the decoder read audio?",
     response_model=FfmpegCheck,
@@ -166,9 +177,8 @@ async def check_ffmpeg() -> FfmpegCheck:
     )
 
 
-@router.api_route(
+@_get_and_post(
     "/check-model-in-memory/",
-    methods=["GET", "POST"],
     tags=["Upload endpoints"],
     summary="Which model is loaded?",
     response_model=ModelCheck,

@@ -1,0 +1,493 @@
+"""Fetch an audio URL without letting it reach internal networks (an SSRF guard).
+
+A URL given by a client is checked twice:
+
+- before any connection, cheaply: the scheme must be http or https, the URL must have a
+  host, and a host written as an IP address (including the numeric forms ``2130706433``,
+  ``0x7f000001`` and ``127.1``) must be a public address;
+- at connect time, in ``_GuardedBackend``: the host is resolved once, *every* address it
+  resolves to must be public, and the socket is opened to one of those checked addresses.
+  Because the check and the connection use the same resolution, a DNS answer that changes
+  between the two (DNS rebinding) cannot slip through, and every redirect hop is covered
+  by construction. TLS still verifies and sends SNI for the hostname.
+
+``settings.fetch_allow_hosts`` lets trusted internal hosts through: an entry is a hostname
+(exact, case-insensitive) or an IP/CIDR range. A host named there is allowed whatever it
+resolves to; otherwise each resolved address must be public or inside an allowed range.
+
+Environment proxies are ignored on purpose: through a proxy the socket would go to the
+proxy, and the address check would check the wrong thing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import httpcore
+import httpx
+
+from whisperd import __version__
+from whisperd.errors import FetchError, ForbiddenURLError, PayloadTooLargeError
+from whisperd.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Sequence[IPAddress]]
+"""Resolves (host, port) to addresses; raises ``socket.gaierror`` when the host does not."""
+
+_SCHEMES = frozenset({"http", "https"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SPOOL_BYTES = 8 * 1024 * 1024
+"""Downloads up to this size stay in memory; larger ones spill to a file in tmp_dir."""
+_ALLOW_HINT = "if the host is trusted, add it to WHISPERD_FETCH_ALLOW_HOSTS"
+
+
+def fetch_to_file(url: str, settings: Settings) -> tempfile.SpooledTemporaryFile[bytes]:
+    """Download url into a spooled temp file (in settings.tmp_dir), positioned at 0.
+
+    The caller closes the file. Redirects are followed up to
+    ``settings.fetch_max_redirects``, each hop checked like the first URL. The body may be
+    at most ``settings.max_upload_bytes`` and the whole download may take at most
+    ``settings.fetch_total_timeout`` (checked between chunks, so it can overrun by up to
+    one ``fetch_timeout``). An empty body is returned as an empty file: whether that is
+    usable audio is for the decoder to say. Name resolution (getaddrinfo) has no timeout
+    of its own.
+
+    Raises ForbiddenURLError (a URL or address that may not be fetched),
+    PayloadTooLargeError (over the size cap), or FetchError (any other failure, with
+    ``retryable`` and ``upstream_status`` set). No httpx exception escapes.
+    """
+    return _fetch(url, settings, _Guard(settings))
+
+
+def check_url(url: str, settings: Settings) -> None:
+    """Raise ForbiddenURLError if url may not be fetched or posted to.
+
+    That is: a scheme other than http(s), no host, or a host that is or resolves to a
+    forbidden address. Used for callback URLs too.
+
+    The host is resolved now; a host that does not resolve raises FetchError (its base
+    class). Passing this check does not make a later connection safe by itself (DNS can
+    change): connect with ``guarded_client``, which checks again at connect time.
+    """
+    guard = _Guard(settings)
+    parsed = guard.check_static(url)
+    guard.addresses(_ascii_host(parsed), parsed.port or _DEFAULT_PORTS[parsed.scheme])
+
+
+def guarded_client(settings: Settings, *, timeout: float | None = None) -> httpx.Client:
+    """An httpx.Client whose every connection is checked by the same rules as fetching.
+
+    That covers the first request and each redirect; used for callback delivery too.
+
+    ``timeout`` (seconds) defaults to ``settings.fetch_timeout``. The client does not follow
+    redirects unless a request asks to (``follow_redirects=True``), and then at most
+    ``settings.fetch_max_redirects``. A refused destination raises ForbiddenURLError and a
+    host that does not resolve raises FetchError from the request call; other failures are
+    ordinary httpx exceptions, for the caller to translate. Close the client when done.
+    """
+    return _client(
+        _Guard(settings), settings, settings.fetch_timeout if timeout is None else timeout
+    )
+
+
+# --- the address rules --------------------------------------------------------------------
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo, NAT64)."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if ip in _NAT64:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
+def _forbidden_reason(ip: IPAddress) -> str | None:
+    """Why ip may not be reached (a word for messages), or None if it is a public address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        for inner in _embedded_ipv4(ip):
+            reason = _forbidden_reason(inner)
+            if reason is not None:
+                return f"{reason} (embedded in IPv6)"
+    checks = (
+        (ip.is_loopback, "loopback"),
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT, "shared (carrier-grade NAT)"),
+        (ip.is_private, "private"),
+        (ip.is_reserved, "reserved"),
+        (not ip.is_global, "non-public"),
+    )
+    for matches, reason in checks:
+        if matches:
+            return reason
+    return None
+
+
+def _literal_ip(host: str) -> IPAddress | None:
+    """The address host spells, in any form the C resolver accepts, or None for a name.
+
+    Besides dotted quads and IPv6, ``inet_aton`` reads ``2130706433``, ``0x7f000001``,
+    ``0177.0.0.1`` and ``127.1``; getaddrinfo would read them the same way, so they are
+    addresses, not names.
+    """
+    bare = host.removesuffix(".")
+    try:
+        return ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(bare))
+    except (OSError, ValueError):
+        return None
+
+
+def _resolve(host: str, port: int) -> list[IPAddress]:
+    """Every IPv4 and IPv6 address host resolves to, in the resolver's order."""
+    found: list[IPAddress] = []
+    for family, _, _, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        ip = ipaddress.ip_address(sockaddr[0])
+        if ip not in found:
+            found.append(ip)
+    return found
+
+
+def _ascii_host(url: httpx.URL) -> str:
+    """The host as it goes on the wire (IDNA-encoded, IPv6 without brackets)."""
+    return url.raw_host.decode("ascii")
+
+
+def _shown(url: httpx.URL) -> str:
+    """url for logs: credentials, query and fragment (often secret tokens) left out."""
+    return str(url.copy_with(userinfo=b"", query=None, fragment=None))
+
+
+class _Guard:
+    """The rules for one settings object: which URLs and addresses may be reached."""
+
+    def __init__(self, settings: Settings, resolver: Resolver = _resolve) -> None:
+        self._resolver = resolver
+        self._names: set[str] = set()
+        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in settings.fetch_allow_hosts:
+            try:
+                self._networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self._names.add(entry.lower().removesuffix("."))
+
+    def _name_allowed(self, host: str) -> bool:
+        return host.lower().removesuffix(".") in self._names
+
+    def _ip_allowed(self, ip: IPAddress) -> bool:
+        if isinstance(ip, ipaddress.IPv6Address):
+            # Compare without a scope id ("fe80::1%eth0"), and let a mapped address match
+            # an IPv4 range.
+            candidates: list[IPAddress] = [ipaddress.IPv6Address(int(ip)), *_embedded_ipv4(ip)]
+        else:
+            candidates = [ip]
+        return any(c in net for c in candidates for net in self._networks)
+
+    def _check_ip(self, host: str, ip: IPAddress) -> None:
+        if self._ip_allowed(ip):
+            return
+        reason = _forbidden_reason(ip)
+        if reason is None:
+            return
+        logger.warning("Refused to connect to %s (%s, a %s address)", host, ip, reason)
+        if _literal_ip(host) is not None:
+            where = f"The URL's host {host} is {ip}, a {reason} address"
+        else:
+            where = f"The URL's host {host} resolves to {ip}, a {reason} address"
+        raise ForbiddenURLError(
+            f"{where}; whisperd does not connect to internal networks ({_ALLOW_HINT})."
+        )
+
+    def check_static(self, url: str | httpx.URL) -> httpx.URL:
+        """Check what can be checked without the network: scheme, host, a literal IP."""
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ForbiddenURLError(f"Not a valid URL: {exc}") from exc
+        if not parsed.scheme:
+            raise ForbiddenURLError("The URL has no scheme; give a full http:// or https:// URL.")
+        if parsed.scheme not in _SCHEMES:
+            raise ForbiddenURLError(
+                f"Only http and https URLs can be fetched, not {parsed.scheme}: URLs."
+            )
+        host = _ascii_host(parsed)
+        if not host:
+            raise ForbiddenURLError("The URL has no host; give a full http(s)://host/path URL.")
+        if not self._name_allowed(host):
+            ip = _literal_ip(host)
+            if ip is not None:
+                self._check_ip(host, ip)
+        return parsed
+
+    def check_request(self, request: httpx.Request) -> None:
+        """An httpx request hook: the static checks, for the first request and each redirect."""
+        self.check_static(request.url)
+
+    def addresses(self, host: str, port: int) -> list[IPAddress]:
+        """Resolve host and check every address; the addresses that may be connected to."""
+        ip = _literal_ip(host)
+        if ip is not None:
+            found: Sequence[IPAddress] = [ip]
+        else:
+            try:
+                found = self._resolver(host, port)
+            except (socket.gaierror, UnicodeError) as exc:
+                temporary = isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN
+                detail = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+                logger.info("Host %s does not resolve: %s", host, detail)
+                message = (
+                    f"The URL's host {host} could not be resolved right now ({detail}); "
+                    "try again later."
+                    if temporary
+                    else f"The URL's host {host} does not resolve ({detail}); check the URL."
+                )
+                raise FetchError(message, retryable=temporary) from exc
+            if not found:
+                raise FetchError(f"The URL's host {host} does not resolve to any IP address.")
+        if not self._name_allowed(host):
+            for address in found:
+                self._check_ip(host, address)
+        return list(found)
+
+
+# --- the HTTP client ----------------------------------------------------------------------
+
+
+class _GuardedBackend(httpcore.SyncBackend):
+    """Opens each TCP connection to an address the guard has just checked."""
+
+    def __init__(self, guard: _Guard) -> None:
+        self._guard = guard
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        error: httpcore.ConnectError | None = None
+        for ip in self._guard.addresses(host, port):
+            try:
+                return super().connect_tcp(
+                    str(ip),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except httpcore.ConnectError as exc:
+                # Like socket.create_connection: try the next address, raise the last error.
+                error = exc
+        assert error is not None  # addresses() returns at least one address
+        raise error
+
+
+def _transport(guard: _Guard) -> httpx.HTTPTransport:
+    ssl_context = httpx.create_ssl_context()
+    transport = httpx.HTTPTransport(verify=ssl_context, trust_env=False)
+    # httpx.HTTPTransport takes no network backend, so replace the pool it built (unused,
+    # no connections yet) by the same kind of pool connecting through the guarded backend.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=ssl_context,
+        network_backend=_GuardedBackend(guard),
+        max_connections=10,
+        max_keepalive_connections=5,
+        keepalive_expiry=5.0,
+    )
+    return transport
+
+
+def _client(guard: _Guard, settings: Settings, timeout: float) -> httpx.Client:
+    return httpx.Client(
+        transport=_transport(guard),
+        timeout=httpx.Timeout(timeout),
+        max_redirects=settings.fetch_max_redirects,
+        trust_env=False,
+        event_hooks={"request": [guard.check_request]},
+        headers={"User-Agent": f"whisperd/{__version__}"},
+    )
+
+
+# --- downloading --------------------------------------------------------------------------
+
+
+def _fetch(url: str, settings: Settings, guard: _Guard) -> tempfile.SpooledTemporaryFile[bytes]:
+    target = guard.check_static(url)
+    started = time.monotonic()
+    logger.info("Fetching %s", _shown(target))
+    # Not a with block: on success the open file is handed to the caller.
+    file: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+        max_size=_SPOOL_BYTES, mode="w+b", dir=str(settings.tmp_dir)
+    )
+    try:
+        timeout = min(settings.fetch_timeout, settings.fetch_total_timeout)
+        with _client(guard, settings, timeout) as client:
+            size = _download(client, target, file, settings, started)
+        file.seek(0)
+    except BaseException:
+        file.close()
+        raise
+    logger.info("Fetched %s: %d bytes in %.2f s", _shown(target), size, time.monotonic() - started)
+    return file
+
+
+def _download(
+    client: httpx.Client,
+    url: httpx.URL,
+    file: tempfile.SpooledTemporaryFile[bytes],
+    settings: Settings,
+    started: float,
+) -> int:
+    """GET url into file, following redirects by hand; the number of bytes written."""
+    request = client.build_request("GET", url)
+    redirects = 0
+    while True:
+        _check_elapsed(started, settings)
+        try:
+            # Redirects are followed here rather than by httpx, which reads each redirect's
+            # body into memory with no size limit.
+            response = client.send(request, stream=True)
+            try:
+                next_request = response.next_request
+                if next_request is None:
+                    _check_status(response)
+                    return _read_body(response, file, settings, started)
+            finally:
+                response.close()
+        except httpx.HTTPError as exc:
+            raise _translate(exc, request.url, settings) from exc
+        if redirects >= settings.fetch_max_redirects:
+            raise FetchError(
+                f"The URL redirected more than {settings.fetch_max_redirects} times "
+                "(WHISPERD_FETCH_MAX_REDIRECTS); give the file's final URL."
+            )
+        redirects += 1
+        logger.info("%s redirects to %s", _shown(request.url), _shown(next_request.url))
+        request = next_request
+
+
+def _check_elapsed(started: float, settings: Settings) -> None:
+    if time.monotonic() - started > settings.fetch_total_timeout:
+        raise FetchError(
+            f"Fetching the URL took longer than {settings.fetch_total_timeout:g} s "
+            "(WHISPERD_FETCH_TOTAL_TIMEOUT); try a faster host or a smaller file.",
+            retryable=True,
+        )
+
+
+def _check_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    said = f"HTTP {status} {response.reason_phrase}".rstrip()
+    retryable = status >= 500 or status in (408, 425, 429)
+    if retryable:
+        message = f"The URL's server answered {said}; try again later."
+    elif 400 <= status < 500:
+        message = (
+            f"The URL answered {said}; check that it is correct and that the file "
+            "can be downloaded without logging in."
+        )
+    else:
+        message = f"The URL answered {said} instead of the file."
+    logger.info("Fetch of %s failed: %s", _shown(response.url), said)
+    raise FetchError(message, upstream_status=status, retryable=retryable)
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The file at the URL is larger than the {limit} byte limit (WHISPERD_MAX_UPLOAD_BYTES).",
+        param="url",
+    )
+
+
+def _read_body(
+    response: httpx.Response,
+    file: tempfile.SpooledTemporaryFile[bytes],
+    settings: Settings,
+    started: float,
+) -> int:
+    limit = settings.max_upload_bytes
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    size = 0
+    # Decoded bytes are counted, so a compressed body cannot expand past the limit. No
+    # chunk_size: with one, httpx holds data back until a chunk fills, so a server
+    # trickling bytes would never reach the elapsed-time check.
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        file.write(chunk)
+        _check_elapsed(started, settings)
+    return size
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl error behind an httpx error, if there is one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _translate(exc: httpx.HTTPError, url: httpx.URL, settings: Settings) -> FetchError:
+    """The FetchError to raise for an httpx error while fetching url."""
+    host = _ascii_host(url)
+    logger.info("Fetch of %s failed: %r", _shown(url), exc)
+    if isinstance(exc, httpx.TimeoutException):
+        doing = {
+            httpx.ConnectTimeout: "connecting to",
+            httpx.ReadTimeout: "waiting for data from",
+            httpx.WriteTimeout: "sending to",
+        }.get(type(exc), "waiting for")
+        return FetchError(
+            f"Timed out {doing} {host} after {settings.fetch_timeout:g} s "
+            "(WHISPERD_FETCH_TIMEOUT); try again later.",
+            retryable=True,
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return ForbiddenURLError(f"Only http and https URLs can be fetched: {exc}")
+    tls = _ssl_error(exc)
+    if tls is not None:
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            return FetchError(
+                f"The TLS certificate of {host} could not be verified ({tls.verify_message})."
+            )
+        return FetchError(f"The TLS handshake with {host} failed ({tls.reason or tls}).")
+    if isinstance(exc, httpx.ConnectError):
+        return FetchError(f"Could not connect to {host}: {exc}", retryable=True)
+    if isinstance(exc, httpx.DecodingError):
+        return FetchError(f"{host} sent a body that could not be decoded: {exc}")
+    if isinstance(exc, httpx.RemoteProtocolError) and "location header" in str(exc).lower():
+        return FetchError(f"{host} redirected to an invalid URL: {exc}")
+    if isinstance(exc, httpx.TransportError):
+        return FetchError(f"The connection to {host} failed: {exc}", retryable=True)
+    return FetchError(f"Fetching from {host} failed: {exc}")

@@ -1,0 +1,52 @@
+"""Headless Debian Chromium through Playwright, with every request off 127.0.0.1 blocked."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextlib.contextmanager
+def offline_page() -> Iterator[tuple[Any, list[tuple[str, str]]]]:
+    """A page whose requests to anything but 127.0.0.1 are aborted.
+
+    Yields the page and the list of (resource type, URL) it tried to reach elsewhere.
+    """
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    blocked: list[tuple[str, str]] = []
+
+    def guard(route: Any) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname in ("127.0.0.1", None) or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            blocked.append((route.request.resource_type, url))
+            route.abort()
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context()
+            context.route("**/*", guard)
+            yield context.new_page(), blocked
+        finally:
+            browser.close()

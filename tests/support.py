@@ -1,0 +1,156 @@
+"""Helpers for tests that run real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import uvicorn
+
+AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+JFK = AUDIO / "jfk.flac"
+HOTWORDS = AUDIO / "hotwords.mp3"
+JFK_WORDS = ("ask not what your country can do for you", "ask what you can do for your country")
+
+
+def normalise(text: str) -> str:
+    """Lower case, no punctuation, single spaces: for comparing transcripts."""
+    kept = "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text)
+    return " ".join(kept.split())
+
+
+def assert_jfk(text: str) -> None:
+    said = normalise(text)
+    for phrase in JFK_WORDS:
+        assert phrase in said, f"{phrase!r} not in {said!r}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def running_app(app: Any) -> Iterator[str]:
+    """Serve ``app`` with a real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 60)
+        assert server.started, "server failed to start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _ready(url: str, process: subprocess.Popen[bytes]) -> bool:
+    if process.poll() is not None:
+        raise AssertionError(f"server exited with {process.returncode}")
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def server_process(
+    tmp_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ("serve",)
+) -> Iterator[ServerProcess]:
+    """``whisperd serve`` as a real process on a free port; killed at the end whatever happens."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "WHISPERD_HOST": "127.0.0.1",
+        "WHISPERD_PORT": str(port),
+        "WHISPERD_DATA_DIR": str(tmp_path / "data"),
+        "WHISPERD_MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "WHISPERD_TMP_DIR": str(tmp_path / "tmp"),
+        **(env or {}),
+    }
+    log = tmp_path / f"server-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "whisperd", *args], env=full_env, stdout=sink, stderr=sink
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_until(lambda: _ready(url, process), 90, 0.1)
+        except AssertionError:
+            raise AssertionError(f"server did not become ready:\n{log.read_text()}") from None
+        yield ServerProcess(process, url, log)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait(30)
+
+
+class _AudioHandler(http.server.BaseHTTPRequestHandler):
+    routes: ClassVar[dict[str, tuple[int, dict[str, str], bytes]]] = {}
+
+    def do_GET(self) -> None:
+        status, headers, body = self.routes.get(self.path, (404, {}, b"not found"))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def file_server(routes: dict[str, tuple[int, dict[str, str], bytes]]) -> Iterator[str]:
+    """A local HTTP server answering GETs from ``routes``: path -> (status, headers, body)."""
+    handler = type("Handler", (_AudioHandler,), {"routes": routes})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

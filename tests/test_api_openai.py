@@ -1,0 +1,295 @@
+"""The OpenAI audio API through a real uvicorn server, driven by the official openai client."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from whisperd.api import create_app
+from whisperd.engine import Transcriber
+from whisperd.settings import Settings
+
+from support import HOTWORDS, JFK, assert_jfk, file_server, normalise, running_app
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("api")
+    return Settings(model_cache_dir=root / "cache", tmp_dir=root / "tmp", data_dir=root / "data")
+
+
+@pytest.fixture(scope="module")
+def engine(settings: Settings) -> Iterator[Transcriber]:
+    with Transcriber(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def base_url(settings: Settings, engine: Transcriber) -> Iterator[str]:
+    with running_app(create_app(settings, engine=engine)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def _error(exc: openai.APIStatusError) -> dict[str, object]:
+    body = exc.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def test_json_format_is_the_default(client: openai.OpenAI) -> None:
+    with JFK.open("rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert_jfk(result.text)
+
+
+@pytest.mark.parametrize("fmt", ["text", "srt", "vtt"])
+def test_text_formats(client: openai.OpenAI, fmt: str) -> None:
+    with JFK.open("rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f, response_format=fmt)
+    text = result if isinstance(result, str) else str(result)
+    assert_jfk(text)
+    if fmt == "srt":
+        assert text.startswith("1\n00:00:00,000 --> ")
+    if fmt == "vtt":
+        assert text.startswith("WEBVTT\n\n00:00:00.000 --> ")
+
+
+def test_verbose_json_with_word_and_segment_granularities(client: openai.OpenAI) -> None:
+    with JFK.open("rb") as f:
+        result = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    assert_jfk(result.text)
+    assert result.language == "english"
+    assert result.duration == pytest.approx(11.0, abs=0.1)
+    assert result.segments and result.segments[0].id == 0
+    assert result.words and len(result.words) >= 20
+    starts = [w.start for w in result.words]
+    assert starts == sorted(starts)
+    assert all(0 <= w.start <= w.end <= 11.1 for w in result.words)
+    assert result.usage is not None
+    assert (result.usage.type, result.usage.seconds) == ("duration", 11)
+    extra = result.model_extra or {}
+    assert {"decode", "inference"} <= set(extra["timings"])
+
+
+def test_verbose_json_word_granularity_only(client: openai.OpenAI) -> None:
+    with JFK.open("rb") as f:
+        result = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            response_format="verbose_json",
+            timestamp_granularities=["word"],
+        )
+    assert result.words
+    assert result.segments is None
+
+
+def test_extras_as_extra_form_fields(client: openai.OpenAI) -> None:
+    with HOTWORDS.open("rb") as f:
+        result = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            extra_body={"hotwords": "ComfyUI", "beam_size": 5, "vad_filter": True},
+        )
+    assert "comfyui" in result.text.lower()
+
+
+def test_prompt(client: openai.OpenAI) -> None:
+    with HOTWORDS.open("rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f, prompt="ComfyUI")
+    assert "comfyui" in result.text.lower()
+
+
+def test_stream_sends_deltas_then_done(client: openai.OpenAI) -> None:
+    with JFK.open("rb") as f:
+        stream = client.audio.transcriptions.create(model="whisper-1", file=f, stream=True)
+        events = list(stream)
+    types = [e.type for e in events]
+    assert types[-1] == "transcript.text.done"
+    assert types.count("transcript.text.delta") >= 1
+    deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")
+    assert normalise(deltas) == normalise(events[-1].text)
+    assert_jfk(events[-1].text)
+
+
+def test_models(client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert {"whisper-1", "tiny.en", "base", "large-v3"} <= set(ids)
+    assert client.models.retrieve("whisper-1").id == "whisper-1"
+    assert client.models.retrieve("tiny.en").id == "tiny.en"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("no-such-model")
+    assert _error(info.value)["type"] == "not_found_error"
+
+
+def _german_speech(tmp_path: Path) -> Path:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (.ci/run installs it)")
+    path = tmp_path / "de.wav"
+    text = "Guten Morgen. Heute ist das Wetter sehr schön, und wir gehen in den Park."
+    subprocess.run(["espeak-ng", "-v", "de", "-s", "140", "-w", str(path), text], check=True)
+    return path
+
+
+# The openai client marks audio.translations deprecated; the endpoint is what we test.
+translations_deprecated = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+
+
+@translations_deprecated
+def test_translation_with_base(client: openai.OpenAI, tmp_path: Path) -> None:
+    with _german_speech(tmp_path).open("rb") as f:
+        result = client.audio.translations.create(model="base", file=f)
+    said = normalise(result.text)
+    assert any(word in said for word in ("morning", "weather", "park", "today")), said
+
+
+@translations_deprecated
+def test_translation_on_english_only_model_is_400(client: openai.OpenAI) -> None:
+    with JFK.open("rb") as f, pytest.raises(openai.BadRequestError) as info:
+        client.audio.translations.create(model="whisper-1", file=f)
+    assert "English-only" in str(_error(info.value)["message"])
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with JFK.open("rb") as f, pytest.raises(openai.NotFoundError) as info:
+        client.audio.transcriptions.create(model="no-such-model", file=f)
+    assert _error(info.value)["param"] == "model"
+
+
+def test_unknown_response_format_is_4xx(base_url: str) -> None:
+    r = httpx.post(
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": JFK.read_bytes()},
+        data={"response_format": "docx"},
+    )
+    assert r.status_code == 422
+    assert r.json()["error"]["param"] == "response_format"
+
+
+def test_no_file_is_400(base_url: str) -> None:
+    r = httpx.post(f"{base_url}/v1/audio/transcriptions", data={"model": "whisper-1"})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "file"
+
+
+def test_empty_file_is_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=("empty.mp3", b""))
+    assert _error(info.value)["code"] == "empty_audio"
+
+
+def test_non_audio_file_is_415(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        client.audio.transcriptions.create(
+            model="whisper-1", file=("notes.txt", b"hello, this is not audio at all\n" * 50)
+        )
+    assert info.value.status_code == 415
+
+
+def test_language_on_english_only_model_is_400(client: openai.OpenAI) -> None:
+    with JFK.open("rb") as f, pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(model="whisper-1", file=f, language="de")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/a.mp3",
+        "http://10.0.0.1/a.mp3",
+        "http://169.254.169.254/latest/meta-data/",
+        "file:///etc/passwd",
+    ],
+)
+def test_forbidden_urls_are_400(base_url: str, url: str) -> None:
+    r = httpx.post(f"{base_url}/v1/audio/transcriptions", data={"url": url})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "url"
+
+
+def test_redirect_to_a_forbidden_address_is_400(settings: Settings, engine: Transcriber) -> None:
+    routes = {
+        "/meta": (302, {"Location": "http://169.254.169.254/latest/meta-data/"}, b""),
+        "/private": (302, {"Location": "http://10.1.2.3/a.mp3"}, b""),
+    }
+    allowed = settings.model_copy(update={"fetch_allow_hosts": ("127.0.0.1",)})
+    with file_server(routes) as files, running_app(create_app(allowed, engine=engine)) as url:
+        for path in routes:
+            r = httpx.post(f"{url}/v1/audio/transcriptions", data={"url": f"{files}{path}"})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == "forbidden_url"
+
+
+def test_url_input_and_size_cap(settings: Settings, engine: Transcriber) -> None:
+    routes = {"/jfk.flac": (200, {"Content-Type": "audio/flac"}, JFK.read_bytes())}
+    allowed = settings.model_copy(update={"fetch_allow_hosts": ("127.0.0.1",)})
+    small = allowed.model_copy(update={"max_upload_bytes": 100_000})
+    with file_server(routes) as files:
+        with running_app(create_app(allowed, engine=engine)) as url:
+            r = httpx.post(
+                f"{url}/v1/audio/transcriptions", data={"url": f"{files}/jfk.flac"}, timeout=60
+            )
+            assert r.status_code == 200, r.text
+            assert_jfk(r.json()["text"])
+            assert "fetch" in r.headers["server-timing"]
+        with running_app(create_app(small, engine=engine)) as url:
+            r = httpx.post(f"{url}/v1/audio/transcriptions", data={"url": f"{files}/jfk.flac"})
+            assert r.status_code == 413
+            assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_upload_over_the_limit_is_413(settings: Settings, engine: Transcriber) -> None:
+    small = settings.model_copy(update={"max_upload_bytes": 10_000})
+    with running_app(create_app(small, engine=engine)) as url:
+        big = ("big.wav", b"\0" * 2_000_000)
+        with (
+            pytest.raises(openai.APIStatusError) as info,
+            openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as c,
+        ):
+            c.audio.transcriptions.create(model="whisper-1", file=big)
+        assert info.value.status_code == 413
+
+        # the same without Content-Length: a chunked upload is cut off while it streams
+        def chunks() -> Iterator[bytes]:
+            boundary = b"--b\r\n"
+            yield (
+                boundary + b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+            )
+            for _ in range(200):
+                yield b"\0" * 10_000
+            yield b"\r\n--b--\r\n"
+
+        r = httpx.post(
+            f"{url}/v1/audio/transcriptions",
+            content=chunks(),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
+        assert r.status_code == 413
+        assert json.loads(r.text)["error"]["param"] == "file"
+
+
+def test_server_timing_header(base_url: str) -> None:
+    r = httpx.post(
+        f"{base_url}/v1/audio/transcriptions", files={"file": JFK.read_bytes()}, timeout=60
+    )
+    stages = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
+    assert {"receive", "queue", "decode", "inference", "format"} <= set(stages)
+    assert all(float(v) >= 0 for v in stages.values())
