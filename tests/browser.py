@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
+
+def require(what: str) -> None:
+    """Skip without ``what`` on a developer's machine; fail in CI, which installs it."""
+    message = f"{what} is not installed (.ci/run installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -31,7 +41,7 @@ def offline_page() -> Iterator[tuple[Any, list[tuple[str, str]]]]:
     """
     sync_api = pytest.importorskip("playwright.sync_api")
     if not shutil.which(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+        require("Debian chromium")
     blocked: list[tuple[str, str]] = []
 
     def guard(route: Any) -> None:

@@ -16,6 +16,7 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
+from browser import require
 from support import HOTWORDS, JFK, assert_jfk, file_server, normalise, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -143,7 +144,7 @@ def test_models(client: openai.OpenAI) -> None:
 
 def _german_speech(tmp_path: Path) -> Path:
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (.ci/run installs it)")
+        require("espeak-ng")
     path = tmp_path / "de.wav"
     text = "Guten Morgen. Heute ist das Wetter sehr schön, und wir gehen in den Park."
     subprocess.run(["espeak-ng", "-v", "de", "-s", "140", "-w", str(path), text], check=True)
