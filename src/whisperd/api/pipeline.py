@@ -24,7 +24,7 @@ from whisperd.engine import (
     Transcription,
     TranscriptionInfo,
 )
-from whisperd.errors import DeadlineExceededError, ValidationError
+from whisperd.errors import AudioTooLongError, DeadlineExceededError, ValidationError
 from whisperd.scheduler import Admission, Task
 from whisperd.settings import Settings
 from whisperd.timings import Timings
@@ -80,6 +80,15 @@ class Pipeline:
         self.engine.check(loaded, options)
         estimate = await anyio.to_thread.run_sync(audio.probe_duration, source)
         source.seek(0)
+        limit = self.settings.max_audio_seconds
+        if estimate is not None and estimate > limit:
+            # refused on the container's word, before anything is decoded; a header that
+            # understates the length is caught by the decoder's own limit
+            raise AudioTooLongError(
+                f"The audio lasts {estimate:.0f} s, over the limit of {limit:.0f} s; split it "
+                "or raise WHISPERD_MAX_AUDIO_SECONDS.",
+                param="file",
+            )
         async with AsyncExitStack() as stack:
             with timings.measure("queue"):
                 await stack.enter_async_context(self.admission.enter(estimate, deadline=deadline))
