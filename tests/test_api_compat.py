@@ -30,7 +30,10 @@ def files() -> Iterator[str]:
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("compat")
     settings = Settings(
-        model_cache_dir=root / "cache", tmp_dir=root / "tmp", fetch_allow_hosts=("127.0.0.1",)
+        model_cache_dir=root / "cache",
+        tmp_dir=root / "tmp",
+        data_dir=root / "data",
+        fetch_allow_hosts=("127.0.0.1",),
     )
     with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
         yield url

@@ -25,7 +25,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("api")
-    return Settings(model_cache_dir=root / "cache", tmp_dir=root / "tmp", data_dir=root / "data")
+    return Settings(
+        model_cache_dir=root / "cache",
+        tmp_dir=root / "tmp",
+        data_dir=root / "data",
+        data_dir=root / "data",
+    )
 
 
 @pytest.fixture(scope="module")

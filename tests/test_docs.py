@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("docs")
-    settings = Settings(model_cache_dir=root / "cache", tmp_dir=root / "tmp")
+    settings = Settings(
+        model_cache_dir=root / "cache", tmp_dir=root / "tmp", data_dir=root / "data"
+    )
     with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
         yield url
 

@@ -121,11 +121,16 @@ class Pipeline:
         async with self.started(
             source, options, model=model, deadline=deadline, timings=timings
         ) as task:
-            async with anyio.create_task_group() as group:
-                group.start_soon(_cancel_on_disconnect, request, task)
-                result = await anyio.to_thread.run_sync(_collect, task)
-                group.cancel_scope.cancel()
-            return result
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_cancel_on_disconnect, request, task)
+                    try:
+                        return await anyio.to_thread.run_sync(_collect, task)
+                    finally:
+                        group.cancel_scope.cancel()
+            except BaseExceptionGroup as grouped:
+                # the watcher never fails, so the group holds the transcription's one error
+                raise grouped.exceptions[0] from None
 
     async def stream(
         self,

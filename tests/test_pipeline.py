@@ -1,0 +1,172 @@
+"""Admission, fair scheduling, deadlines and disconnects, through a real server and model."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from whisperd.api import create_app
+from whisperd.engine import Transcriber
+from whisperd.settings import Settings
+
+from support import HOTWORDS, JFK, assert_jfk, running_app, speech_flac, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+
+@pytest.fixture(scope="module")
+def long_speech() -> bytes:
+    return speech_flac(180)
+
+
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """A server with one engine slot (all cores on it), four active places, a queue of two."""
+    root = tmp_path_factory.mktemp("one-slot")
+    settings = Settings(
+        model_cache_dir=root / "cache",
+        tmp_dir=root / "tmp",
+        data_dir=root / "data",
+        slots=1,
+        cpu_threads=2,
+        max_active=4,
+        max_queue=2,
+    )
+    app = create_app(settings, engine=Transcriber(settings).start())
+    with running_app(app) as url:
+        yield url, app
+    app.state.engine.close()
+
+
+def _post(url: str, content: bytes, name: str = "a.flac", **kw: Any) -> httpx.Response:
+    kw.setdefault("timeout", 120)
+    return httpx.post(f"{url}/v1/audio/transcriptions", files={"file": (name, content)}, **kw)
+
+
+def _idle(app: Any) -> bool:
+    admission = app.state.admission
+    return bool(admission.active == 0 and admission.waiting == 0)
+
+
+def test_beyond_slots_and_queue_only_200_and_429(one_slot: tuple[str, Any]) -> None:
+    url, app = one_slot
+    jfk = JFK.read_bytes()
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(lambda _: _post(url, jfk), range(20)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 429}, statuses
+    assert statuses.count(200) >= 6  # four active and two queued were admitted
+    for r in responses:
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["type"] == "rate_limit_error"
+        else:
+            assert_jfk(r.json()["text"])
+    wait_until(lambda: _idle(app), 10)
+
+
+def test_short_clip_behind_a_long_file_finishes_first(
+    one_slot: tuple[str, Any], long_speech: bytes
+) -> None:
+    url, app = one_slot
+    finished: dict[str, float] = {}
+
+    def run(name: str, content: bytes) -> httpx.Response:
+        response = _post(url, content, name)
+        finished[name] = time.monotonic()
+        return response
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        long_job = pool.submit(run, "long.flac", long_speech)
+        wait_until(lambda: app.state.admission.active == 1, 10)
+        time.sleep(1.0)  # let the long file get going: the point is to arrive mid-way
+        started = time.monotonic()
+        short = pool.submit(run, "short.mp3", HOTWORDS.read_bytes()).result()
+        short_latency = finished["short.mp3"] - started
+        assert short.status_code == 200
+        assert "long.flac" not in finished, "the long file was done before the clip"
+        assert long_job.result().status_code == 200
+    long_latency = finished["long.flac"] - started
+    # served between the long file's windows: a few of them, not the whole file
+    assert short_latency < long_latency / 3, (short_latency, long_latency)
+
+
+def test_deadline_gives_504_and_frees_the_slot(
+    one_slot: tuple[str, Any], long_speech: bytes
+) -> None:
+    url, app = one_slot
+    started = time.monotonic()
+    r = _post(url, long_speech, headers={"X-Timeout": "1.5"})
+    assert r.status_code == 504
+    assert r.json()["error"]["type"] == "timeout_error"
+    assert time.monotonic() - started < 8
+    wait_until(lambda: _idle(app), 10)
+    follow = _post(url, JFK.read_bytes())
+    assert follow.status_code == 200
+
+
+def test_bad_x_timeout_is_422(one_slot: tuple[str, Any]) -> None:
+    url, _ = one_slot
+    r = _post(url, JFK.read_bytes(), headers={"X-Timeout": "soon"})
+    assert r.status_code == 422
+    assert r.json()["error"]["param"] == "X-Timeout"
+
+
+def test_client_that_disconnects_stops_its_work(
+    one_slot: tuple[str, Any], long_speech: bytes
+) -> None:
+    url, app = one_slot
+    gone = threading.Event()
+
+    def leave_early() -> None:
+        with pytest.raises(httpx.ReadTimeout):
+            _post(url, long_speech, timeout=httpx.Timeout(60, read=2))
+        gone.set()
+
+    thread = threading.Thread(target=leave_early)
+    thread.start()
+    thread.join(60)
+    assert gone.is_set()
+    # 180 s of speech takes far longer than this on these machines: it was stopped
+    wait_until(lambda: _idle(app), 6)
+
+
+def test_api_keys(tmp_path: Path) -> None:
+    import openai
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# one per line\nfrom-file\n\n")
+    settings = Settings(
+        model_cache_dir=tmp_path / "cache",
+        tmp_dir=tmp_path / "tmp",
+        data_dir=tmp_path / "data",
+        api_keys=("k1", "k2"),
+        api_keys_file=keys_file,
+    )
+    with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic k1"}):
+            r = httpx.get(f"{url}/v1/models", headers=headers)
+            assert r.status_code == 401
+            assert r.json()["error"]["type"] == "authentication_error"
+        for path in ("/healthz", "/readyz", "/_/health", "/_/ready"):
+            assert httpx.get(f"{url}{path}").status_code == 200
+        r = httpx.post(f"{url}/function/whisper", content="http://x/a.mp3")
+        assert r.status_code == 401
+        for key in ("k2", "from-file"):
+            with (
+                openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client,
+                JFK.open("rb") as f,
+            ):
+                assert_jfk(client.audio.transcriptions.create(model="whisper-1", file=f).text)
+        with (
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0) as client,
+            pytest.raises(openai.AuthenticationError),
+        ):
+            client.models.list()

@@ -1,0 +1,84 @@
+"""``whisperd serve`` as a real process: graceful drain on SIGTERM, exit status, warnings."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support import assert_jfk, server_process, speech_flac, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
+    speech = speech_flac(60)
+    env = {"WHISPERD_SLOTS": "1", "WHISPERD_DRAIN_TIMEOUT": "120"}
+    with server_process(tmp_path, env) as server, concurrent.futures.ThreadPoolExecutor() as pool:
+        in_flight = pool.submit(
+            httpx.post,
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": ("long.flac", speech)},
+            timeout=180,
+        )
+        wait_until(lambda: "Processing audio" in server.output(), 30)
+        server.process.send_signal(signal.SIGTERM)
+
+        def draining() -> bool:
+            return httpx.get(f"{server.url}/readyz", timeout=5).status_code == 503
+
+        wait_until(draining, 10)
+        refused = httpx.post(
+            f"{server.url}/v1/audio/transcriptions", files={"file": ("b.flac", speech)}, timeout=30
+        )
+        assert refused.status_code == 503
+        assert refused.json()["error"]["type"] == "service_unavailable"
+        assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+        finished = in_flight.result(timeout=180)
+        assert finished.status_code == 200
+        assert_jfk(finished.json()["text"])
+        assert server.process.wait(60) == 0, server.output()
+
+
+def test_drain_timeout_bounds_the_wait(tmp_path: Path) -> None:
+    speech = speech_flac(300)
+    env = {"WHISPERD_SLOTS": "1", "WHISPERD_DRAIN_TIMEOUT": "1"}
+    with server_process(tmp_path, env) as server, concurrent.futures.ThreadPoolExecutor() as pool:
+        in_flight = pool.submit(
+            httpx.post,
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": ("long.flac", speech)},
+            timeout=180,
+        )
+        wait_until(lambda: "Processing audio" in server.output(), 30)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0, server.output()
+        with pytest.raises(httpx.HTTPError):
+            in_flight.result(timeout=30).raise_for_status()
+
+
+def test_public_host_without_keys_warns(tmp_path: Path) -> None:
+    with server_process(tmp_path, {"WHISPERD_HOST": "0.0.0.0"}) as server:
+        assert "NO API KEY" in server.output()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0
+
+
+def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "whisperd", "serve"],
+        env={"WHISPERD_COMPUTE_TYPE": "int3", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "compute_type" in result.stderr
+    assert "Traceback" not in result.stderr
