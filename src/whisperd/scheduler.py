@@ -138,6 +138,8 @@ class Stepper:
             task._step()
             if not task.finished:
                 with self._cv:
+                    if self._closed:
+                        task.cancel(ServiceUnavailableError("The engine is shutting down."))
                     self._ready.append(task)
                     self._cv.notify()
 

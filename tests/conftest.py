@@ -1,0 +1,134 @@
+"""Shared fixtures: the real recordings, one started engine per model, and no model hub.
+
+The engines are session-scoped (each model loads once per run) and use a model cache in
+a temporary directory, so the tests never touch the user's ``~/.cache/whisperd``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from whisperd import audio
+from whisperd.engine import Transcriber
+from whisperd.settings import Settings
+
+AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
+
+JFK_TEXT = (
+    "And so my fellow Americans, ask not what your country can do for you, "
+    "ask what you can do for your country."
+)
+HOTWORDS_TEXT = "Then you go into your ComfyUI folder again in the ComfyUI"
+GERMAN_TEXT = "Guten Morgen. Das Wetter ist heute sehr schön. Ich trinke gerne Kaffee mit Milch."
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # No test may download a model. huggingface_hub reads this when it is imported, and
+    # whisperd's catalog checks it too; subprocesses (the CLI tests) inherit it.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def jfk_text() -> str:
+    return JFK_TEXT
+
+
+@pytest.fixture(scope="session")
+def hotwords_text() -> str:
+    return HOTWORDS_TEXT
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    assert AUDIO_DIR.is_dir(), f"the shared recordings are missing: expected {AUDIO_DIR}"
+    return AUDIO_DIR
+
+
+@pytest.fixture(scope="session")
+def jfk_path(audio_dir: Path) -> Path:
+    return audio_dir / "jfk.flac"
+
+
+@pytest.fixture(scope="session")
+def hotwords_path(audio_dir: Path) -> Path:
+    return audio_dir / "hotwords.mp3"
+
+
+@pytest.fixture(scope="session")
+def jfk_audio(jfk_path: Path) -> audio.Audio:
+    return audio.decode(jfk_path)
+
+
+@pytest.fixture(scope="session")
+def hotwords_audio(hotwords_path: Path) -> audio.Audio:
+    return audio.decode(hotwords_path)
+
+
+@pytest.fixture(scope="session")
+def long_speech(jfk_audio: audio.Audio) -> audio.Audio:
+    """150 s, five 30-s windows each holding jfk.flac then 19 s of silence.
+
+    (Back-to-back copies of one sentence make Whisper's output repetitive enough to trigger
+    its temperature fallback, which makes every window several times slower.)
+    """
+    gap = np.zeros(19 * audio.SAMPLE_RATE, dtype=np.float32)
+    return np.concatenate([jfk_audio, gap] * 5)
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+def _started(model: str, cache: Path) -> Transcriber:
+    settings = Settings(
+        model=model, model_cache_dir=cache, offline=True, slots=1, preload_models=()
+    )
+    return Transcriber(settings).start()
+
+
+@pytest.fixture(scope="session")
+def engine(model_cache: Path) -> Iterator[Transcriber]:
+    """The bundled English-only tiny.en, one slot with every core."""
+    with _started("tiny.en", model_cache) as transcriber:
+        yield transcriber
+
+
+@pytest.fixture(scope="session")
+def base_engine(model_cache: Path) -> Iterator[Transcriber]:
+    """The bundled multilingual base (assembled into the session's cache), one slot."""
+    with _started("base", model_cache) as transcriber:
+        yield transcriber
+
+
+@pytest.fixture(scope="session")
+def german_speech(tmp_path_factory: pytest.TempPathFactory) -> audio.Audio:
+    """GERMAN_TEXT spoken by espeak-ng (robotic, but base understands it)."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    out = tmp_path_factory.mktemp("espeak") / "german.wav"
+    subprocess.run([espeak, "-v", "de", "-w", str(out), GERMAN_TEXT], check=True, timeout=60)
+    return audio.decode(out)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+
+    def wait(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(0.005)
+
+    return wait

@@ -1,0 +1,274 @@
+"""The Transcriber on the real bundled models and real speech."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from whisperd import audio, errors
+from whisperd.engine import (
+    DEFAULT_TEMPERATURES,
+    Segment,
+    TranscribeOptions,
+    Transcriber,
+    TranscriptionInfo,
+)
+from whisperd.scheduler import Task
+
+pytestmark = pytest.mark.slow
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation, for comparing transcripts."""
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def test_jfk_transcript(jfk_text: str, engine: Transcriber, jfk_audio: audio.Audio) -> None:
+    result = engine.transcribe(jfk_audio)
+    assert words(result.text) == words(jfk_text)
+    assert result.language == "en"
+    assert result.task == "transcribe"
+    assert result.duration == pytest.approx(11.0, abs=0.05)
+    assert result.text == "".join(s.text for s in result.segments).strip()
+
+
+def test_segments_are_sane(engine: Transcriber, jfk_audio: audio.Audio) -> None:
+    segments = engine.transcribe(jfk_audio).segments
+    assert [s.id for s in segments] == list(range(len(segments)))
+    previous_end = 0.0
+    for s in segments:
+        assert previous_end - 0.01 <= s.start < s.end <= 11.0 + 0.05
+        previous_end = s.end
+        assert s.text.strip()
+        assert s.tokens and all(isinstance(t, int) for t in s.tokens)
+        assert s.temperature in DEFAULT_TEMPERATURES
+        assert s.avg_logprob <= 0
+        assert 0 <= s.no_speech_prob <= 1
+        assert s.compression_ratio > 0
+        assert s.words is None  # only when asked for
+        assert s.seek >= 0
+
+
+def test_word_timestamps_are_monotonic_within_the_audio(
+    jfk_text: str, engine: Transcriber, jfk_audio: audio.Audio
+) -> None:
+    result = engine.transcribe(jfk_audio, TranscribeOptions(word_timestamps=True))
+    timed = [w for s in result.segments for w in s.words or ()]
+    assert words(" ".join(w.word for w in timed)) == words(jfk_text)
+    previous_start = previous_end = 0.0
+    for w in timed:
+        assert 0.0 <= w.start <= w.end <= 11.0 + 0.05
+        assert w.start >= previous_start and w.end >= previous_end
+        assert w.start >= previous_end - 0.01  # words do not overlap
+        assert 0.0 <= w.probability <= 1.0
+        previous_start, previous_end = w.start, w.end
+    assert timed[-1].end > 9.0  # "country" is near the end, not squeezed to the start
+
+
+@pytest.mark.parametrize(
+    ("options", "spelled"),
+    [
+        (TranscribeOptions(), False),
+        (TranscribeOptions(hotwords="ComfyUI"), True),
+        (TranscribeOptions(initial_prompt="ComfyUI"), True),
+    ],
+    ids=["plain", "hotwords", "prompt"],
+)
+def test_hotwords_and_prompt_teach_a_spelling(
+    hotwords_text: str,
+    options: TranscribeOptions,
+    spelled: bool,
+    engine: Transcriber,
+    hotwords_audio: audio.Audio,
+) -> None:
+    text = engine.transcribe(hotwords_audio, options).text
+    # README: without help tiny.en writes "comfy eye"; with a hotword or prompt, "ComfyUI"
+    assert ("comfyui" in text.lower()) is spelled, text
+    assert {"folder", "again"} <= set(words(text))
+    if spelled:
+        assert words(text)[:5] == words(hotwords_text)[:5]
+
+
+def test_english_only_model_refuses_translation_and_other_languages(
+    engine: Transcriber, jfk_audio: audio.Audio
+) -> None:
+    with pytest.raises(errors.UnsupportedTaskError) as translate:
+        engine.transcribe(jfk_audio, TranscribeOptions(task="translate"))
+    assert translate.value.status_code == 400
+    assert "base" in translate.value.message  # names a model that can
+    with pytest.raises(errors.UnsupportedTaskError) as german:
+        engine.transcribe(jfk_audio, TranscribeOptions(language="de"))
+    assert german.value.param == "language"
+    assert words(engine.transcribe(jfk_audio, TranscribeOptions(language="en")).text)[:3] == [
+        "and",
+        "so",
+        "my",
+    ]
+
+
+@pytest.mark.parametrize("language", ["xx", "english", "EN-us"])
+def test_unknown_language_is_a_validation_error(
+    language: str, engine: Transcriber, jfk_audio: audio.Audio
+) -> None:
+    with pytest.raises(errors.ValidationError) as info:
+        engine.transcribe(jfk_audio, TranscribeOptions(language=language))
+    assert info.value.status_code == 422
+    assert info.value.param == "language"
+
+
+def test_unknown_model_name_is_not_found(
+    jfk_text: str, engine: Transcriber, jfk_audio: audio.Audio
+) -> None:
+    with pytest.raises(errors.ModelNotFoundError):
+        engine.transcribe(jfk_audio, model="whisper-9000")
+    with pytest.raises(errors.ModelNotFoundError):  # a hub model, offline
+        engine.transcribe(jfk_audio, model="small")
+    assert words(engine.transcribe(jfk_audio, model="whisper-1").text) == words(jfk_text)
+
+
+def test_vad_skips_long_silence(engine: Transcriber) -> None:
+    rng = np.random.default_rng(0)
+    for silence in (
+        np.zeros(60 * audio.SAMPLE_RATE, dtype=np.float32),
+        (rng.standard_normal(60 * audio.SAMPLE_RATE) * 0.001).astype(np.float32),
+    ):
+        result = engine.transcribe(silence, TranscribeOptions(vad_filter=True))
+        assert result.text == ""
+        assert result.segments == ()
+        assert result.duration == pytest.approx(60.0)
+
+
+def test_vad_keeps_speech_around_silence_at_its_real_times(
+    jfk_text: str, engine: Transcriber, jfk_audio: audio.Audio, hotwords_audio: audio.Audio
+) -> None:
+    gap = np.zeros(60 * audio.SAMPLE_RATE, dtype=np.float32)
+    result = engine.transcribe(
+        np.concatenate([jfk_audio, gap, hotwords_audio]),
+        TranscribeOptions(vad_filter=True, word_timestamps=True),
+    )
+    text = words(result.text)
+    assert text[: len(words(jfk_text))] == words(jfk_text)
+    timed = {w.word.strip(" ,.").lower(): w for s in result.segments for w in s.words or ()}
+    # times are in the original audio, not in the audio with the silence cut out
+    assert timed["country"].end <= 11.0 + 0.05
+    assert 71.0 - 0.5 <= timed["folder"].start < timed["again"].end <= 75.0 + 0.05
+
+
+def test_segments_end_within_the_audio(
+    engine: Transcriber, jfk_audio: audio.Audio, hotwords_audio: audio.Audio
+) -> None:
+    result = engine.transcribe(np.concatenate([jfk_audio, hotwords_audio]))
+    assert result.segments
+    for s in result.segments:
+        assert 0.0 <= s.start <= s.end <= result.duration + 0.05, s
+
+
+def test_deadline_in_the_past(engine: Transcriber, jfk_audio: audio.Audio) -> None:
+    with pytest.raises(errors.DeadlineExceededError) as info:
+        engine.transcribe(jfk_audio, deadline=time.monotonic() - 1)
+    assert info.value.status_code == 504
+
+
+def test_a_cancelled_task_stops_mid_way(
+    jfk_text: str, engine: Transcriber, long_speech: audio.Audio, jfk_audio: audio.Audio
+) -> None:
+    total = audio.duration(long_speech)
+    task = engine.submit(long_speech, TranscribeOptions())
+    items = iter(task)
+    info = next(items)
+    assert isinstance(info, TranscriptionInfo) and info.duration == pytest.approx(total)
+    first = next(items)
+    assert isinstance(first, Segment)
+    task.cancel()
+    received: list[Segment] = [first]
+    with pytest.raises(errors.CancelledError):
+        for item in items:
+            assert isinstance(item, Segment)
+            received.append(item)
+    # at most the window being decoded when it was cancelled still came through
+    assert received[-1].end < 75.0 < total
+    assert task.finished
+    # and the slot serves the next request
+    assert words(engine.transcribe(jfk_audio).text) == words(jfk_text)
+
+
+def test_closing_a_stream_frees_the_engine(
+    engine: Transcriber, long_speech: audio.Audio, wait_until: Callable[..., None]
+) -> None:
+    tasks: list[Task[TranscriptionInfo | Segment]] = []
+    stream = engine.stream(long_speech, TranscribeOptions(), on_task=tasks.append)
+    assert isinstance(next(stream), TranscriptionInfo)
+    assert isinstance(next(stream), Segment)
+    stream.close()  # the client went away
+    task = tasks[0]
+    wait_until(lambda: task.finished, timeout=30, what="the abandoned task to stop")
+    with pytest.raises(errors.CancelledError):  # it was stopped, not run to the end
+        for _ in task:
+            pass
+
+
+def test_a_short_clip_is_not_stuck_behind_a_long_file(
+    engine: Transcriber, long_speech: audio.Audio, hotwords_audio: audio.Audio
+) -> None:
+    # one slot: round-robin gives the clip its turn between the long file's windows
+    long = engine.submit(long_speech, TranscribeOptions())
+    short = engine.submit(hotwords_audio, TranscribeOptions())
+    clip = [item for item in short if isinstance(item, Segment)]
+    assert {"folder", "again"} <= set(words("".join(s.text for s in clip)))
+    assert not long.finished  # the clip did not wait for the whole file
+    long.cancel()
+    with pytest.raises(errors.CancelledError):
+        for _ in long:
+            pass
+
+
+def test_concurrent_requests_get_their_own_transcripts(
+    jfk_text: str, engine: Transcriber, jfk_audio: audio.Audio, hotwords_audio: audio.Audio
+) -> None:
+    results: dict[str, str] = {}
+
+    def run(name: str, samples: audio.Audio) -> None:
+        results[name] = engine.transcribe(samples, TranscribeOptions(hotwords="ComfyUI")).text
+
+    threads = [
+        threading.Thread(target=run, args=(name, samples))
+        for name, samples in (("jfk", jfk_audio), ("hotwords", hotwords_audio))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert words(results["jfk"]) == words(jfk_text)
+    assert "comfyui" in results["hotwords"].lower()
+
+
+# --- the multilingual base model --------------------------------------------------------
+
+
+def test_base_detects_english(
+    jfk_text: str, base_engine: Transcriber, jfk_audio: audio.Audio
+) -> None:
+    result = base_engine.transcribe(jfk_audio)
+    assert result.language == "en"
+    assert result.language_probability > 0.5
+    assert words(result.text) == words(jfk_text)
+
+
+def test_base_detects_and_translates_german(
+    base_engine: Transcriber, german_speech: audio.Audio
+) -> None:
+    heard = base_engine.transcribe(german_speech)
+    assert heard.language == "de"
+    assert {"guten", "morgen", "kaffee", "milch"} & set(words(heard.text))
+    translated = base_engine.transcribe(german_speech, TranscribeOptions(task="translate"))
+    assert translated.task == "translate"
+    english = set(words(translated.text))
+    assert len({"good", "morning", "coffee", "milk", "weather", "today"} & english) >= 3, (
+        translated.text
+    )
+    assert not {"guten", "kaffee", "milch"} & english
