@@ -578,3 +578,12 @@ def test_guarded_client_ignores_environment_proxies(
     with guarded_client(_settings(tmp_path)) as client:
         response = client.get(f"{server}/jfk.flac")
     assert response.content == AUDIO.read_bytes()
+
+
+def test_fetching_can_be_switched_off() -> None:
+    off = Settings(fetch_enabled=False, fetch_allow_hosts=("127.0.0.1",))
+    for call in (fetch.fetch_to_file, fetch.check_url):
+        with pytest.raises(ForbiddenURLError, match="does not fetch URLs"):
+            call("http://127.0.0.1:9/a.mp3", off)
+    with fetch.guarded_client(off) as client, pytest.raises(ForbiddenURLError):
+        client.get("http://127.0.0.1:9/")

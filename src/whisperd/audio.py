@@ -39,6 +39,13 @@ def _open(source: AudioSource) -> av.container.InputContainer:
         if path.stat().st_size == 0:
             raise EmptyAudioError("The audio file is empty (0 bytes).", param="file")
         source = str(path)
+    elif source.seekable():
+        # an empty upload or raw body is the client's mistake, not an unknown format
+        start = source.tell()
+        empty = not source.read(1)
+        source.seek(start)
+        if empty:
+            raise EmptyAudioError("The audio file is empty (0 bytes).", param="file")
     try:
         return av.open(source, mode="r", metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as exc:

@@ -185,6 +185,7 @@ class _Guard:
 
     def __init__(self, settings: Settings, resolver: Resolver = _resolve) -> None:
         self._resolver = resolver
+        self._enabled = settings.fetch_enabled
         self._names: set[str] = set()
         self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for entry in settings.fetch_allow_hosts:
@@ -222,6 +223,11 @@ class _Guard:
 
     def check_static(self, url: str | httpx.URL) -> httpx.URL:
         """Check what can be checked without the network: scheme, host, a literal IP."""
+        if not self._enabled:
+            raise ForbiddenURLError(
+                "This server does not fetch URLs (WHISPERD_FETCH_ENABLED is false); "
+                "upload the file instead."
+            )
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, TypeError) as exc:

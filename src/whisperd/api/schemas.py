@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 
 class ErrorDetail(BaseModel):
@@ -54,6 +55,59 @@ class TranscriptionJson(BaseModel):
         ]
     )
     usage: Usage
+
+
+class TranscriptTextDelta(BaseModel):
+    """A streamed segment (``stream=true``)."""
+
+    type: Literal["transcript.text.delta"]
+    delta: str = Field(examples=[" And so, my fellow Americans,"])
+    segment_id: int
+    start: float
+    end: float
+
+
+class TranscriptTextDone(BaseModel):
+    """The last event of a stream: the whole text."""
+
+    type: Literal["transcript.text.done"]
+    text: str
+    usage: Usage | SkipJsonSchema[None] = None
+
+
+def _inline(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema, written in place; the models inside it are referred to in
+    ``#/components/schemas``, so the route must register them (through its other responses)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return schema
+
+
+def sse_event_schema() -> dict[str, Any]:
+    """One event of a transcription stream, as OpenAPI 3.1 tools read an event-stream schema.
+
+    The route must also document ``TranscriptionJson`` (for ``Usage``) and an error
+    (for ``ErrorResponse``).
+    """
+    return {
+        "type": "object",
+        "description": "One server-sent event. Its `data` is a JSON object: a "
+        "`transcript.text.delta` per segment, then one `transcript.text.done`; or an error.",
+        "properties": {
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {
+                    "anyOf": [
+                        _inline(TranscriptTextDelta),
+                        _inline(TranscriptTextDone),
+                        {"$ref": "#/components/schemas/ErrorResponse"},
+                    ]
+                },
+            },
+        },
+        "required": ["data"],
+    }
 
 
 class WordModel(BaseModel):

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from whisperd import models
 from whisperd.api.deps import EngineDep, PipelineDep, SettingsDep, TimingsDep
@@ -15,7 +17,10 @@ from whisperd.api.responses import CleanupStreamingResponse, audio_input, render
 from whisperd.api.schemas import (
     ModelList,
     ModelObject,
+    TranscriptionJson,
+    TranscriptionVerbose,
     error_responses,
+    sse_event_schema,
 )
 from whisperd.engine import TranscribeOptions, Transcriber, temperatures_from
 from whisperd.errors import ModelNotFoundError
@@ -30,27 +35,26 @@ SUCCESS: dict[int | str, dict[str, Any]] = {
         "description": "The transcript in `response_format` (JSON, text, SRT, VTT, TSV), or a "
         "`text/event-stream` of `transcript.text.delta` / `transcript.text.done` events "
         "when `stream=true`.",
+        # `model` registers both bodies in the components (a bare $ref would dangle)
+        "model": TranscriptionJson | TranscriptionVerbose,
         "content": {
-            "application/json": {
-                "schema": {
-                    "anyOf": [
-                        {"$ref": "#/components/schemas/TranscriptionJson"},
-                        {"$ref": "#/components/schemas/TranscriptionVerbose"},
-                    ]
-                }
-            },
             **{t: {"schema": {"type": "string"}} for t in TEXT_TYPES},
-            "text/event-stream": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": sse_event_schema()},
         },
     }
 }
 
+# A form field is sent or left out, never null: ``Omitted`` keeps the None that stands for
+# "left out" out of the schema, so the docs (and clients generated from them) offer no null
+# and a file stays plainly binary.
+Omitted = SkipJsonSchema[None]
+
 FileField = Annotated[
-    UploadFile | None,
+    UploadFile | Omitted,
     File(description="The audio or video file (any format FFmpeg reads)."),
 ]
 UrlField = Annotated[
-    str | None,
+    str | Omitted,
     Form(description="Instead of `file`: an http(s) URL of the audio, fetched by the server."),
 ]
 ModelField = Annotated[
@@ -62,7 +66,7 @@ ModelField = Annotated[
     ),
 ]
 PromptField = Annotated[
-    str | None, Form(description="Text to guide spelling and style (initial prompt).")
+    str | Omitted, Form(description="Text to guide spelling and style (initial prompt).")
 ]
 FormatField = Annotated[ResponseFormat, Form(description="Output format.")]
 TemperatureField = Annotated[
@@ -75,7 +79,7 @@ TemperatureField = Annotated[
     ),
 ]
 GranularitiesField = Annotated[
-    list[Literal["word", "segment"]] | None,
+    list[Literal["word", "segment"]] | Omitted,
     Form(
         alias="timestamp_granularities[]",
         description="`word` and/or `segment` timestamps in verbose_json.",
@@ -85,12 +89,14 @@ StreamField = Annotated[
     bool, Form(description="Stream server-sent events as segments are transcribed.")
 ]
 HotwordsField = Annotated[
-    str | None, Form(description="Extra: words to favour, such as names or jargon.")
+    str | Omitted, Form(description="Extra: words to favour, such as names or jargon.")
 ]
 VadField = Annotated[
-    bool | None, Form(description="Extra: skip long silences with a voice activity detector.")
+    bool | Omitted, Form(description="Extra: skip long silences with a voice activity detector.")
 ]
-BeamField = Annotated[int | None, Form(ge=1, le=20, description="Extra: beam size.")]
+BeamField = Annotated[
+    Annotated[int, Field(ge=1, le=20)] | Omitted, Form(description="Extra: beam size.")
+]
 WordsField = Annotated[bool, Form(description="Extra: word timestamps (as granularity word).")]
 
 
@@ -131,17 +137,18 @@ async def _respond(
     stream: bool,
     granularities: Sequence[str],
 ) -> Response:
-    async with audio_input(file, url, pipeline.settings, timings) as source:
-        if stream:
-            items, cleanup = await pipeline.stream(
-                request, source, options, model=model, timings=timings
-            )
-            return CleanupStreamingResponse(
-                sse_events(items),
-                cleanup,
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-            )
+    opened = audio_input(file, url, pipeline.settings, timings)
+    if stream:
+        items, cleanup = await pipeline.stream(
+            request, opened, options, model=model, timings=timings
+        )
+        return CleanupStreamingResponse(
+            sse_events(items),
+            cleanup,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    async with opened as source:
         result = await pipeline.transcribe(request, source, options, model=model, timings=timings)
     return render(
         result,
@@ -166,7 +173,7 @@ async def create_transcription(
     url: UrlField = None,
     model: ModelField = "whisper-1",
     language: Annotated[
-        str | None, Form(description="ISO-639-1 code of the spoken language; default: detect.")
+        str | Omitted, Form(description="ISO-639-1 code of the spoken language; default: detect.")
     ] = None,
     prompt: PromptField = None,
     response_format: FormatField = "json",
@@ -291,7 +298,9 @@ def _model_objects(engine: Transcriber) -> list[ModelObject]:
     return objects
 
 
-@router.get("/models", summary="List models", response_model=ModelList)
+@router.get(
+    "/models", summary="List models", response_model=ModelList, responses=error_responses(401)
+)
 async def list_models(engine: EngineDep) -> ModelList:
     """The served default (`whisper-1`), the loaded models and the catalog with availability."""
     return ModelList(data=await anyio.to_thread.run_sync(_model_objects, engine))
@@ -301,7 +310,7 @@ async def list_models(engine: EngineDep) -> ModelList:
     "/models/{model_id:path}",
     summary="Describe a model",
     response_model=ModelObject,
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 422),
 )
 async def get_model(model_id: str, engine: EngineDep, settings: SettingsDep) -> ModelObject:
     """One model; 404 if it is unknown or not available on this server."""
