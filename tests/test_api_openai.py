@@ -29,7 +29,6 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         model_cache_dir=root / "cache",
         tmp_dir=root / "tmp",
         data_dir=root / "data",
-        data_dir=root / "data",
     )
 
 
@@ -231,12 +230,19 @@ def test_forbidden_urls_are_400(base_url: str, url: str) -> None:
     assert r.json()["error"]["param"] == "url"
 
 
-def test_redirect_to_a_forbidden_address_is_400(settings: Settings, engine: Transcriber) -> None:
+def _variant(settings: Settings, tmp_path: Path, **changes: object) -> Settings:
+    """The module's settings with ``changes``, and a data dir of its own (one app per dir)."""
+    return settings.model_copy(update={"data_dir": tmp_path / "data", **changes})
+
+
+def test_redirect_to_a_forbidden_address_is_400(
+    settings: Settings, engine: Transcriber, tmp_path: Path
+) -> None:
     routes = {
         "/meta": (302, {"Location": "http://169.254.169.254/latest/meta-data/"}, b""),
         "/private": (302, {"Location": "http://10.1.2.3/a.mp3"}, b""),
     }
-    allowed = settings.model_copy(update={"fetch_allow_hosts": ("127.0.0.1",)})
+    allowed = _variant(settings, tmp_path, fetch_allow_hosts=("127.0.0.1",))
     with file_server(routes) as files, running_app(create_app(allowed, engine=engine)) as url:
         for path in routes:
             r = httpx.post(f"{url}/v1/audio/transcriptions", data={"url": f"{files}{path}"})
@@ -244,10 +250,10 @@ def test_redirect_to_a_forbidden_address_is_400(settings: Settings, engine: Tran
             assert r.json()["error"]["code"] == "forbidden_url"
 
 
-def test_url_input_and_size_cap(settings: Settings, engine: Transcriber) -> None:
+def test_url_input_and_size_cap(settings: Settings, engine: Transcriber, tmp_path: Path) -> None:
     routes = {"/jfk.flac": (200, {"Content-Type": "audio/flac"}, JFK.read_bytes())}
-    allowed = settings.model_copy(update={"fetch_allow_hosts": ("127.0.0.1",)})
-    small = allowed.model_copy(update={"max_upload_bytes": 100_000})
+    allowed = _variant(settings, tmp_path / "a", fetch_allow_hosts=("127.0.0.1",))
+    small = _variant(allowed, tmp_path / "b", max_upload_bytes=100_000)
     with file_server(routes) as files:
         with running_app(create_app(allowed, engine=engine)) as url:
             r = httpx.post(
@@ -262,8 +268,10 @@ def test_url_input_and_size_cap(settings: Settings, engine: Transcriber) -> None
             assert r.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_upload_over_the_limit_is_413(settings: Settings, engine: Transcriber) -> None:
-    small = settings.model_copy(update={"max_upload_bytes": 10_000})
+def test_upload_over_the_limit_is_413(
+    settings: Settings, engine: Transcriber, tmp_path: Path
+) -> None:
+    small = _variant(settings, tmp_path, max_upload_bytes=10_000)
     with running_app(create_app(small, engine=engine)) as url:
         big = ("big.wav", b"\0" * 2_000_000)
         with (

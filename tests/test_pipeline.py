@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
-from support import HOTWORDS, JFK, assert_jfk, running_app, speech_flac, wait_until
+from support import HOTWORDS, JFK, assert_jfk, normalise, running_app, speech_flac, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -170,3 +171,38 @@ def test_api_keys(tmp_path: Path) -> None:
             pytest.raises(openai.AuthenticationError),
         ):
             client.models.list()
+
+
+def test_long_audio_runs_in_pieces_streamed_and_not(tmp_path: Path) -> None:
+    """Audio longer than chunk_seconds is decoded piece by piece, also while it streams."""
+    import json
+
+    settings = Settings(
+        model_cache_dir=tmp_path / "cache",
+        tmp_dir=tmp_path / "tmp",
+        data_dir=tmp_path / "data",
+        chunk_seconds=30,
+    )
+    speech = speech_flac(100)
+    with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
+        whole = _post(url, speech, data={"response_format": "verbose_json"}).json()
+        assert whole["duration"] == pytest.approx(100, abs=8)
+        ids = [s["id"] for s in whole["segments"]]
+        assert ids == list(range(len(ids)))
+        ends = [s["end"] for s in whole["segments"]]
+        assert ends == sorted(ends)
+        assert 0 < ends[-1] <= whole["duration"]
+        assert normalise(whole["text"]).count("ask not what your country can do for you") >= 6
+
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/audio/transcriptions",
+            files={"file": ("a.flac", speech)},
+            data={"stream": "true"},
+            timeout=120,
+        ) as response:
+            events = [json.loads(line[6:]) for line in response.iter_lines() if line]
+        assert events[-1]["type"] == "transcript.text.done", events[-1]
+        assert events[-1]["usage"]["seconds"] == math.ceil(whole["duration"])
+        deltas = [e for e in events if e["type"] == "transcript.text.delta"]
+        assert [e["segment_id"] for e in deltas] == list(range(len(deltas)))

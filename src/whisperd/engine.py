@@ -7,14 +7,18 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from whisperd import models
-from whisperd.audio import Audio, duration
+from whisperd.audio import Audio
+from whisperd.chunking import Chunk
 from whisperd.errors import (
+    EmptyAudioError,
     ModelLoadError,
     ModelNotFoundError,
     UnsupportedTaskError,
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 Task_ = Literal["transcribe", "translate"]
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# How much of the text before a chunk prompts it (Whisper's prompt holds ~224 tokens).
+_PROMPT_CHARS = 600
 # Silero VAD settings: a lower threshold than the library's 0.5 keeps quiet speech, while
 # two seconds of silence are still skipped (where Whisper would otherwise invent text).
 VAD_PARAMETERS: dict[str, Any] = {
@@ -310,47 +316,55 @@ class Transcriber:
                 )
 
     def _steps(
-        self, model: LoadedModel, audio: Audio, options: TranscribeOptions
+        self, model: LoadedModel, chunks: Iterator[Chunk], options: TranscribeOptions
     ) -> Iterator[TranscriptionInfo | Segment]:
-        segments, info = model.whisper.transcribe(
-            audio,
-            language=options.language or ("en" if not model.multilingual else None),
-            task=options.task,
-            beam_size=options.beam_size,
-            temperature=list(options.temperature),
-            initial_prompt=options.initial_prompt or None,
-            hotwords=options.hotwords or None,
-            word_timestamps=options.word_timestamps,
-            vad_filter=options.vad_filter,
-            vad_parameters=VAD_PARAMETERS if options.vad_filter else None,
-        )
-        yield TranscriptionInfo(
-            info.language, float(info.language_probability), duration(audio), options.task
-        )
-        for index, s in enumerate(segments):
-            words = None
-            if s.words is not None:
-                words = tuple(
-                    Word(float(w.start), float(w.end), w.word, float(w.probability))
-                    for w in s.words
+        """Transcribe chunk after chunk; each ``next()`` is at most one 30-second window.
+
+        Taking the next chunk decodes it, so a long file is never in memory whole. Segment ids
+        run on across chunks, times are shifted to the whole file, the language found in the
+        first chunk holds for the rest, and each chunk is prompted with the end of the text
+        before it, as Whisper conditions on previous text within a chunk.
+        """
+        language = options.language or (None if model.multilingual else "en")
+        prompt = options.initial_prompt or None
+        next_id = 0
+        duration = 0.0
+        first: TranscriptionInfo | None = None
+        for chunk in chunks:
+            segments, info = model.whisper.transcribe(
+                chunk.samples,
+                language=language,
+                task=options.task,
+                beam_size=options.beam_size,
+                temperature=list(options.temperature),
+                initial_prompt=prompt,
+                hotwords=options.hotwords or None,
+                word_timestamps=options.word_timestamps,
+                vad_filter=options.vad_filter,
+                vad_parameters=VAD_PARAMETERS if options.vad_filter else None,
+            )
+            duration = chunk.offset + chunk.duration
+            if first is None:
+                language = info.language
+                first = TranscriptionInfo(
+                    info.language, float(info.language_probability), duration, options.task
                 )
-            yield Segment(
-                id=index,
-                seek=int(s.seek),
-                start=float(s.start),
-                end=float(s.end),
-                text=s.text,
-                tokens=tuple(s.tokens),
-                temperature=float(s.temperature or 0.0),
-                avg_logprob=float(s.avg_logprob),
-                compression_ratio=float(s.compression_ratio),
-                no_speech_prob=float(s.no_speech_prob),
-                words=words,
+                yield first
+            texts = []
+            for s in segments:
+                yield _segment(s, next_id, chunk)
+                next_id += 1
+                texts.append(s.text)
+            if texts:
+                prompt = "".join(texts)[-_PROMPT_CHARS:]
+        if first is not None and duration != first.duration:
+            yield TranscriptionInfo(
+                first.language, first.language_probability, duration, options.task
             )
 
     def submit(
         self,
-        audio: Audio,
+        audio: Audio | Iterable[Chunk],
         options: TranscribeOptions,
         *,
         model: str | None = None,
@@ -358,19 +372,23 @@ class Transcriber:
     ) -> Task[TranscriptionInfo | Segment]:
         """Start transcribing; iterate the task for the info, then the segments as they come.
 
-        ``deadline`` is a :func:`time.monotonic` instant; past it the task stops at the next
-        window with :class:`~whisperd.errors.DeadlineExceededError`.
+        ``audio`` is 16 kHz mono float32 samples, or chunks of them (see
+        :func:`whisperd.chunking.split`), taken one at a time. The last
+        :class:`TranscriptionInfo` seen carries the whole duration. ``deadline`` is a
+        :func:`time.monotonic` instant; past it the task stops at the next window with
+        :class:`~whisperd.errors.DeadlineExceededError`.
         """
         if self._stepper is None:
             msg = "The engine is not started"
             raise RuntimeError(msg)
         loaded = self.model_for(model)
         self.check(loaded, options)
-        return self._stepper.submit(self._steps(loaded, audio, options), deadline=deadline)
+        chunks = iter([Chunk(0, 0.0, audio)] if isinstance(audio, np.ndarray) else audio)
+        return self._stepper.submit(self._steps(loaded, chunks, options), deadline=deadline)
 
     def stream(
         self,
-        audio: Audio,
+        audio: Audio | Iterable[Chunk],
         options: TranscribeOptions,
         *,
         model: str | None = None,
@@ -381,32 +399,79 @@ class Transcriber:
         task = self.submit(audio, options, model=model, deadline=deadline)
         if on_task is not None:
             on_task(task)
+        seconds = 0.0
         try:
-            yield from task
+            for item in task:
+                if isinstance(item, TranscriptionInfo):
+                    seconds = item.duration
+                yield item
         finally:
             task.cancel()
-            self.speed.record(duration(audio), task.busy_seconds)
+        # only a finished transcription says how fast the engine is (not a cancelled one)
+        self.speed.record(seconds, task.busy_seconds)
 
     def transcribe(
         self,
-        audio: Audio,
+        audio: Audio | Iterable[Chunk],
         options: TranscribeOptions | None = None,
         *,
         model: str | None = None,
         deadline: float | None = None,
         on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcription:
-        """Transcribe ``audio`` (16 kHz mono float32) completely."""
-        info: TranscriptionInfo | None = None
-        segments: list[Segment] = []
-        for item in self.stream(
-            audio, options or TranscribeOptions(), model=model, deadline=deadline
-        ):
-            if isinstance(item, TranscriptionInfo):
-                info = item
-            else:
-                segments.append(item)
-                if on_segment is not None:
-                    on_segment(item)
-        assert info is not None  # the first step always yields it
-        return Transcription.from_parts(info, tuple(segments))
+        """Transcribe ``audio`` (samples or chunks) completely."""
+        return collect(
+            self.stream(audio, options or TranscribeOptions(), model=model, deadline=deadline),
+            on_segment=on_segment,
+        )
+
+
+def collect(
+    items: Iterable[TranscriptionInfo | Segment],
+    *,
+    on_segment: Callable[[Segment], None] | None = None,
+) -> Transcription:
+    """Gather the items of a transcription into one :class:`Transcription`."""
+    info: TranscriptionInfo | None = None
+    segments: list[Segment] = []
+    for item in items:
+        if isinstance(item, TranscriptionInfo):
+            info = item
+        else:
+            segments.append(item)
+            if on_segment is not None:
+                on_segment(item)
+    if info is None:
+        # only a source that yields no chunk at all gets here; the decoder refuses empty audio
+        raise EmptyAudioError("The file contains no audio samples.", param="file")
+    return Transcription.from_parts(info, tuple(segments))
+
+
+def _segment(s: Any, index: int, chunk: Chunk) -> Segment:
+    """faster-whisper's segment as ours, with times shifted to the whole file and kept inside
+    the chunk (the library can place a last segment past the end of the audio:
+    https://github.com/SYSTRAN/faster-whisper/issues/1334).
+    """
+    end_of_chunk = chunk.offset + chunk.duration
+
+    def shift(t: Any) -> float:
+        return min(float(t) + chunk.offset, end_of_chunk)
+
+    words = None
+    if s.words is not None:
+        words = tuple(
+            Word(shift(w.start), shift(w.end), w.word, float(w.probability)) for w in s.words
+        )
+    return Segment(
+        id=index,
+        seek=int(s.seek),
+        start=shift(s.start),
+        end=shift(s.end),
+        text=s.text,
+        tokens=tuple(s.tokens),
+        temperature=float(s.temperature or 0.0),
+        avg_logprob=float(s.avg_logprob),
+        compression_ratio=float(s.compression_ratio),
+        no_speech_prob=float(s.no_speech_prob),
+        words=words,
+    )

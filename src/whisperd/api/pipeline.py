@@ -1,30 +1,33 @@
 """The synchronous request flow shared by every transcription route.
 
-input (spooled upload or fetched URL) -> admission (bounded; 429 beyond it) -> decode in a
-thread -> the engine's fair scheduler (deadline; cancelled when the client leaves) -> our
-dataclasses. Nothing here blocks the event loop.
+input (spooled upload or fetched URL) -> admission (bounded; 429 beyond it) -> decode the
+first piece in a thread -> the engine's fair scheduler, which decodes the rest piece by piece
+(deadline; cancelled when the client leaves) -> our dataclasses. Nothing here blocks the
+event loop, and no request holds more than a piece of decoded audio.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import IO, Any
 
 import anyio
 from starlette.requests import Request
 
-from whisperd import audio
+from whisperd import audio, chunking
 from whisperd.engine import (
     Segment,
     TranscribeOptions,
     Transcriber,
     Transcription,
     TranscriptionInfo,
+    collect,
 )
-from whisperd.errors import AudioTooLongError, DeadlineExceededError, ValidationError
+from whisperd.errors import AudioTooLongError, EmptyAudioError, ValidationError
 from whisperd.scheduler import Admission, Task
 from whisperd.settings import Settings
 from whisperd.timings import Timings
@@ -54,6 +57,22 @@ def deadline_for(request: Request, settings: Settings) -> float:
     return time.monotonic() + timeout
 
 
+class Run:
+    """A running transcription: its engine task, seen through the request's timings."""
+
+    def __init__(self, task: Task[Item], timings: Timings) -> None:
+        self.task = task
+        self.timings = timings
+        self.completed = False
+
+    def __iter__(self) -> Iterator[Item]:
+        for item in self.task:
+            if isinstance(item, TranscriptionInfo):
+                self.timings.audio_seconds = item.duration
+            yield item
+        self.completed = True
+
+
 class Pipeline:
     """Runs transcriptions for the routes: one per app, holding the engine and admission."""
 
@@ -71,8 +90,8 @@ class Pipeline:
         model: str | None,
         deadline: float,
         timings: Timings,
-    ) -> AsyncIterator[Task[Item]]:
-        """Admit, decode and submit; yields the running engine task, which ends with the block.
+    ) -> AsyncIterator[Run]:
+        """Admit, decode and submit; yields the running transcription, stopped with the block.
 
         Options are checked against the model before the request waits or decodes anything.
         """
@@ -92,20 +111,30 @@ class Pipeline:
         async with AsyncExitStack() as stack:
             with timings.measure("queue"):
                 await stack.enter_async_context(self.admission.enter(estimate, deadline=deadline))
+            chunks = chunking.split(
+                source,
+                target_seconds=self.settings.chunk_seconds,
+                max_seconds=self.settings.max_audio_seconds,
+            )
+            # Decode the first piece (all of a short file) before answering anything, so bad
+            # input is a 4xx; the rest is decoded piece by piece as the engine gets to it.
             with timings.measure("decode"):
-                samples = await anyio.to_thread.run_sync(
-                    lambda: audio.decode(source, max_seconds=self.settings.max_audio_seconds)
-                )
-            timings.audio_seconds = audio.duration(samples)
-            task = self.engine.submit(samples, options, model=loaded.name, deadline=deadline)
-            del samples  # the task holds the only reference now
+                first = await anyio.to_thread.run_sync(next, chunks, None)
+            if first is None:
+                raise EmptyAudioError("The file contains no audio samples.", param="file")
+            task = self.engine.submit(
+                itertools.chain([first], chunks), options, model=loaded.name, deadline=deadline
+            )
+            del first  # the task holds the only reference now
+            run = Run(task, timings)
             started = time.perf_counter()
             try:
-                yield task
+                yield run
             finally:
                 task.cancel()
                 timings.add("inference", time.perf_counter() - started)
-                self.engine.speed.record(timings.audio_seconds, task.busy_seconds)
+                if run.completed:
+                    self.engine.speed.record(timings.audio_seconds, task.busy_seconds)
 
     async def transcribe(
         self,
@@ -120,36 +149,40 @@ class Pipeline:
         deadline = deadline_for(request, self.settings)
         async with self.started(
             source, options, model=model, deadline=deadline, timings=timings
-        ) as task:
+        ) as run:
             try:
                 async with anyio.create_task_group() as group:
-                    group.start_soon(_cancel_on_disconnect, request, task)
+                    group.start_soon(_cancel_on_disconnect, request, run.task)
                     try:
-                        return await anyio.to_thread.run_sync(_collect, task)
+                        result = await anyio.to_thread.run_sync(collect, run)
                     finally:
                         group.cancel_scope.cancel()
             except BaseExceptionGroup as grouped:
                 # the watcher never fails, so the group holds the transcription's one error
                 raise grouped.exceptions[0] from None
+        return result
 
     async def stream(
         self,
         request: Request,
-        source: IO[bytes],
+        opened: AbstractAsyncContextManager[IO[bytes]],
         options: TranscribeOptions,
         *,
         model: str | None,
         timings: Timings,
-    ) -> tuple[AsyncIterator[Item], Callable[[], Any]]:
-        """Start a transcription and return its items as an async iterator, plus a cleanup.
+    ) -> tuple[AsyncIterator[Item], Callable[[], Awaitable[None]]]:
+        """Start a transcription of the source ``opened`` gives; return its items as an async
+        iterator, and the cleanup that stops it and closes the source.
 
-        Errors before the first item (admission, decoding) raise here, so the route can
-        still answer with a proper status; the cleanup must run when the response ends.
+        The source stays open while the response streams: later pieces are decoded from it.
+        Errors before the first item (admission, decoding the first piece) raise here, so the
+        route can still answer with a proper status.
         """
         deadline = deadline_for(request, self.settings)
         stack = AsyncExitStack()
         try:
-            task = await stack.enter_async_context(
+            source = await stack.enter_async_context(opened)
+            run = await stack.enter_async_context(
                 self.started(source, options, model=model, deadline=deadline, timings=timings)
             )
         except BaseException:
@@ -157,7 +190,7 @@ class Pipeline:
             raise
 
         async def items() -> AsyncIterator[Item]:
-            iterator = iter(task)
+            iterator = iter(run)
             while True:
                 item = await anyio.to_thread.run_sync(_next_or_none, iterator)
                 if item is None:
@@ -170,19 +203,6 @@ class Pipeline:
 def _next_or_none(iterator: Any) -> Item | None:
     item: Item | None = next(iterator, None)
     return item
-
-
-def _collect(task: Task[Item]) -> Transcription:
-    info: TranscriptionInfo | None = None
-    segments: list[Segment] = []
-    for item in task:
-        if isinstance(item, TranscriptionInfo):
-            info = item
-        else:
-            segments.append(item)
-    if info is None:  # pragma: no cover - the engine's first step always yields it
-        raise DeadlineExceededError("The request ended before transcription started.")
-    return Transcription.from_parts(info, tuple(segments))
 
 
 async def _cancel_on_disconnect(request: Request, task: Task[Item]) -> None:

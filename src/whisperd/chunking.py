@@ -1,0 +1,123 @@
+"""Long audio in pieces: decode as a stream and cut it at silences into chunks of about a target
+length, so memory is bounded by a chunk, never by the file, and chunks can run anywhere.
+
+A cut is placed in the middle of the longest pause the voice activity detector finds near the
+target length; where it finds none (continuous speech), at the quietest 100 ms there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from whisperd.audio import SAMPLE_RATE, Audio, AudioSource, iter_chunks
+
+# How far either side of the target length a cut may move to find a pause.
+SEARCH_SECONDS = 30.0
+_FRAME = SAMPLE_RATE // 10  # 100 ms, for the quietest-point fallback
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of the audio and where it starts in the whole file."""
+
+    index: int
+    offset: float
+    samples: Audio
+
+    @property
+    def duration(self) -> float:
+        return float(self.samples.shape[0]) / SAMPLE_RATE
+
+
+def _speech_spans(samples: Audio) -> list[tuple[int, int]]:
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    options = VadOptions(threshold=0.35, min_silence_duration_ms=300, speech_pad_ms=100)
+    return [(s["start"], s["end"]) for s in get_speech_timestamps(samples, options)]
+
+
+def find_cut(samples: Audio, low: int, high: int) -> int:
+    """A sample index in [low, high) to cut at: the middle of a pause, near the middle of the
+    range (a pause at least half as long as the longest there, the closest such to the centre).
+    """
+    region = samples[low:high]
+    spans = _speech_spans(region)
+    gaps: list[tuple[int, int]] = []
+    previous_end = 0
+    for start, end in spans:
+        if start > previous_end:
+            gaps.append((previous_end, start))
+        previous_end = max(previous_end, end)
+    if previous_end < region.shape[0]:
+        gaps.append((previous_end, region.shape[0]))
+    if gaps:
+        longest = max(end - start for start, end in gaps)
+        centre = region.shape[0] // 2
+        start, end = min(
+            (gap for gap in gaps if gap[1] - gap[0] >= longest / 2),
+            key=lambda gap: abs((gap[0] + gap[1]) // 2 - centre),
+        )
+        return low + (start + end) // 2
+    frames = region[: region.shape[0] // _FRAME * _FRAME].reshape(-1, _FRAME)
+    quietest = int(np.argmin(np.sqrt(np.mean(frames**2, axis=1))))
+    return low + quietest * _FRAME + _FRAME // 2
+
+
+def split(
+    source: AudioSource,
+    *,
+    target_seconds: float,
+    max_seconds: float | None = None,
+    search_seconds: float = SEARCH_SECONDS,
+) -> Iterator[Chunk]:
+    """Decode ``source`` and yield chunks of about ``target_seconds``, cut at pauses.
+
+    About ``2 x target_seconds + search_seconds`` of audio is held at most (the buffer and
+    the chunk just yielded).
+    """
+    return split_pieces(
+        iter_chunks(source, max_seconds=max_seconds),
+        target_seconds=target_seconds,
+        search_seconds=search_seconds,
+    )
+
+
+def split_pieces(
+    pieces: Iterable[Audio],
+    *,
+    target_seconds: float,
+    search_seconds: float = SEARCH_SECONDS,
+) -> Iterator[Chunk]:
+    """Like :func:`split`, for audio that is already being decoded: ``pieces`` are consecutive
+    runs of samples (any sizes); chunk offsets count from the first of them.
+    """
+    search = min(search_seconds, target_seconds / 2)
+    target = int(target_seconds * SAMPLE_RATE)
+    window = int(search * SAMPLE_RATE)
+    # One buffer, filled in place: concatenating a list of pieces would hold the audio twice.
+    buffer = np.empty(target + window + SAMPLE_RATE, dtype=np.float32)
+    held = 0
+    index = 0
+    offset = 0
+    for piece in pieces:
+        if held + piece.shape[0] > buffer.shape[0]:
+            grown = np.empty(max(2 * buffer.shape[0], held + piece.shape[0]), dtype=np.float32)
+            grown[:held] = buffer[:held]
+            buffer = grown
+        buffer[held : held + piece.shape[0]] = piece
+        held += piece.shape[0]
+        if held < target + window:
+            continue
+        cut = find_cut(buffer[:held], target - window, target + window)
+        chunk = Chunk(index, offset / SAMPLE_RATE, buffer[:cut].copy())
+        buffer[: held - cut] = buffer[cut:held]  # numpy copies overlapping ranges correctly
+        held -= cut
+        index += 1
+        offset += cut
+        yield chunk
+        del chunk
+    if held:
+        yield Chunk(index, offset / SAMPLE_RATE, buffer[:held].copy())
