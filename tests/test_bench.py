@@ -1,0 +1,130 @@
+"""``whisperd bench`` against two real servers: ours in-process, and one it starts itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from whisperd.api import create_app
+from whisperd.bench import parse_named, percentile, status_class
+from whisperd.cli import app as cli
+from whisperd.settings import Settings
+
+from support import JFK, running_app
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[str]:
+    """whisperd with the default slots (one per core), in this process."""
+    root = tmp_path_factory.mktemp("bench-ours")
+    settings = Settings(
+        model_cache_dir=model_cache,
+        tmp_dir=root / "tmp",
+        data_dir=root / "data",
+        jobs_enabled=False,
+        offline=True,
+    )
+    with running_app(create_app(settings)) as url:
+        yield url
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_bench_compares_two_servers_side_by_side(ours: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    results = tmp_path / "RESULTS.md"
+    env = {
+        **os.environ,
+        "WHISPERD_MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "WHISPERD_DATA_DIR": str(tmp_path / "data"),
+        "WHISPERD_TMP_DIR": str(tmp_path / "tmp"),
+        "COLUMNS": "200",
+    }
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "whisperd", "bench"),
+            *("--url", f"ours={ours}"),
+            *("--start", "one-slot=--slots 1 --max-queue 4"),
+            *("--audio", str(JFK)),
+            *("--concurrency", "1,2", "--requests", "2", "--warmup", "1"),
+            *("--price-per-hour", "0.50", "--out", str(out), "--results-md", str(results)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ours" in done.stdout and "one-slot" in done.stdout
+    assert "p50" in done.stdout and "audio s/wall s" in done.stdout
+
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
+    assert [s["name"] for s in report["servers"]] == ["one-slot", "ours"]
+    levels = {(lv["server"], lv["concurrency"]): lv for lv in report["levels"]}
+    assert set(levels) == {(s, c) for s in ("ours", "one-slot") for c in (1, 2)}
+    for level in levels.values():
+        assert level["errors"] == {"200": 2, "429": 0, "5xx": 0, "other": 0}
+        assert 0 < level["latency_p50"] <= level["latency_p95"] <= level["latency_p99"]
+        assert level["audio_seconds"] == pytest.approx(22.0, abs=0.1)
+        assert level["throughput"] > 0 and level["rtf_p50"] > 0
+        assert level["cost_per_audio_minute"] > 0
+        assert level["rss_peak_bytes"] > 50 * 2**20  # both servers run on this machine
+        assert len(level["outcomes"]) == 2
+    assert report["clips"] == [
+        {"name": "jfk.flac", "seconds": pytest.approx(11.0, abs=0.1), "bytes": JFK.stat().st_size}
+    ]
+
+    import matplotlib.image
+
+    for name in ("latency.png", "throughput.png"):
+        path = out / name
+        assert path.read_bytes()[:8] == PNG
+        height, width = matplotlib.image.imread(path).shape[:2]
+        assert width >= 500 and height >= 300
+
+    section = results.read_text()
+    assert section.count("| ours |") == 2 and section.count("| one-slot |") == 2
+    assert "whisperd serve --slots 1 --max-queue 4" in section
+    assert (out / "server-one-slot.log").is_file()
+
+
+def test_bench_refuses_missing_audio(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["bench", "--url", "http://127.0.0.1:9", "--audio", str(tmp_path / "nothing")]
+    )
+    assert result.exit_code == 1
+    assert "no such file or directory" in " ".join(result.output.split())
+
+
+def test_bench_refuses_two_servers_with_one_name() -> None:
+    result = CliRunner().invoke(
+        cli, ["bench", "--url", "a=http://127.0.0.1:9", "--url", "a=http://127.0.0.1:10"]
+    )
+    assert result.exit_code == 2
+    assert "its own name" in " ".join(result.output.split())
+
+
+def test_helpers() -> None:
+    assert parse_named("ours=http://h:1", "x") == ("ours", "http://h:1")
+    assert parse_named("http://h:1/v1", "x") == ("x", "http://h:1/v1")
+    assert percentile([], 50) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
+    assert [status_class(s) for s in (200, 429, 503, 400, 0)] == [
+        "200",
+        "429",
+        "5xx",
+        "other",
+        "other",
+    ]
