@@ -1,0 +1,268 @@
+"""The web page at ``/``, driven in headless Chromium against a real server and tiny.en.
+
+Every page runs offline: requests anywhere but 127.0.0.1 are blocked and must not happen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from whisperd.api import create_app
+from whisperd.engine import Transcriber
+from whisperd.settings import Settings
+
+from browser import offline_page
+from support import JFK, assert_jfk, normalise, running_app, speech_flac, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+KEY = "ui-test-key"
+SRT_CUE = re.compile(
+    r"(\d+)\n(\d{2}):(\d{2}):(\d{2}),(\d{3}) --> (\d{2}):(\d{2}):(\d{2}),(\d{3})\n(.+)\n"
+)
+
+
+def app_settings(root: Path, **overrides: Any) -> Settings:
+    return Settings(
+        model_cache_dir=root / "cache",
+        tmp_dir=root / "tmp",
+        data_dir=root / "data",
+        slots=1,
+        job_poll_interval=0.2,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory, engine: Transcriber) -> Iterator[str]:
+    """A server with jobs (its own embedded Redis) and no API keys."""
+    settings = app_settings(tmp_path_factory.mktemp("ui"))
+    with running_app(create_app(settings, engine=engine)) as url:
+        yield url
+
+
+def open_page(page: Any, url: str) -> list[str]:
+    """Load the page and wait until it has the models; returns its script errors, if any."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    page.wait_for_selector("#server.ok", timeout=20_000)
+    return errors
+
+
+def transcribe(page: Any, path: Path | None) -> None:
+    """Transcribe ``path`` (or the file already chosen) live, and wait until it is done."""
+    if path is not None:
+        page.set_input_files("#file", str(path))
+    page.click("#submit")
+    page.wait_for_function(
+        "document.querySelector('#status').textContent.startsWith('Done')", timeout=60_000
+    )
+
+
+def current_time(page: Any) -> float:
+    seconds: float = page.evaluate("document.querySelector('#audio').currentTime")
+    return seconds
+
+
+def parse_srt(text: str) -> list[tuple[float, float, str]]:
+    """The cues of ``text``; fails unless the whole document is well-formed SRT."""
+    cues, at = [], 0
+    for number, match in enumerate(SRT_CUE.finditer(text), start=1):
+        assert match.start() == at, f"junk before cue {number}: {text[at : match.start()]!r}"
+        assert int(match[1]) == number
+        h1, m1, s1, ms1, h2, m2, s2, ms2 = (int(g) for g in match.groups()[1:9])
+        start = h1 * 3600 + m1 * 60 + s1 + ms1 / 1000
+        end = h2 * 3600 + m2 * 60 + s2 + ms2 / 1000
+        assert start <= end and (not cues or cues[-1][0] <= start)
+        cues.append((start, end, match[10]))
+        assert text[match.end() : match.end() + 1] == "\n", "a cue must end with a blank line"
+        at = match.end() + 1
+    assert cues and at == len(text), f"not SRT: {text!r}"
+    return cues
+
+
+def test_a_file_is_transcribed_live_and_the_transcript_drives_the_player(base_url: str) -> None:
+    with offline_page() as (page, blocked):
+        errors = open_page(page, base_url)
+        # The drop zone works from the keyboard: Enter opens the file chooser. (A listener
+        # rather than expect_file_chooser, which can miss a chooser that opens at once.)
+        page.on("filechooser", lambda chooser: chooser.set_files(str(JFK)))
+        page.focus("#drop")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#chosen", state="visible")
+        assert page.inner_text("#chosen-name") == "jfk.flac"
+        transcribe(page, None)
+        assert "ask not what your country can do for you" in normalise(page.inner_text("#segments"))
+
+        # Pressing a segment seeks the player to its start and marks it as the one playing.
+        last = page.locator(".segment").last
+        start = float(last.get_attribute("data-start") or "nan")
+        assert start > 0
+        last.click()
+        wait_until(lambda: start - 0.05 <= current_time(page) <= start + 3, 10)
+        assert last.get_attribute("aria-current") == "true"
+        # ... and so does Enter on one, from the keyboard.
+        page.locator(".segment").first.focus()
+        page.keyboard.press("Enter")
+        wait_until(lambda: current_time(page) < start, 10)
+
+        with page.expect_download() as download:
+            page.click("[data-format=srt]")
+        assert download.value.suggested_filename == "jfk.srt"
+        cues = parse_srt(Path(download.value.path()).read_text())
+        assert_jfk(" ".join(text for _, _, text in cues))
+        assert cues[-1][0] == pytest.approx(start, abs=0.001)
+        assert blocked == []
+        assert errors == []
+
+
+def test_a_long_file_runs_as_a_job_that_can_be_reopened_and_cancelled(
+    base_url: str, tmp_path: Path
+) -> None:
+    long = tmp_path / "long-talk.flac"
+    long.write_bytes(speech_flac(60))
+    with offline_page() as (page, blocked):
+        errors = open_page(page, f"{base_url}/?job_threshold_seconds=30")
+        page.set_input_files("#file", str(long))
+        # Once the player has read the length (60 s > 30 s), the page picks a background job.
+        page.wait_for_function("document.querySelector('#background').checked", timeout=10_000)
+        page.click("#submit")
+
+        seen: list[float] = []
+
+        def finished() -> bool:
+            seen.append(page.evaluate("document.querySelector('#progress').value"))
+            return seen[-1] >= 100
+
+        wait_until(finished, 120, 0.1)
+        assert seen == sorted(seen), f"progress went backwards: {seen}"
+        page.wait_for_selector(".job .badge-succeeded", timeout=10_000)
+        assert_jfk(page.inner_text("#segments"))
+        assert page.locator(".segment").count() >= 5
+        job_id = page.evaluate("JSON.parse(localStorage.getItem('whisperd.jobs'))[0].id")
+
+        # Come back later: the job is listed, and opening it shows its transcript again.
+        page.reload()
+        row = page.locator(f'.job[data-job="{job_id}"]')
+        assert row.locator(".job-name").inner_text() == "long-talk.flac"
+        row.get_by_role("button", name="Open long-talk.flac").click()
+        page.wait_for_function("document.querySelectorAll('.segment').length >= 5")
+        assert_jfk(page.inner_text("#segments"))
+
+        # A job can be cancelled from the list (queued: at once; running: at its next window).
+        page.set_input_files("#file", str(long))
+        page.wait_for_function("document.querySelector('#background').checked", timeout=10_000)
+        page.click("#submit")
+        page.get_by_role("button", name="Cancel long-talk.flac").click(timeout=10_000)
+        page.wait_for_selector(".job .badge-cancelled", timeout=30_000)
+        page.wait_for_selector("#status:has-text('The job was cancelled.')", timeout=10_000)
+        assert blocked == []
+        assert errors == []
+
+
+def test_errors_are_explained_in_plain_words(base_url: str, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("These are meeting notes, not a recording.\n" * 20)
+    with offline_page() as (page, blocked):
+        errors = open_page(page, base_url)
+        page.set_input_files("#file", str(notes))
+        page.click("#submit")
+        error = page.locator("#error")
+        error.wait_for(timeout=30_000)
+        assert "This file isn't audio or video we can read." in error.inner_text()
+        assert "Try mp3, wav, m4a, mp4, webm." in error.inner_text()
+
+        # A busy server (answered here rather than by filling the server's queue): its
+        # Retry-After is what the page tells the user to wait, and Transcribe waits as long.
+        page.route(
+            "**/v1/audio/transcriptions",
+            lambda route: route.fulfill(
+                status=429,
+                headers={"Retry-After": "7"},
+                json={"error": {"message": "Too many requests", "type": "rate_limit_error"}},
+            ),
+        )
+        page.set_input_files("#file", str(JFK))
+        page.click("#submit")
+        page.wait_for_selector("#error-title:has-text('The server is busy; try again in')")
+        assert re.search(r"try again in [67] seconds", page.inner_text("#error-title"))
+        assert page.is_disabled("#submit")
+        assert blocked == []
+        assert errors == []
+
+
+def test_translation_is_offered_only_on_a_multilingual_model(base_url: str) -> None:
+    with offline_page() as (page, blocked):
+        errors = open_page(page, base_url)
+        # The default, tiny.en, is English-only: translation is off, and the page says why.
+        assert page.is_disabled("#translate")
+        assert "tiny.en understands English only" in page.inner_text("#task-note")
+        assert page.input_value("#language") == "en"
+        page.select_option("#model", "base")
+        assert page.is_enabled("#translate")
+        assert page.is_hidden("#task-note")
+        assert page.input_value("#language") == ""
+        page.check("#translate")
+        assert page.inner_text("#submit") == "Translate"
+        assert page.is_disabled("#language") and page.is_disabled("#background")
+        page.select_option("#model", "whisper-1")
+        assert page.is_checked("input[name=task][value=transcribe]")
+        assert blocked == []
+        assert errors == []
+
+
+def test_the_page_fits_a_phone(base_url: str, tmp_path: Path) -> None:
+    with offline_page() as (page, blocked):
+        page.set_viewport_size({"width": 390, "height": 844})
+        errors = open_page(page, base_url)
+        transcribe(page, JFK)
+        # Kept with the test's temporary files, for a person to look at.
+        page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert blocked == []
+        assert errors == []
+
+
+def test_with_api_keys_the_page_asks_for_one_then_works(
+    tmp_path: Path, engine: Transcriber
+) -> None:
+    settings = app_settings(tmp_path, api_keys=(KEY,), jobs_enabled=False)
+    with running_app(create_app(settings, engine=engine)) as url:
+        # The page and its assets are open; the API (and POST /, the function) is not.
+        assert httpx.get(f"{url}/").status_code == 200
+        script = httpx.get(f"{url}/ui/app.js")
+        assert script.status_code == 200
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert httpx.get(f"{url}/ui/missing.js").status_code == 404
+        assert httpx.post(f"{url}/", content=b"https://example.com/a.mp3").status_code == 401
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        with offline_page() as (page, blocked):
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            dialog = page.locator("#key-dialog")
+            dialog.wait_for(timeout=10_000)
+            page.fill("#key", "wrong-key")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#key-error", state="visible")
+            page.fill("#key", KEY)
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#server.ok", timeout=10_000)
+            assert not dialog.is_visible()
+            assert page.evaluate("sessionStorage.getItem('whisperd.apiKey')") == KEY
+            # Jobs are off on this server: the page says so instead of failing later.
+            assert page.is_hidden("#jobs-card")
+            assert page.is_disabled("#background")
+
+            transcribe(page, JFK)
+            assert_jfk(page.inner_text("#segments"))
+            assert not dialog.is_visible()
+            assert blocked == []
+            assert errors == []
