@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List the model catalog, or pull a model into the cache.")
 app.add_typer(models_app, name="models")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
 
 FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv")
@@ -121,6 +121,58 @@ def serve(
 
 
 @app.command()
+def worker(
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="The Redis the API servers use [WHISPERD_REDIS_URL]; required."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("-m", "--model", help="Default model [WHISPERD_MODEL].")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [WHISPERD_DEVICE].")] = None,
+    compute_type: Annotated[
+        str | None, typer.Option(help="auto, int8, float16, ... [WHISPERD_COMPUTE_TYPE].")
+    ] = None,
+    slots: Annotated[
+        int | None, typer.Option(help="Parallel inference workers [WHISPERD_SLOTS].")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="[WHISPERD_LOG_LEVEL]")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text or json [WHISPERD_LOG_FORMAT].")
+    ] = None,
+) -> None:
+    """Run job consumers only (no HTTP): load the model once, take jobs from Redis.
+
+    One worker per GPU. SIGTERM drains: no new jobs; running ones get WHISPERD_DRAIN_TIMEOUT s.
+
+    Jobs still running after that go back to the queue for another worker.
+    """
+    from whisperd.jobs.runtime import run_worker
+
+    settings = _settings(
+        redis_url=redis_url,
+        model=model,
+        device=device,
+        compute_type=compute_type,
+        slots=slots,
+        log_level=log_level,
+        log_format=log_format,
+    )
+    _setup_logging(settings.log_level, settings.log_format)
+    if settings.redis_url is None:
+        raise _fail(
+            "whisperd worker needs the Redis the API servers use: set WHISPERD_REDIS_URL "
+            "(or --redis-url), e.g. redis://redis:6379/0",
+            2,
+        )
+    try:
+        status = run_worker(settings)
+    except WhisperdError as exc:
+        raise _fail(exc.message) from None
+    raise typer.Exit(status)
+
+
+@app.command()
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio or video files.", show_default=False)],
     model: Annotated[str | None, typer.Option("-m", "--model", help="Model name or dir.")] = None,
@@ -143,7 +195,9 @@ def transcribe(
     compute_type: Annotated[str | None, typer.Option(help="auto, int8, float16, ...")] = None,
 ) -> None:
     """Transcribe files: print to stdout (one file) or write one output per input into -o DIR."""
-    from whisperd import audio, formats
+    from concurrent.futures import ThreadPoolExecutor
+
+    from whisperd import chunking, formats
     from whisperd.engine import TranscribeOptions, Transcriber, available_cores
 
     if fmt not in FORMAT_CHOICES:
@@ -180,33 +234,44 @@ def transcribe(
     failures = 0
     try:
         with Transcriber(settings) as engine:
-            for path in files:
-                try:
-                    samples = audio.decode(path, max_seconds=settings.max_audio_seconds)
-                    result = _run_with_progress(engine, samples, options, path.name)
-                except WhisperdError as exc:
-                    err.print(f"[bold red]error:[/] {path}: {exc.message}", highlight=False)
-                    failures += 1
-                    continue
-                text = formats.render(result, fmt)
-                if output_dir is None:
-                    sys.stdout.write(text if text.endswith("\n") else text + "\n")
-                else:
-                    target = output_dir / f"{path.stem}.{formats.EXTENSIONS[fmt]}"
-                    target.write_text(text, encoding="utf-8")
-                    err.print(f"wrote {target}", highlight=False)
+
+            def run(path: Path) -> str:
+                chunks = chunking.split(
+                    path,
+                    target_seconds=settings.chunk_seconds,
+                    max_seconds=settings.max_audio_seconds,
+                )
+                result = _run_with_progress(engine, chunks, options, path, single)
+                return formats.render(result, fmt)
+
+            # several files run side by side, one per engine slot; outputs keep input order
+            with ThreadPoolExecutor(max_workers=engine.plan.slots) as pool:
+                for path, future in [(p, pool.submit(run, p)) for p in files]:
+                    try:
+                        text = future.result()
+                    except WhisperdError as exc:
+                        err.print(f"[bold red]error:[/] {path}: {exc.message}")
+                        failures += 1
+                        continue
+                    if output_dir is None:
+                        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+                    else:
+                        target = output_dir / f"{path.stem}.{formats.EXTENSIONS[fmt]}"
+                        target.write_text(text, encoding="utf-8")
+                        err.print(f"wrote {target}")
     except WhisperdError as exc:
         raise _fail(exc.message) from None
     if failures:
         raise typer.Exit(1)
 
 
-def _run_with_progress(engine: Any, samples: Any, options: Any, label: str) -> Any:
-    from whisperd.audio import duration
+def _run_with_progress(engine: Any, chunks: Any, options: Any, path: Path, show: bool) -> Any:
+    """Transcribe, with a progress bar by audio position for a long file on a terminal."""
+    from whisperd.audio import probe_duration
 
-    total = duration(samples)
-    if total < 60 or not err.is_terminal:
-        return engine.transcribe(samples, options)
+    total = probe_duration(path) if show and err.is_terminal else None
+    if total is None or total < 60:
+        return engine.transcribe(chunks, options)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -215,9 +280,9 @@ def _run_with_progress(engine: Any, samples: Any, options: Any, label: str) -> A
         console=err,
         transient=True,
     ) as progress:
-        bar = progress.add_task(label, total=total)
+        bar = progress.add_task(path.name, total=total)
         return engine.transcribe(
-            samples, options, on_segment=lambda s: progress.update(bar, completed=s.end)
+            chunks, options, on_segment=lambda s: progress.update(bar, completed=s.end)
         )
 
 
@@ -258,6 +323,140 @@ def models_pull(
         except WhisperdError as exc:
             raise _fail(exc.message) from None
         out.print(f"{resolved.name}: {resolved.path} ({resolved.source})")
+
+
+@app.command()
+def bench(
+    url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--url",
+            help="A running server, as NAME=URL or URL (ours or any OpenAI-compatible one); "
+            "repeatable to compare servers side by side.",
+        ),
+    ] = None,
+    start: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--start",
+            help="Start `whisperd serve ARGS` on a free port for the run, as NAME or "
+            "NAME=ARGS (e.g. 'one-slot=--slots 1'); repeatable. Default without --url: one.",
+        ),
+    ] = None,
+    audio_paths: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--audio", help="Audio files or directories to send in turn [../shared/audio]."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        str, typer.Option(help="Concurrent clients per level, comma-separated.")
+    ] = "1,4,16",
+    requests: Annotated[
+        int, typer.Option(min=1, help="Requests per level (at least one per client).")
+    ] = 20,
+    warmup: Annotated[int, typer.Option(min=0, help="Uncounted requests per server first.")] = 1,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where report.json and the PNG plots go.")
+    ] = Path("bench/out/bench"),
+    price_per_hour: Annotated[
+        float | None,
+        typer.Option(help="The machine's price in $/hour: shows the cost per audio minute."),
+    ] = None,
+    results_md: Annotated[
+        Path | None, typer.Option(help="Append the table to this Markdown file.")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer key sent to every server.")] = None,
+    model: Annotated[str, typer.Option(help="The `model` form field sent.")] = "whisper-1",
+    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.")] = 600.0,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
+) -> None:
+    """Load-test transcription servers: latency percentiles, throughput, RTF, errors, memory.
+
+    Every level sends --requests requests from N concurrent clients to
+    /v1/audio/transcriptions; servers alternate within a level. Prints one table, writes
+    OUT/report.json, OUT/latency.png and OUT/throughput.png.
+    """
+    import contextlib
+    import shlex
+
+    import anyio
+
+    from whisperd import bench as b
+    from whisperd import bench_report
+
+    _setup_logging("warning")
+    try:
+        levels = [int(part) for part in concurrency.split(",") if part.strip()]
+    except ValueError:
+        raise _fail(f"--concurrency takes numbers like 1,4,16, not {concurrency!r}", 2) from None
+    if not levels or min(levels) < 1:
+        raise _fail("--concurrency needs at least one level of 1 or more clients", 2)
+    paths = audio_paths or [p for p in [b.default_audio_dir()] if p is not None]
+    if not paths:
+        raise _fail("no audio: pass --audio FILE_OR_DIR (../shared/audio is not here)", 2)
+    starts = [spec.partition("=")[::2] for spec in start or ([] if url else ["whisperd"])]
+    urls = [b.parse_named(spec, "") for spec in url or []]
+    urls = [(name or address.split("//")[-1].rstrip("/"), address) for name, address in urls]
+    names = [name for name, _ in starts + urls]
+    if len(set(names)) != len(names) or not all(names):
+        raise _fail(f"each server needs its own name (NAME=...); got {names}", 2)
+    command = "whisperd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        clips = b.collect_clips(paths)
+        with contextlib.ExitStack() as stack:
+            servers: list[b.Server] = []
+            for name, args in starts:
+                err.print(f"starting {name}: whisperd serve {args}", highlight=False)
+                log = out_dir / f"server-{name}.log"
+                servers.append(
+                    stack.enter_context(b.started_server(name, shlex.split(args), log=log))
+                )
+            servers += [b.Server(name, address, b.local_pid(address)) for name, address in urls]
+            report = b.Report(
+                b.machine(), servers, clips, price_per_hour=price_per_hour, command=command
+            )
+            err.print(f"machine: {b.describe(report.machine)}", highlight=False)
+
+            def progress(level: b.Level) -> None:
+                s = level.summary()
+                counts = " ".join(f"{k}:{v}" for k, v in s["errors"].items())
+                err.print(
+                    f"{level.server} x{level.concurrency}: p50 {s['latency_p50'] or 0:.2f} s, "
+                    f"{s['throughput']:.1f} audio s/s, {counts}",
+                    highlight=False,
+                )
+
+            anyio.run(
+                lambda: b.run_bench(
+                    report,
+                    concurrency=levels,
+                    requests=requests,
+                    warmup=warmup,
+                    api_key=api_key,
+                    model=model,
+                    request_timeout=timeout,
+                    on_level=progress,
+                )
+            )
+        table = Table(*bench_report.COLUMNS, title=f"whisperd bench: {b.describe(report.machine)}")
+        for row in bench_report.rows(report):
+            table.add_row(*row)
+        # wide enough for every column even when the output is a file or a pipe
+        Console(highlight=False, width=max(out.width, 160)).print(table)
+        out.print(
+            "Latency percentiles are of the 200 answers; audio s/wall s is also audio "
+            f"minutes per wall minute. OpenAI charges ${b.OPENAI_PRICE_PER_MINUTE}/audio min."
+        )
+        written = [bench_report.write_json(report, out_dir / "report.json")]
+        if plots:
+            written += bench_report.plot(report, out_dir)
+        if results_md is not None:
+            written.append(bench_report.append_markdown(report, results_md))
+    except b.BenchError as exc:
+        raise _fail(str(exc)) from None
+    for path in written:
+        out.print(f"wrote {path}")
 
 
 def main() -> None:

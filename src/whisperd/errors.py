@@ -15,15 +15,19 @@
     │   ├── UnsupportedMediaTypeError 415
     │   ├── FetchError                400   (the URL could not be fetched)
     │   │   └── ForbiddenURLError     400   (scheme, private address, redirect to one)
-    │   └── ValidationError           422
+    │   ├── ValidationError           422
+    │   └── ConflictError             409   (e.g. cancelling a job that has finished)
     ├── AuthenticationError           401 authentication_error
     ├── NotFoundError                 404 not_found_error
-    │   └── ModelNotFoundError        404
+    │   ├── ModelNotFoundError        404
+    │   └── JobNotFoundError          404   (unknown, or expired after its TTL)
     ├── RateLimitError                429 rate_limit_error  (carries retry_after seconds)
     ├── ServiceUnavailableError       503 service_unavailable (draining, not ready)
     ├── DeadlineExceededError         504 timeout_error
     ├── CancelledError                499 cancelled         (the client went away)
-    └── ModelLoadError                500 server_error      (a bundled model is corrupt)
+    ├── ModelLoadError                500 server_error      (a bundled model is corrupt)
+    ├── WorkerLostError               500 server_error      (a job's worker died; retried)
+    └── InvalidTransitionError        500 server_error      (a job state change the table forbids)
 
 Library errors (PyAV, CTranslate2, httpx, redis) are translated at the boundary with
 ``raise X(...) from exc``.
@@ -143,6 +147,11 @@ class ValidationError(InvalidRequestError):
     default_code = "invalid_value"
 
 
+class ConflictError(InvalidRequestError):
+    status_code = 409
+    default_code = "conflict"
+
+
 class AuthenticationError(WhisperdError):
     status_code = 401
     error_type = "authentication_error"
@@ -159,6 +168,13 @@ class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
 
     def __init__(self, message: str, *, param: str | None = "model", code: str | None = None):
+        super().__init__(message, param=param, code=code)
+
+
+class JobNotFoundError(NotFoundError):
+    default_code = "job_not_found"
+
+    def __init__(self, message: str, *, param: str | None = "job_id", code: str | None = None):
         super().__init__(message, param=param, code=code)
 
 
@@ -196,6 +212,22 @@ class CancelledError(WhisperdError):
 
 class ModelLoadError(WhisperdError):
     default_code = "model_load_failed"
+
+    @property
+    def transient(self) -> bool:
+        return False
+
+
+class WorkerLostError(WhisperdError):
+    """The process running a job stopped (killed, crashed, out of memory) before it finished."""
+
+    default_code = "worker_lost"
+
+
+class InvalidTransitionError(WhisperdError):
+    """A job state change that the transition table does not allow: a bug, never a client error."""
+
+    default_code = "invalid_transition"
 
     @property
     def transient(self) -> bool:

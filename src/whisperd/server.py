@@ -46,6 +46,9 @@ class DrainingServer(uvicorn.Server):
             admission = getattr(self._app.state, "admission", None)
             if admission is not None:
                 admission.draining = True
+            jobs = getattr(self._app.state, "jobs", None)
+            if jobs is not None:
+                jobs.drain()  # no new jobs; those still running at the end go back to the queue
             return
         logger.info("Second signal: stopping now")
         self.should_exit = True

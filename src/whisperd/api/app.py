@@ -15,9 +15,14 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from whisperd import __version__
-from whisperd.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from whisperd.api.middleware import (
+    PUBLIC_PATHS,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+)
 from whisperd.api.pipeline import Pipeline
-from whisperd.api.routes import compat, openai, ops
+from whisperd.api.routes import compat, jobs, metrics, openai, ops, ui
 from whisperd.engine import Transcriber
 from whisperd.errors import (
     InvalidRequestError,
@@ -25,6 +30,8 @@ from whisperd.errors import (
     ValidationError,
     WhisperdError,
 )
+from whisperd.jobs.runtime import JobsRuntime
+from whisperd.metrics import Metrics
 from whisperd.scheduler import Admission
 from whisperd.settings import Settings
 
@@ -37,6 +44,8 @@ Self-hosted Whisper speech-to-text.
   `base_url="http://HOST:PORT/v1"`.
 * **OpenFaaS function**: `POST /function/whisper` (or `POST /`) with an audio URL as the body.
 * **Upload endpoints**: `POST /translate/` and the `/check-*` probes.
+* **Async jobs**: `POST /v1/jobs` (or OpenFaaS's `POST /async-function/whisper`) answers 202
+  at once; poll `GET /v1/jobs/{id}` or have the result POSTed to a callback URL.
 
 Every error is OpenAI's JSON: `{"error": {"message", "type", "param", "code"}}`.
 When API keys are configured, send `Authorization: Bearer KEY` (health probes are open).
@@ -118,11 +127,22 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
         app.state.engine = running
         app.state.admission = admission
         app.state.pipeline = Pipeline(settings, running, admission)
-        app.state.ready = True
+        jobs_runtime: JobsRuntime | None = None
         try:
+            if settings.jobs_enabled:
+                consumers = settings.queue_consumers
+                jobs_runtime = JobsRuntime(
+                    settings, engine=running if consumers else None, consumers=consumers
+                )
+                await anyio.to_thread.run_sync(jobs_runtime.start)
+            app.state.jobs = jobs_runtime
+            app.state.ready = True
             yield
         finally:
             app.state.ready = False
+            if jobs_runtime is not None:
+                # Before the engine closes: running jobs go back to the queue.
+                await anyio.to_thread.run_sync(jobs_runtime.stop)
             if owned:
                 await anyio.to_thread.run_sync(running.close)
 
@@ -134,6 +154,8 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.ready = False
+    app.state.jobs = None
+    app.state.metrics = app_metrics = Metrics(app.state)
     app.add_exception_handler(WhisperdError, _whisperd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -141,10 +163,14 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     app.include_router(ops.router)
     app.include_router(openai.router)
     app.include_router(compat.router)
+    app.include_router(jobs.router)
+    app.include_router(metrics.router)
+    app.include_router(ui.router)
     # Added last = outermost: context first, then keys, then the body limit.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + _FORM_OVERHEAD)
     keys = settings.all_api_keys()
     if keys:
-        app.add_middleware(ApiKeyMiddleware, keys=keys)
-    app.add_middleware(RequestContextMiddleware)
+        public = PUBLIC_PATHS | {"/metrics"} if settings.metrics_public else PUBLIC_PATHS
+        app.add_middleware(ApiKeyMiddleware, keys=keys, public=public)
+    app.add_middleware(RequestContextMiddleware, metrics=app_metrics)
     return app

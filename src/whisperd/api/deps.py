@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 
 from whisperd.api.pipeline import Pipeline
 from whisperd.engine import Transcriber
+from whisperd.errors import ServiceUnavailableError
+from whisperd.jobs.runtime import JobsRuntime
 from whisperd.settings import Settings
 from whisperd.timings import Timings
 
@@ -28,6 +30,16 @@ def get_pipeline(request: Request) -> Pipeline:
     return pipeline
 
 
+def get_jobs(request: Request) -> JobsRuntime:
+    jobs: JobsRuntime | None = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise ServiceUnavailableError(
+            "Async jobs are off on this server (WHISPERD_JOBS_ENABLED=false); use the "
+            "synchronous endpoints, or a server with jobs enabled."
+        )
+    return jobs
+
+
 def get_timings(request: Request) -> Timings:
     """The request's timings; the body has been read by now, so "receive" ends here."""
     timings: Timings = request.state.timings
@@ -39,4 +51,5 @@ def get_timings(request: Request) -> Timings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Transcriber, Depends(get_engine)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+JobsDep = Annotated[JobsRuntime, Depends(get_jobs)]
 TimingsDep = Annotated[Timings, Depends(get_timings)]

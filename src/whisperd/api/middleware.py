@@ -10,15 +10,29 @@ import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whisperd.errors import AuthenticationError, WhisperdError
+from whisperd.metrics import Metrics
 from whisperd.timings import Timings
 
 logger = logging.getLogger("whisperd.access")
 
 # Routes anyone may call, keys or not: probes must work without credentials.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/_/health", "/_/ready"})
+# The web page and its assets load without a key (the page asks for one on a 401); GET only:
+# ``POST /`` is the OpenFaaS function and needs a key like the rest of the API.
+PUBLIC_PAGE_PATHS = frozenset({"/"})
+PUBLIC_PAGE_PREFIX = "/ui/"
+
+
+def is_public_page(scope: Scope) -> bool:
+    """Whether ``scope`` is a GET (or HEAD) of the web page or one of its assets."""
+    path: str = scope["path"]
+    return scope.get("method") in ("GET", "HEAD") and (
+        path in PUBLIC_PAGE_PATHS or path.startswith(PUBLIC_PAGE_PREFIX)
+    )
 
 
 async def send_error(
@@ -33,10 +47,11 @@ async def send_error(
 
 
 class RequestContextMiddleware:
-    """Gives every request an id and a :class:`Timings`, and logs one line when it ends."""
+    """Gives every request an id and a :class:`Timings`; logs and records it when it ends."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,6 +80,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # The client left while sending its body: there is no one to answer, and it is
+            # not a server error (uncaught, it would be logged as one, with a traceback).
+            status = 499
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -87,14 +106,19 @@ class RequestContextMiddleware:
                     "stages": timings.rounded(),
                 },
             )
+            if self.metrics is not None:
+                self.metrics.observe(scope, status, elapsed, timings)
 
 
 class ApiKeyMiddleware:
     """When keys are configured, every route except the health probes needs a Bearer key."""
 
-    def __init__(self, app: ASGIApp, keys: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: frozenset[str], public: frozenset[str] = PUBLIC_PATHS
+    ) -> None:
         self.app = app
         self._keys = tuple(k.encode() for k in keys)
+        self._public = public
 
     def _allowed(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -108,7 +132,12 @@ class ApiKeyMiddleware:
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or self._allowed(scope):
+        if (
+            scope["type"] != "http"
+            or scope["path"] in self._public
+            or is_public_page(scope)
+            or self._allowed(scope)
+        ):
             await self.app(scope, receive, send)
             return
         await send_error(
