@@ -307,3 +307,22 @@ def test_server_timing_header(base_url: str) -> None:
     stages = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
     assert {"receive", "queue", "decode", "inference", "format"} <= set(stages)
     assert all(float(v) >= 0 for v in stages.values())
+
+
+def test_stream_carries_words_language_and_duration(base_url: str) -> None:
+    with httpx.stream(
+        "POST",
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": ("jfk.flac", JFK.read_bytes())},
+        data={"stream": "true", "word_timestamps": "true"},
+        timeout=60,
+    ) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line]
+    deltas = [e for e in events if e["type"] == "transcript.text.delta"]
+    words = [w for e in deltas for w in e["words"]]
+    assert len(words) >= 20
+    assert all(
+        e["start"] <= w["start"] <= w["end"] <= e["end"] + 0.01 for e in deltas for w in e["words"]
+    )
+    done = events[-1]
+    assert (done["language"], done["duration"]) == ("english", pytest.approx(11.0, abs=0.1))

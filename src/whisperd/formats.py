@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from whisperd.engine import Segment, Transcription
+from whisperd.engine import Segment, Transcription, Word
 
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "tsv")
 MEDIA_TYPES = {
@@ -152,6 +152,13 @@ def segment_dict(segment: Segment) -> dict[str, Any]:
     }
 
 
+def word_dicts(words: Iterable[Word]) -> list[dict[str, Any]]:
+    """Words with OpenAI's field names."""
+    return [
+        {"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)} for w in words
+    ]
+
+
 def to_json(transcription: Transcription, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"text": transcription.text, "usage": usage(transcription), **(extra or {})}
 
@@ -174,11 +181,7 @@ def to_verbose_json(
         body["segments"] = [segment_dict(s) for s in transcription.segments]
     has_words = any(s.words is not None for s in transcription.segments)
     if words or (words is None and has_words):
-        body["words"] = [
-            {"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)}
-            for s in transcription.segments
-            for w in s.words or ()
-        ]
+        body["words"] = [w for s in transcription.segments for w in word_dicts(s.words or ())]
     body["usage"] = usage(transcription)
     body.update(extra or {})
     return body
@@ -254,7 +257,3 @@ def render(transcription: Transcription, response_format: str) -> str:
         msg = f"Unknown response_format {response_format!r}; use one of {', '.join(FORMATS)}"
         raise ValueError(msg) from None
     return renderer(transcription)
-
-
-def join_text(segments: Iterable[Segment]) -> str:
-    return "".join(s.text for s in segments).strip()

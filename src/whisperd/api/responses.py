@@ -84,21 +84,24 @@ async def sse_events(items: AsyncIterator[TranscriptionInfo | Segment]) -> Async
                 info = item
                 continue
             texts.append(item.text)
-            yield sse(
-                {
-                    "type": "transcript.text.delta",
-                    "delta": item.text,
-                    "segment_id": item.id,
-                    "start": item.start,
-                    "end": item.end,
-                }
-            )
+            delta: dict[str, Any] = {
+                "type": "transcript.text.delta",
+                "delta": item.text,
+                "segment_id": item.id,
+                "start": round(item.start, 3),
+                "end": round(item.end, 3),
+            }
+            if item.words is not None:
+                delta["words"] = formats.word_dicts(item.words)
+            yield sse(delta)
     except WhisperdError as exc:
         yield sse(exc.to_dict())
         return
     done: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(texts).strip()}
     if info is not None:
         done["usage"] = {"type": "duration", "seconds": math.ceil(info.duration)}
+        done["language"] = formats.LANGUAGE_NAMES.get(info.language, info.language)
+        done["duration"] = round(info.duration, 3)
     yield sse(done)
 
 

@@ -65,6 +65,9 @@ class TranscriptTextDelta(BaseModel):
     segment_id: int
     start: float
     end: float
+    words: list[WordModel] | SkipJsonSchema[None] = Field(
+        None, description="The segment's words, with word timestamps on (ours)."
+    )
 
 
 class TranscriptTextDone(BaseModel):
@@ -73,6 +76,8 @@ class TranscriptTextDone(BaseModel):
     type: Literal["transcript.text.done"]
     text: str
     usage: Usage | SkipJsonSchema[None] = None
+    language: str | SkipJsonSchema[None] = Field(None, examples=["english"])
+    duration: float | SkipJsonSchema[None] = Field(None, examples=[11.0])
 
 
 def _inline(model: type[BaseModel]) -> dict[str, Any]:
