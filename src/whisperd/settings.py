@@ -83,8 +83,11 @@ class Settings(BaseSettings):
     """Requests waiting (not yet decoded) beyond the active ones; more get 429."""
     beam_size: int = Field(5, ge=1, le=20)
     """Default beam size."""
-    vad_filter: bool = False
-    """Default for the VAD filter, which skips long silences before decoding."""
+    vad_filter: bool = True
+    """Default for the VAD filter: skips silences of 2 s or more, where Whisper invents text."""
+    chunk_seconds: float = Field(300.0, ge=30)
+    """Longer audio is decoded and transcribed in pieces of about this length, cut at pauses,
+    so a request's memory is bounded by a piece, not by the file."""
     model_cache_dir: Path = Field(default_factory=_default_cache_dir)
     """Where assembled bundled models and downloaded models are kept."""
     offline: bool = False
@@ -111,12 +114,16 @@ class Settings(BaseSettings):
     """Hosts or CIDR ranges that URL fetching may reach even when private (trusted internal)."""
     fetch_max_redirects: int = Field(5, ge=0)
     """Redirects followed when fetching a URL."""
+    fetch_enabled: bool = True
+    """Accept audio and callback URLs; false refuses them (400) before any DNS lookup."""
 
     # --- security ---------------------------------------------------------------------
     api_keys: StrList = ()
     """API keys accepted as `Authorization: Bearer KEY`; none configured means no auth."""
     api_keys_file: Path | None = None
     """A file with one API key per line (blank lines and # comments ignored)."""
+    metrics_public: bool = False
+    """Serve /metrics without an API key (for a Prometheus that cannot send a bearer token)."""
 
     # --- jobs -------------------------------------------------------------------------
     data_dir: Path = Field(default_factory=_default_data_dir)
@@ -135,6 +142,26 @@ class Settings(BaseSettings):
     """Secret for the HMAC-SHA256 signature header on job callbacks."""
     callback_max_retries: int = Field(8, ge=0)
     """Retries of a failed callback delivery, with exponential backoff."""
+    jobs_enabled: bool = True
+    """Serve the async job endpoints (they need Redis); false serves the synchronous API only."""
+    job_workers: int = Field(0, ge=0)
+    """Jobs run at once by one process; 0 means one per engine slot."""
+    job_time_limit: float = Field(6 * 3600.0, gt=0)
+    """Longest a job's transcription may run, in seconds; past it the job fails."""
+    job_chunk_seconds: float = Field(600.0, ge=60)
+    """Longer jobs are cut at pauses into chunks of about this many seconds, run by any worker."""
+    job_retry_backoff: float = Field(5.0, gt=0)
+    """Delay before the first retry of a transient job failure, in seconds; doubles each retry."""
+    job_poll_interval: float = Field(1.0, gt=0)
+    """Seconds between polls of an idle queue consumer, and between checks of cancels and leases."""
+    job_heartbeat_timeout: float = Field(30.0, gt=0)
+    """Seconds without a heartbeat after which a worker is dead and its jobs run elsewhere."""
+    callback_workers: int = Field(2, ge=1)
+    """Callback deliveries in flight at once, per process."""
+    callback_timeout: float = Field(10.0, gt=0)
+    """Connect and read timeout of one callback delivery, in seconds."""
+    callback_retry_backoff: float = Field(2.0, gt=0)
+    """Delay before the first retry of a failed callback, in seconds; doubles each retry."""
 
     @field_validator("preload_models", "fetch_allow_hosts", "api_keys", mode="before")
     @classmethod
@@ -152,6 +179,13 @@ class Settings(BaseSettings):
                 except ValueError as exc:
                     msg = f"fetch_allow_hosts: {entry!r} is not a valid CIDR range"
                     raise ValueError(msg) from exc
+        if self.job_heartbeat_timeout < 3 * self.job_poll_interval:
+            msg = (
+                "job_heartbeat_timeout must be at least 3 x job_poll_interval (heartbeats are "
+                "sent at each poll); raise WHISPERD_JOB_HEARTBEAT_TIMEOUT or lower "
+                "WHISPERD_JOB_POLL_INTERVAL"
+            )
+            raise ValueError(msg)
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             msg = f"api_keys_file: {self.api_keys_file} does not exist; create it or unset it"
             raise ValueError(msg)
