@@ -6,6 +6,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,9 @@ from whisperd.engine import (
     TranscriptionInfo,
 )
 from whisperd.scheduler import Task
+from whisperd.settings import Settings
+
+from support import normalise
 
 pytestmark = pytest.mark.slow
 
@@ -272,3 +276,19 @@ def test_base_detects_and_translates_german(
         translated.text
     )
     assert not {"guten", "kaffee", "milch"} & english
+
+
+@pytest.mark.slow
+def test_batched_decoding_gives_the_same_words(
+    model_cache: Path, long_speech: audio.Audio, engine: Transcriber
+) -> None:
+    settings = Settings(model_cache_dir=model_cache, offline=True, slots=1, batch_size=4)
+    options = TranscribeOptions(vad_filter=True)
+    plain = engine.transcribe(long_speech, options)
+    with Transcriber(settings) as batched_engine:
+        batched = batched_engine.transcribe(long_speech, options)
+    assert normalise(batched.text) == normalise(plain.text)
+    assert batched.duration == plain.duration
+    starts = [s.start for s in batched.segments]
+    assert starts == sorted(starts)
+    assert [s.id for s in batched.segments] == list(range(len(batched.segments)))

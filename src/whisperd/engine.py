@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 Task_ = Literal["transcribe", "translate"]
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# Batched decoding only pays off for audio of several windows.
+_BATCH_MIN_SECONDS = 60.0
 # How much of the text before a chunk prompts it (Whisper's prompt holds ~224 tokens).
 _PROMPT_CHARS = 600
 # Silero VAD settings: a lower threshold than the library's 0.5 keeps quiet speech, while
@@ -124,6 +126,7 @@ class LoadedModel:
     load_seconds: float
     multilingual: bool
     whisper: Any = field(repr=False)
+    batched: Any = field(repr=False)
 
 
 def _languages() -> frozenset[str]:
@@ -196,6 +199,7 @@ class Transcriber:
         self._load_lock = threading.Lock()
         self._stepper: Stepper | None = None
         self._languages = _languages()
+        self._batch_size = settings.batch_size
 
     # --- lifetime ---------------------------------------------------------------------
     def start(self) -> Transcriber:
@@ -245,7 +249,7 @@ class Transcriber:
             resolved = models.resolve(
                 name, self.settings.model_cache_dir, offline=self.settings.offline
             )
-            from faster_whisper import WhisperModel
+            from faster_whisper import BatchedInferencePipeline, WhisperModel
 
             started = time.perf_counter()
             try:
@@ -268,6 +272,7 @@ class Transcriber:
                 load_seconds=time.perf_counter() - started,
                 multilingual=bool(whisper.model.is_multilingual),
                 whisper=whisper,
+                batched=BatchedInferencePipeline(whisper),
             )
             self._models[key] = loaded
             logger.info("Loaded model %s in %.2f s", loaded.name, loaded.load_seconds)
@@ -318,7 +323,8 @@ class Transcriber:
     def _steps(
         self, model: LoadedModel, chunks: Iterator[Chunk], options: TranscribeOptions
     ) -> Iterator[TranscriptionInfo | Segment]:
-        """Transcribe chunk after chunk; each ``next()`` is at most one 30-second window.
+        """Transcribe chunk after chunk; each ``next()`` is at most one 30-second window (one
+        batch of them with ``batch_size``).
 
         Taking the next chunk decodes it, so a long file is never in memory whole. Segment ids
         run on across chunks, times are shifted to the whole file, the language found in the
@@ -331,7 +337,13 @@ class Transcriber:
         duration = 0.0
         first: TranscriptionInfo | None = None
         for chunk in chunks:
-            segments, info = model.whisper.transcribe(
+            # the batched pipeline groups the speech the VAD finds into windows: no VAD, no batch
+            batched = (
+                self._batch_size > 1 and options.vad_filter and chunk.duration > _BATCH_MIN_SECONDS
+            )
+            kwargs: dict[str, Any] = {"batch_size": self._batch_size} if batched else {}
+            runner = model.batched if batched else model.whisper
+            segments, info = runner.transcribe(
                 chunk.samples,
                 language=language,
                 task=options.task,
@@ -342,6 +354,7 @@ class Transcriber:
                 word_timestamps=options.word_timestamps,
                 vad_filter=options.vad_filter,
                 vad_parameters=VAD_PARAMETERS if options.vad_filter else None,
+                **kwargs,
             )
             duration = chunk.offset + chunk.duration
             if first is None:
