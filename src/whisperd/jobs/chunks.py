@@ -1,0 +1,73 @@
+"""Long jobs in chunks: the audio a chunk keeps in Redis, and the merge of the chunks' results.
+
+A chunk's audio is stored as FLAC (16 kHz mono, 16-bit): lossless for what Whisper hears,
+half of 16-bit PCM for speech and next to nothing for silence, and decoded back by the same
+PyAV path as any upload. A worker transcribes it in pieces of ``chunk_seconds`` (as the
+synchronous path does), so its memory is bounded by a piece, not by the chunk.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator, Sequence
+
+import av
+import numpy as np
+
+from whisperd import chunking
+from whisperd.audio import SAMPLE_RATE, Audio
+from whisperd.chunking import Chunk
+from whisperd.engine import Segment, Transcription, TranscriptionInfo
+from whisperd.jobs.records import ChunkRecord, segments_from_json
+
+# Samples converted to 16-bit at a time while encoding (10 s): no second copy of a chunk.
+_ENCODE_BLOCK = 10 * SAMPLE_RATE
+
+
+def encode_flac(samples: Audio) -> bytes:
+    """16 kHz mono float samples as FLAC (16-bit; values past full scale are clipped)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="flac") as container:
+        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        for start in range(0, samples.shape[0], _ENCODE_BLOCK):
+            block = samples[start : start + _ENCODE_BLOCK]
+            pcm = (np.clip(block, -1.0, 1.0) * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def skip_samples(pieces: Iterable[Audio], count: int) -> Iterator[Audio]:
+    """``pieces`` without their first ``count`` samples (a split that resumes)."""
+    for piece in pieces:
+        if count >= piece.shape[0]:
+            count -= piece.shape[0]
+            continue
+        yield piece[count:] if count else piece
+        count = 0
+
+
+def pieces_of(record: ChunkRecord, data: bytes, *, piece_seconds: float) -> Iterator[Chunk]:
+    """A stored chunk's audio, decoded piece by piece (cut at pauses), at their offsets in
+    the whole file, so the engine's times come out absolute."""
+    for piece in chunking.split(io.BytesIO(data), target_seconds=piece_seconds):
+        yield Chunk(piece.index, record.offset + piece.offset, piece.samples)
+
+
+def merge(records: Sequence[ChunkRecord], *, duration: float) -> Transcription:
+    """The whole transcript from the chunks' segments, in order, with ids that run on."""
+    segments: list[Segment] = []
+    for record in records:
+        if record.segments is None:
+            msg = f"Chunk {record.index} of job {record.job_id} has no result to merge"
+            raise ValueError(msg)
+        segments += segments_from_json(record.segments, first_id=len(segments))
+    first = records[0]
+    info = TranscriptionInfo(
+        first.language or "en", first.language_probability, duration, "transcribe"
+    )
+    return Transcription.from_parts(info, tuple(segments))

@@ -1,0 +1,417 @@
+"""The jobs machinery of one process, from start to stop.
+
+:class:`JobsRuntime` connects to Redis (starting the embedded one when no
+``WHISPERD_REDIS_URL`` is set), declares the actors, and, when the process runs consumers,
+starts two dramatiq workers: one for jobs, with as many threads as engine slots (or
+``job_workers``) and a prefetch of that same number, so a process never holds a job it
+cannot start; and one for callbacks. A janitor thread, every ``job_poll_interval``:
+re-delivers dead workers' messages (queue maintenance), renews the leases of the jobs
+running here, stops those whose cancel was requested, and purges expired jobs.
+
+Used by the app's lifespan (``whisperd serve``: consumers share the engine's slots with
+synchronous requests) and by :func:`run_worker` (``whisperd worker``: consumers only).
+
+Stopping: :meth:`JobsRuntime.drain` stops taking new jobs (running ones go on);
+:meth:`JobsRuntime.stop` then stops the running ones at their next window and puts them
+back on the queue, so a drain that times out loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from types import FrameType
+from typing import Any
+
+import redis
+from dramatiq import Worker
+
+from whisperd.engine import Transcriber
+from whisperd.errors import (
+    CancelledError,
+    ConflictError,
+    JobNotFoundError,
+    ServiceUnavailableError,
+)
+from whisperd.jobs import actors as actors_module
+from whisperd.jobs.broker import CALLBACKS_QUEUE, JOBS_QUEUE, Broker, connect
+from whisperd.jobs.callbacks import CallbackSender
+from whisperd.jobs.embedded import EmbeddedRedis
+from whisperd.jobs.records import CallbackState, Job, JobSpec, Source
+from whisperd.jobs.runner import JobRunner
+from whisperd.jobs.states import JobState
+from whisperd.jobs.store import JobStore, error_fields, redis_errors
+from whisperd.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_STOP_JOIN_MS = 30_000
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class JobsRuntime:
+    """Redis, brokers, actors, and (with ``consumers``) the workers running jobs on ``engine``."""
+
+    def __init__(
+        self, settings: Settings, *, engine: Transcriber | None = None, consumers: bool = True
+    ) -> None:
+        if consumers and engine is None:
+            msg = "Job consumers need an engine"
+            raise ValueError(msg)
+        self.settings = settings
+        self.engine = engine
+        self.consumers = consumers
+        self.worker_id = _worker_id()
+        self.max_attempts = settings.job_max_retries + 1
+        self.embedded: EmbeddedRedis | None = None
+        self._client: redis.Redis | None = None
+        self._brokers: tuple[Broker, Broker] | None = None
+        self._store: JobStore | None = None
+        self._actors: actors_module.Actors | None = None
+        self.runner: JobRunner | None = None
+        self._workers: list[Worker] = []
+        self._janitor: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._draining = False
+        self._redis_ok = True
+
+    # --- lifetime ---------------------------------------------------------------------
+    def start(self) -> JobsRuntime:
+        """Connect (or start the embedded Redis), declare the actors, start the consumers."""
+        url = self.settings.redis_url
+        if url is None:
+            self.embedded = EmbeddedRedis(self.settings.data_dir)
+            url = self.embedded.start()
+            if not self.consumers:
+                logger.warning(
+                    "Embedded Redis with no queue consumers: jobs wait until a worker connects "
+                    "to %s (set WHISPERD_REDIS_URL to share a Redis)",
+                    url,
+                )
+        try:
+            job_broker = connect(self.settings, url)
+            callback_broker = connect(self.settings, url)
+        except redis.RedisError as exc:
+            self.stop()
+            raise ServiceUnavailableError(
+                f"Cannot reach the job queue's Redis ({exc}); check WHISPERD_REDIS_URL."
+            ) from exc
+        self._brokers = (job_broker, callback_broker)
+        self._client = job_broker.client
+        store = self._store = JobStore(job_broker.client, self.settings)
+        sender: CallbackSender | None = None
+        if self.consumers:
+            assert self.engine is not None
+            self.runner = JobRunner(
+                self.settings,
+                store,
+                self.engine,
+                self.worker_id,
+                send_job=self._send_job,
+                send_chunk=self._send_chunk,
+                send_callback=self._send_callback,
+            )
+            sender = CallbackSender(self.settings, store, self._send_callback_later)
+        self._actors = actors_module.declare(
+            job_broker,
+            callback_broker,
+            run_job=self.runner.run if self.runner else None,
+            run_chunk=self.runner.run_chunk if self.runner else None,
+            deliver_callback=sender.deliver if sender else None,
+        )
+        if self.consumers:
+            self._start_workers()
+        self._housekeep()
+        self._janitor = threading.Thread(
+            target=self._janitor_loop, name="whisperd-jobs-janitor", daemon=True
+        )
+        self._janitor.start()
+        logger.info(
+            "Jobs ready (%s Redis, %s)",
+            "external" if self.embedded is None else "embedded",
+            f"{self.job_threads} job consumer(s)" if self.consumers else "no consumers",
+        )
+        return self
+
+    @property
+    def job_threads(self) -> int:
+        """Jobs this process runs at once."""
+        if not self.consumers or self.engine is None:
+            return 0
+        return self.settings.job_workers or self.engine.plan.slots
+
+    def _start_workers(self) -> None:
+        assert self._brokers is not None
+        poll_ms = max(10, int(self.settings.job_poll_interval * 1000))
+        job_broker, callback_broker = self._brokers
+        for broker, queue, threads in (
+            (job_broker, JOBS_QUEUE, self.job_threads),
+            (callback_broker, CALLBACKS_QUEUE, self.settings.callback_workers),
+        ):
+            worker = Worker(broker, queues={queue}, worker_threads=threads, worker_timeout=poll_ms)
+            # Prefetch counts messages in progress: take no more than can start now.
+            worker.queue_prefetch = threads
+            worker.start()
+            self._workers.append(worker)
+
+    def drain(self) -> None:
+        """Take no new jobs; running ones go on. Safe to call from a signal handler."""
+        if self._draining:
+            return
+        self._draining = True
+        if self.runner is not None:
+            self.runner.draining = True
+        for worker in self._workers[:1]:
+            # Worker.pause() would close and restart the consumer after a fixed 3 s sleep;
+            # a prefetch of 0 just stops it fetching (heartbeats go on through the delay
+            # queue's consumer and the janitor).
+            for name, thread in worker.consumers.items():
+                if name == JOBS_QUEUE:
+                    thread.prefetch = 0
+                    if thread.consumer is not None:  # the broker's _RedisConsumer
+                        thread.consumer.prefetch = 0  # type: ignore[attr-defined]
+        logger.info("Jobs draining: no new jobs taken; %d running", self.running)
+
+    def stop(self) -> None:
+        """Put running jobs back on the queue, stop the consumers, disconnect, stop Redis."""
+        self.drain()
+        if self.runner is not None:
+            self.runner.stop_all()
+        for worker in self._workers:
+            worker.stop(timeout=_STOP_JOIN_MS)
+        self._workers.clear()
+        self._stop.set()
+        if self._janitor is not None:
+            self._janitor.join(timeout=10)
+            self._janitor = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+
+    @property
+    def running(self) -> int:
+        """Jobs running in this process (the server's drain waits for them)."""
+        return 0 if self.runner is None else self.runner.running
+
+    # --- the janitor ------------------------------------------------------------------
+    def _janitor_loop(self) -> None:
+        while not self._stop.wait(self.settings.job_poll_interval):
+            self._housekeep()
+
+    def _housekeep(self) -> None:
+        try:
+            assert self._brokers is not None and self._store is not None
+            self._brokers[0].maintain()
+            if self.runner is not None:
+                self.runner.tick()
+            self._store.purge_expired()
+        except redis.RedisError as exc:
+            if self._redis_ok:
+                logger.warning("Job queue housekeeping failed (Redis: %s); will retry", exc)
+            self._redis_ok = False
+            return
+        except Exception:
+            logger.exception("Job queue housekeeping failed")
+            return
+        if not self._redis_ok:
+            logger.info("Job queue housekeeping works again")
+        self._redis_ok = True
+
+    # --- sending ----------------------------------------------------------------------
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            raise ServiceUnavailableError("The job queue is not started.")
+        return self._store
+
+    @property
+    def actors(self) -> actors_module.Actors:
+        if self._actors is None:
+            raise ServiceUnavailableError("The job queue is not started.")
+        return self._actors
+
+    def _send_job(self, job_id: str, delay_ms: int | None) -> None:
+        self.actors.send_job(job_id, delay_ms)
+
+    def _send_chunk(self, job_id: str, index: int, delay_ms: int | None) -> None:
+        self.actors.send_chunk(job_id, index, delay_ms)
+
+    def _send_callback(self, job: Job) -> None:
+        self.actors.send_callback(job.id)
+        self.store.update(job.id, {"callback_state": str(CallbackState.QUEUED)})
+
+    def _send_callback_later(self, job_id: str, delay_ms: int) -> None:
+        self.actors.send_callback(job_id, delay_ms)
+
+    # --- what the API calls (blocking: run these in a worker thread) ------------------
+    def submit(
+        self,
+        spec: JobSpec,
+        *,
+        source: Source,
+        url: str | None = None,
+        audio: bytes | None = None,
+        filename: str | None = None,
+        callback_url: str | None = None,
+    ) -> Job:
+        """Store a new job and put it on the queue; both are durable when this returns."""
+        job_id = str(uuid.uuid4())
+        fields: dict[str, str | int | float] = {
+            "id": job_id,
+            "spec": spec.to_json(),
+            "source": source,
+            "created_at": time.time(),
+            "attempts": 0,
+            "url": url or "",
+            "filename": filename or "",
+            "size": len(audio) if audio is not None else "",
+            "callback_url": callback_url or "",
+        }
+        with redis_errors():
+            self.store.create(job_id, fields, audio)
+            try:
+                self.actors.send_job(job_id)
+            except BaseException:
+                self.store.delete(job_id)
+                raise
+            job = self.store.get(job_id)
+        assert job is not None
+        logger.info("Job %s queued (%s)", job_id, source)
+        return job
+
+    def get(self, job_id: str, *, with_result: bool = True) -> Job:
+        with redis_errors():
+            job = self.store.get(job_id, with_result=with_result)
+        if job is None:
+            raise JobNotFoundError(
+                f"No job {job_id!r}: it never existed, or it ended more than "
+                f"{self.settings.job_ttl:g} s ago and was purged (WHISPERD_JOB_TTL)."
+            )
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel: a queued job never runs; a running one stops at its next window. A job
+        split into chunks ends at once: its chunks stop at their next window, wherever they
+        run, and those not started never do."""
+        with redis_errors():
+            for _ in range(5):
+                job = self.get(job_id, with_result=False)
+                if job.state is JobState.CANCELLED:
+                    return job
+                if job.state.final:
+                    raise ConflictError(
+                        f"Job {job_id} has already {job.state}; there is nothing to cancel.",
+                        param="job_id",
+                        code="job_finished",
+                    )
+                if job.state is JobState.QUEUED:
+                    done = self.store.transition(
+                        job_id,
+                        JobState.QUEUED,
+                        JobState.CANCELLED,
+                        error_fields(CancelledError("The job was cancelled.")),
+                    )
+                    if done is not None:
+                        if done.callback_state is CallbackState.PENDING:
+                            self._send_callback(done)
+                        logger.info("Job %s cancelled before it ran", job_id)
+                        return done
+                elif job.fanned_out:
+                    done = self.store.transition(
+                        job_id,
+                        JobState.RUNNING,
+                        JobState.CANCELLED,
+                        error_fields(CancelledError("The job was cancelled.")),
+                    )
+                    if done is not None:
+                        if done.callback_state is CallbackState.PENDING:
+                            self._send_callback(done)
+                        if self.runner is not None:
+                            self.runner.cancel(job_id)
+                        logger.info("Job %s cancelled while its chunks ran", job_id)
+                        return done
+                else:
+                    flagged = self.store.request_cancel(job_id)
+                    if flagged is not None:
+                        if self.runner is not None:
+                            self.runner.cancel(job_id)
+                        logger.info("Job %s: cancel requested while running", job_id)
+                        return flagged
+        raise ServiceUnavailableError("The job kept changing state; retry the cancel.")
+
+    def list_jobs(
+        self, state: JobState | None, *, limit: int, after: str | None
+    ) -> tuple[list[Job], bool]:
+        with redis_errors():
+            return self.store.list(state, limit=limit, after=after)
+
+    def queue_stats(self) -> dict[str, Any]:
+        """Jobs per state, and the messages waiting on the queue (what autoscaling watches)."""
+        if self._brokers is None:
+            raise ServiceUnavailableError("The job queue is not started.")
+        broker = self._brokers[0]
+        with redis_errors():
+            counts = self.store.counts()
+            return {
+                **counts,
+                "waiting_messages": broker.queue_length(),
+                "delayed_messages": broker.delayed_count(),
+            }
+
+
+def run_worker(settings: Settings) -> int:
+    """``whisperd worker``: load the model, run job consumers until SIGTERM/SIGINT; exit status.
+
+    The first signal drains (no new jobs; running ones get ``drain_timeout`` seconds to
+    finish, then go back to the queue); a second one stops at once.
+    """
+    if settings.redis_url is None:
+        logger.error(
+            "whisperd worker needs WHISPERD_REDIS_URL: the Redis the API servers use "
+            "(a redis:// URL, or unix:///path/to/redis.sock for a local embedded one)."
+        )
+        return 2
+    signals = (signal.SIGTERM, signal.SIGINT)
+    received: list[float] = []
+    wake = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(time.monotonic())
+        wake.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    try:
+        with Transcriber(settings) as engine:
+            runtime = JobsRuntime(settings, engine=engine, consumers=True).start()
+            try:
+                logger.info("Worker %s taking jobs", runtime.worker_id)
+                while not received:
+                    wake.wait(1.0)
+                logger.info("Signal received: draining (up to %.0f s)", settings.drain_timeout)
+                runtime.drain()
+                deadline = received[0] + settings.drain_timeout
+                while runtime.running and len(received) < 2 and time.monotonic() < deadline:
+                    wake.clear()
+                    wake.wait(0.1)
+                if runtime.running:
+                    logger.warning(
+                        "Stopping with %d job(s) running: back to the queue", runtime.running
+                    )
+            finally:
+                runtime.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("Worker stopped")
+    return 0

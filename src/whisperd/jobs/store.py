@@ -1,0 +1,558 @@
+"""Job records in Redis.
+
+Keys (all under ``whisperd:``)::
+
+    job:{id}           hash    the record (see records.Job); expires job_ttl after the end
+    job:{id}:audio     string  an uploaded file; deleted when the job ends
+    job:{id}:result    string  the transcript in the job's format; expires with the record
+    job:{id}:lease     string  the id of the worker running it; a short TTL its owner renews
+    job:{id}:chunk:{n} hash    chunk n of a long job (see records.ChunkRecord): its state,
+                               offset and length, attempts, worker, and segments once done
+    job:{id}:chunk:{n}:audio   string  the chunk's audio as FLAC; deleted once transcribed
+    job:{id}:chunk:{n}:lease   string  the worker transcribing the chunk; a short TTL
+    index:all          zset    every job, scored by creation time (ms), for listing
+    index:{state}      zset    the jobs in one state, same scores
+    index:expiry       zset    ended jobs, scored by when they expire; the janitor purges them
+
+A state change is one optimistic transaction (WATCH the record, check the table in
+states.py, then MULTI: the fields, the indexes and, for a final state, the TTLs and the
+deletion of its audio and chunks), so two processes racing for one job cannot both win.
+
+A chunk's changes are Lua scripts that check the job's state in the same step: a chunk is
+stored only while its job runs and by the worker splitting it, and never re-created once the
+job has ended and its chunks were deleted. Finishing a chunk counts it in the job's
+``chunks_done``; the one step that finds every chunk done (the last chunk's, or the end of the
+split when the chunks were quicker) answers "merge", so exactly one worker merges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+import redis
+
+from whisperd.errors import ServiceUnavailableError, ValidationError, WhisperdError
+from whisperd.jobs.records import CallbackState, ChunkRecord, Job
+from whisperd.jobs.states import ChunkState, JobState, check_chunk_transition, check_transition
+from whisperd.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "whisperd"
+Fields = Mapping[str, str | int | float]
+
+# Change fields of a record that still exists (never re-create one that expired).
+_HSET_IF_EXISTS = """
+if redis.call('exists', KEYS[1]) == 1 then
+  redis.call('hset', KEYS[1], unpack(ARGV))
+  return 1
+end
+return 0
+"""
+_HINCRBY_IF_EXISTS = """
+if redis.call('exists', KEYS[1]) == 1 then
+  return redis.call('hincrby', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
+# Renew a lease held by ARGV[1] (or take it back if it lapsed); 0 if another worker holds it.
+_RENEW_LEASE = """
+local owner = redis.call('get', KEYS[1])
+if owner == false or owner == ARGV[1] then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+# Store chunk n of a job (and its audio), if the job runs, split by ARGV[1], and n is next.
+_ADD_CHUNK = """
+local state, worker, stored = unpack(
+  redis.call('hmget', KEYS[1], 'state', 'worker', 'chunks_stored'))
+if state ~= 'running' or worker ~= ARGV[1] then return 0 end
+local lease = redis.call('get', KEYS[2])
+if lease and lease ~= ARGV[1] then return 0 end
+if (tonumber(stored) or 0) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('del', KEYS[3])
+redis.call('hset', KEYS[3], 'state', 'queued', 'offset', ARGV[3], 'seconds', ARGV[4], 'attempts', 0)
+redis.call('set', KEYS[4], ARGV[7])
+redis.call('hset', KEYS[1], 'chunks_stored', tonumber(ARGV[2]) + 1, 'split_at', ARGV[5],
+  'updated_at', ARGV[6])
+return 1
+"""
+# The split is over: the chunk count and duration; 1 if every chunk is done already (merge).
+_SPLIT_DONE = """
+local state, worker, done = unpack(redis.call('hmget', KEYS[1], 'state', 'worker', 'chunks_done'))
+if state ~= 'running' or worker ~= ARGV[1] then return -1 end
+local lease = redis.call('get', KEYS[2])
+if lease and lease ~= ARGV[1] then return -1 end
+redis.call('hset', KEYS[1], 'chunks', ARGV[2], 'duration', ARGV[3], 'updated_at', ARGV[4])
+redis.call('del', KEYS[3])
+if (tonumber(done) or 0) >= tonumber(ARGV[2]) then return 1 end
+return 0
+"""
+_START_CHUNK = """
+if redis.call('hget', KEYS[1], 'state') ~= 'running' then return 0 end
+if redis.call('hget', KEYS[2], 'state') ~= 'queued' then return 0 end
+redis.call('hset', KEYS[2], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[3])
+redis.call('hincrby', KEYS[2], 'attempts', 1)
+redis.call('set', KEYS[3], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+# Running -> queued: by its worker (ARGV[1]), or, with ARGV[1] empty, once its lease lapsed.
+_REQUEUE_CHUNK = """
+local state = redis.call('hget', KEYS[1], 'state')
+if state ~= 'running' and state ~= 'queued' then return 0 end
+local cstate, cworker = unpack(redis.call('hmget', KEYS[2], 'state', 'worker'))
+if cstate ~= 'running' then return 0 end
+local lease = redis.call('get', KEYS[3])
+if ARGV[1] == '' then
+  if lease then return 0 end
+elseif cworker ~= ARGV[1] or (lease and lease ~= ARGV[1]) then
+  return 0
+end
+redis.call('hset', KEYS[2], 'state', 'queued', 'error', ARGV[3], 'error_status', ARGV[4])
+if tonumber(ARGV[2]) ~= 0 then redis.call('hincrby', KEYS[2], 'attempts', ARGV[2]) end
+redis.call('del', KEYS[3])
+return 1
+"""
+# Running -> done with its segments; counts it in the job. 1 if it was the last (merge).
+_FINISH_CHUNK = """
+local state, total = unpack(redis.call('hmget', KEYS[1], 'state', 'chunks'))
+if state ~= 'running' and state ~= 'queued' then return -1 end
+local cstate, cworker = unpack(redis.call('hmget', KEYS[2], 'state', 'worker'))
+if cstate ~= 'running' or cworker ~= ARGV[1] then return -1 end
+local lease = redis.call('get', KEYS[4])
+if lease and lease ~= ARGV[1] then return -1 end
+redis.call('hset', KEYS[2], 'state', 'done', 'segments', ARGV[2], 'language', ARGV[4],
+  'language_probability', ARGV[5], 'error', '', 'error_status', '')
+redis.call('del', KEYS[3], KEYS[4])
+local done = redis.call('hincrby', KEYS[1], 'chunks_done', 1)
+redis.call('hincrbyfloat', KEYS[1], 'progress', ARGV[3])
+redis.call('hset', KEYS[1], 'updated_at', ARGV[6])
+if state == 'running' and total and total ~= '' and done >= tonumber(total) then return 1 end
+return 0
+"""
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def audio_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:audio"
+
+
+def result_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:result"
+
+
+def lease_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def chunk_key(job_id: str, index: int) -> str:
+    return f"{PREFIX}:job:{job_id}:chunk:{index}"
+
+
+def chunk_audio_key(job_id: str, index: int) -> str:
+    return f"{PREFIX}:job:{job_id}:chunk:{index}:audio"
+
+
+def chunk_lease_key(job_id: str, index: int) -> str:
+    return f"{PREFIX}:job:{job_id}:chunk:{index}:lease"
+
+
+def chunk_keys(job_id: str, count: int) -> list[str]:
+    """Every key of a job's first ``count`` chunks."""
+    return [
+        key
+        for index in range(count)
+        for key in (
+            chunk_key(job_id, index),
+            chunk_audio_key(job_id, index),
+            chunk_lease_key(job_id, index),
+        )
+    ]
+
+
+def index_key(state: JobState | None) -> str:
+    return f"{PREFIX}:index:{state or 'all'}"
+
+
+EXPIRY_KEY = f"{PREFIX}:index:expiry"
+
+
+def _text(value: object) -> str | None:
+    """A Redis reply (bytes, as this client does not decode) as text."""
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode()
+    return str(value)
+
+
+def _mapping(fields: Fields) -> dict[Any, Any]:
+    return dict(fields)
+
+
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    """Turn a Redis outage into a 503 for the API."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        logger.warning("Job store unavailable: %s", exc)
+        raise ServiceUnavailableError(
+            "The job queue (Redis) is unavailable right now; retry shortly."
+        ) from exc
+
+
+def error_fields(error: WhisperdError) -> dict[str, str | int]:
+    """A record's ``error`` (OpenAI's error object) and ``error_status`` fields."""
+    return {"error": json.dumps(error.to_dict()["error"]), "error_status": error.status_code}
+
+
+class JobStore:
+    """Reads and changes job records; every method is one or a few Redis round trips."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.ttl_ms = max(1, int(settings.job_ttl * 1000))
+        self._hset_if_exists = client.register_script(_HSET_IF_EXISTS)
+        self._hincrby_if_exists = client.register_script(_HINCRBY_IF_EXISTS)
+        self._renew_lease = client.register_script(_RENEW_LEASE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._add_chunk = client.register_script(_ADD_CHUNK)
+        self._split_done = client.register_script(_SPLIT_DONE)
+        self._start_chunk = client.register_script(_START_CHUNK)
+        self._requeue_chunk = client.register_script(_REQUEUE_CHUNK)
+        self._finish_chunk = client.register_script(_FINISH_CHUNK)
+
+    # --- create and read --------------------------------------------------------------
+    def create(self, job_id: str, fields: Fields, audio: bytes | None) -> None:
+        """Write a new queued record (and its audio) in one transaction."""
+        score = int(float(fields["created_at"]) * 1000)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(job_key(job_id), mapping=_mapping({**fields, "state": str(JobState.QUEUED)}))
+            if audio is not None:
+                pipe.set(audio_key(job_id), audio)
+            pipe.zadd(index_key(None), {job_id: score})
+            pipe.zadd(index_key(JobState.QUEUED), {job_id: score})
+            pipe.execute()
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job and everything it holds (when it expired, or its message was not sent)."""
+        stored = _text(self.client.hget(job_key(job_id), "chunks_stored"))
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(job_key(job_id), audio_key(job_id), result_key(job_id), lease_key(job_id))
+            if stored:
+                pipe.delete(*chunk_keys(job_id, int(stored)))
+            for state in (None, *JobState):
+                pipe.zrem(index_key(state), job_id)
+            pipe.zrem(EXPIRY_KEY, job_id)
+            pipe.execute()
+
+    def get(self, job_id: str, *, with_result: bool = False) -> Job | None:
+        """The record, or None if there is none (never created, or expired)."""
+        raw: dict[bytes, bytes] = self.client.hgetall(job_key(job_id))  # type: ignore[assignment]
+        if not raw or b"state" not in raw:
+            return None
+        job = Job.from_hash(raw)
+        if with_result and job.state is JobState.SUCCEEDED:
+            result = _text(self.client.get(result_key(job_id)))
+            if result is not None:
+                job = replace(job, result=result)
+        return job
+
+    def audio(self, job_id: str) -> bytes | None:
+        value: bytes | None = self.client.get(audio_key(job_id))  # type: ignore[assignment]
+        return value
+
+    # --- change -----------------------------------------------------------------------
+    def transition(
+        self,
+        job_id: str,
+        old: JobState,
+        new: JobState,
+        fields: Fields | None = None,
+        *,
+        attempts_delta: int = 0,
+        lease: tuple[str, int] | None = None,
+        result: str | None = None,
+    ) -> Job | None:
+        """Move a job from ``old`` to ``new`` and set ``fields``; None if it is not in ``old``.
+
+        Raises InvalidTransitionError if the table does not allow ``old -> new``. A final
+        state starts the TTL, deletes the audio and the lease, and marks a callback pending.
+        ``lease`` is (worker id, ms) to take the job's lease in the same transaction.
+        """
+        check_transition(old, new)
+        key = job_key(job_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    state, created, callback, stored = pipe.hmget(
+                        key, "state", "created_at", "callback_url", "chunks_stored"
+                    )
+                    if _text(state) != old:
+                        pipe.unwatch()
+                        return None
+                    now = time.time()
+                    values: dict[str, str | int | float] = {
+                        **(fields or {}),
+                        "state": str(new),
+                        "updated_at": now,
+                    }
+                    if new.final:
+                        values.setdefault("finished_at", now)
+                        if callback:
+                            values["callback_state"] = str(CallbackState.PENDING)
+                    score = int(float(_text(created) or now) * 1000)
+                    pipe.multi()
+                    pipe.hset(key, mapping=_mapping(values))
+                    if attempts_delta:
+                        pipe.hincrby(key, "attempts", attempts_delta)
+                    pipe.zrem(index_key(old), job_id)
+                    pipe.zadd(index_key(new), {job_id: score})
+                    if lease is not None:
+                        pipe.set(lease_key(job_id), lease[0], px=lease[1])
+                    if result is not None:
+                        pipe.set(result_key(job_id), result, px=self.ttl_ms)
+                    if new.final:
+                        pipe.pexpire(key, self.ttl_ms)
+                        pipe.delete(audio_key(job_id), lease_key(job_id))
+                        if stored:
+                            pipe.delete(*chunk_keys(job_id, int(stored)))
+                        pipe.zadd(EXPIRY_KEY, {job_id: int(now * 1000) + self.ttl_ms})
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        return self.get(job_id)
+
+    def update(self, job_id: str, fields: Fields) -> bool:
+        """Set fields of an existing record; False if it is gone."""
+        args: list[str | int | float] = []
+        for name, value in fields.items():
+            args += [name, value]
+        return bool(self._hset_if_exists(keys=[job_key(job_id)], args=args))
+
+    def count_callback_attempt(self, job_id: str) -> int:
+        """Add one to the callback's attempts; the new count (-1 if the record is gone)."""
+        return int(self._hincrby_if_exists(keys=[job_key(job_id)], args=["callback_attempts", 1]))
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Flag a running job for cancellation; None unless it is running."""
+        key = job_key(job_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    if _text(pipe.hget(key, "state")) != JobState.RUNNING:
+                        pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.hset(key, mapping={"cancel_requested": "1", "updated_at": time.time()})
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        return self.get(job_id)
+
+    def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        """Which of these jobs are flagged for cancellation, or have ended, or are gone."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(job_key(job_id), "state", "cancel_requested")
+            rows = pipe.execute()
+        return {
+            job_id
+            for job_id, (state, flag) in zip(job_ids, rows, strict=True)
+            if state is None or flag == b"1" or JobState(bytes(state).decode()).final
+        }
+
+    # --- leases (a job's, or with ``chunk``, one of its chunks') ------------------------
+    @staticmethod
+    def _lease(job_id: str, chunk: int | None) -> str:
+        return lease_key(job_id) if chunk is None else chunk_lease_key(job_id, chunk)
+
+    def lease_owner(self, job_id: str, chunk: int | None = None) -> str | None:
+        return _text(self.client.get(self._lease(job_id, chunk)))
+
+    def renew_lease(self, job_id: str, worker: str, ttl_ms: int, chunk: int | None = None) -> bool:
+        return bool(self._renew_lease(keys=[self._lease(job_id, chunk)], args=[worker, ttl_ms]))
+
+    def release_lease(self, job_id: str, worker: str, chunk: int | None = None) -> None:
+        self._release_lease(keys=[self._lease(job_id, chunk)], args=[worker])
+
+    # --- chunks of a long job ---------------------------------------------------------
+    def add_chunk(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        worker: str,
+        offset: float,
+        seconds: float,
+        split_at: int,
+        audio: bytes,
+    ) -> bool:
+        """Store chunk ``index`` (queued) and its audio; False unless the job runs, split by
+        ``worker``, and ``index`` is the next chunk (the job ended, or another worker splits it).
+        """
+        keys = [job_key(job_id), lease_key(job_id)]
+        keys += [chunk_key(job_id, index), chunk_audio_key(job_id, index)]
+        args: list[str | int | float | bytes] = [worker, index, repr(offset), repr(seconds)]
+        args += [split_at, time.time(), audio]
+        return bool(self._add_chunk(keys=keys, args=args))
+
+    def split_done(self, job_id: str, *, worker: str, chunks: int, duration: float) -> bool | None:
+        """Record the split's end and delete the source audio; True if every chunk is done
+        already (the caller merges), None if the job no longer runs split by ``worker``."""
+        keys = [job_key(job_id), lease_key(job_id), audio_key(job_id)]
+        done = int(self._split_done(keys=keys, args=[worker, chunks, duration, time.time()]))
+        return None if done < 0 else done == 1
+
+    def get_chunk(self, job_id: str, index: int) -> ChunkRecord | None:
+        raw: dict[bytes, bytes] = self.client.hgetall(chunk_key(job_id, index))  # type: ignore[assignment]
+        if not raw or b"state" not in raw:
+            return None
+        return ChunkRecord.from_hash(job_id, index, raw)
+
+    def chunks(self, job_id: str, count: int) -> list[ChunkRecord | None]:
+        """The records of chunks 0 to ``count - 1`` (None for one that is not there)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for index in range(count):
+                pipe.hgetall(chunk_key(job_id, index))
+            raws: list[dict[bytes, bytes]] = pipe.execute()
+        return [
+            ChunkRecord.from_hash(job_id, index, raw) if raw and b"state" in raw else None
+            for index, raw in enumerate(raws)
+        ]
+
+    def chunk_audio(self, job_id: str, index: int) -> bytes | None:
+        value: bytes | None = self.client.get(chunk_audio_key(job_id, index))  # type: ignore[assignment]
+        return value
+
+    def start_chunk(self, job_id: str, index: int, worker: str, lease_ms: int) -> bool:
+        """Queued -> running, with its lease and one more attempt; False if the job does not
+        run or the chunk is not queued."""
+        check_chunk_transition(ChunkState.QUEUED, ChunkState.RUNNING)
+        keys = [job_key(job_id), chunk_key(job_id, index), chunk_lease_key(job_id, index)]
+        return bool(self._start_chunk(keys=keys, args=[worker, lease_ms, time.time()]))
+
+    def requeue_chunk(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        worker: str | None,
+        error: WhisperdError | None = None,
+        attempts_delta: int = 0,
+    ) -> bool:
+        """Running -> queued: by its ``worker``, or (None) a dead worker's, once its lease
+        lapsed; False if the chunk is not in that state (or its worker is alive)."""
+        check_chunk_transition(ChunkState.RUNNING, ChunkState.QUEUED)
+        keys = [job_key(job_id), chunk_key(job_id, index), chunk_lease_key(job_id, index)]
+        fields: dict[str, str | int] = {"error": "", "error_status": ""}
+        if error is not None:
+            fields = error_fields(error)
+        args: list[str | int] = [
+            worker or "",
+            attempts_delta,
+            fields["error"],
+            fields["error_status"],
+        ]
+        return bool(self._requeue_chunk(keys=keys, args=args))
+
+    def finish_chunk(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        worker: str,
+        segments: str,
+        seconds: float,
+        language: str,
+        language_probability: float,
+    ) -> bool | None:
+        """Running -> done with its segments (JSON), counted in the job's progress; True if it
+        was the last chunk (the caller merges), None if the result was not wanted (the job
+        ended, or the chunk is another worker's now)."""
+        check_chunk_transition(ChunkState.RUNNING, ChunkState.DONE)
+        keys = [job_key(job_id), chunk_key(job_id, index)]
+        keys += [chunk_audio_key(job_id, index), chunk_lease_key(job_id, index)]
+        args: list[str | float] = [worker, segments, repr(seconds), language]
+        args += [repr(language_probability), time.time()]
+        done = int(self._finish_chunk(keys=keys, args=args))
+        return None if done < 0 else done == 1
+
+    # --- listing and housekeeping -----------------------------------------------------
+    def list(
+        self, state: JobState | None, *, limit: int, after: str | None
+    ) -> tuple[list[Job], bool]:
+        """Jobs newest first (``state`` only, if given) after the job ``after``; and has_more."""
+        key = index_key(state)
+        rows: list[tuple[bytes, float]]
+        if after is None:
+            rows = self.client.zrevrange(key, 0, limit, withscores=True)  # type: ignore[assignment]
+        else:
+            found = self.client.zscore(index_key(None), after)
+            if found is None:
+                raise ValidationError(
+                    f"Unknown cursor after={after!r}: that job does not exist (or expired); "
+                    "list again from the start.",
+                    param="after",
+                )
+            score = float(found)
+            ties = int(self.client.zcount(key, score, score))
+            fetched: list[tuple[bytes, float]] = self.client.zrevrangebyscore(  # type: ignore[assignment]
+                key, score, "-inf", start=0, num=limit + 1 + ties, withscores=True
+            )
+            # Equal scores come in reverse byte order, so the ones after the cursor sort below it.
+            rows = [(m, s) for m, s in fetched if s < score or m.decode() < after]
+        ids = [member.decode() for member, _ in rows]
+        has_more = len(ids) > limit
+        ids = ids[:limit]
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(job_key(job_id))
+            raws: list[dict[bytes, bytes]] = pipe.execute()
+        jobs = [Job.from_hash(raw) for raw in raws if raw and b"state" in raw]
+        return jobs, has_more
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for state in JobState:
+                pipe.zcard(index_key(state))
+            values = pipe.execute()
+        return {str(state): int(n) for state, n in zip(JobState, values, strict=True)}
+
+    def purge_expired(self, now: float | None = None, batch: int = 500) -> int:
+        """Delete ended jobs past their TTL (keys and index entries); how many were purged."""
+        now_ms = int((time.time() if now is None else now) * 1000)
+        members: list[bytes] = self.client.zrangebyscore(  # type: ignore[assignment]
+            EXPIRY_KEY, "-inf", now_ms, start=0, num=batch
+        )
+        ids = [m.decode() for m in members]
+        for job_id in ids:
+            self.delete(job_id)
+        if ids:
+            logger.info("Purged %d expired job(s)", len(ids))
+        return len(ids)

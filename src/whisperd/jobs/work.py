@@ -1,0 +1,249 @@
+"""What one try does: open a job's audio, transcribe it in one go, split it into stored
+chunks, or transcribe one chunk. The runner decides when, and records what came of it.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import IO
+
+from whisperd import audio, chunking, fetch
+from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo
+from whisperd.errors import (
+    DeadlineExceededError,
+    EmptyAudioError,
+    ServiceUnavailableError,
+    WhisperdError,
+)
+from whisperd.jobs import chunks as chunk_audio
+from whisperd.jobs.records import ChunkRecord, Job
+from whisperd.jobs.states import ChunkState
+from whisperd.jobs.store import JobStore
+from whisperd.scheduler import Task
+from whisperd.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_PROGRESS_EVERY_S = 0.5
+
+
+class WorkerStopping(ServiceUnavailableError):
+    """This worker is shutting down; the job goes back to the queue for another one."""
+
+
+class Superseded(WhisperdError):
+    """The job ended, or another worker has taken this work over: stop without a trace."""
+
+
+class ActiveJob:
+    """Work running in this process: its engine task, once there is one, and a stop reason."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._task: Task[TranscriptionInfo | Segment] | None = None
+        self.reason: WhisperdError | None = None
+
+    def attach(self, task: Task[TranscriptionInfo | Segment]) -> None:
+        with self._lock:
+            self._task = task
+            if self.reason is not None:
+                task.cancel(self.reason)
+
+    def stop(self, reason: WhisperdError) -> None:
+        """Stop the work at its next window (or before inference starts) with ``reason``."""
+        with self._lock:
+            if self.reason is None or isinstance(reason, WorkerStopping):
+                self.reason = reason
+            if self._task is not None:
+                self._task.cancel(reason)
+
+    def check(self) -> None:
+        if self.reason is not None:
+            raise self.reason
+
+
+class Work:
+    """The work of jobs and chunks on this process's engine, with their records in ``store``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        engine: Transcriber,
+        worker_id: str,
+        *,
+        send_chunk: Callable[[str, int, int | None], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.worker_id = worker_id
+        self._send_chunk = send_chunk
+
+    def open_audio(self, job: Job) -> IO[bytes]:
+        if job.source == "upload":
+            data = self.store.audio(job.id)
+            if data is None:
+                raise EmptyAudioError(
+                    "The uploaded audio of this job is no longer stored; submit it again.",
+                    param="file",
+                )
+            return io.BytesIO(data)
+        assert job.url is not None
+        return fetch.fetch_to_file(job.url, self.settings)
+
+    def in_one_go(self, job: Job, source: IO[bytes]) -> float | None:
+        """The duration the audio declares if it is short enough to run in one go, else None
+        (long, or of unknown length: it fans out). A job that fanned out goes on doing so."""
+        if job.fanned_out:
+            return None
+        estimate = audio.probe_duration(source)
+        source.seek(0)
+        target = job.chunk_target or self.settings.job_chunk_seconds
+        if estimate is not None and estimate < target + chunking.search_window(target):
+            return estimate
+        return None
+
+    def transcribe(
+        self, job: Job, active: ActiveJob, source: IO[bytes], estimate: float
+    ) -> tuple[str, str]:
+        """The job in one go: decoded piece by piece as the engine gets to it (bounded memory)."""
+        self.store.update(
+            job.id,
+            {"duration": round(estimate, 3), "progress": 0, "chunks": 1, "chunks_done": 0},
+        )
+        options = job.spec.options(self.settings)
+        model = self.engine.model_for(job.spec.model)
+        self.engine.check(model, options)
+        pieces = chunking.split(
+            source,
+            target_seconds=self.settings.chunk_seconds,
+            max_seconds=self.settings.max_audio_seconds,
+        )
+        first = next(pieces, None)  # decoded here, not in an engine slot; bad audio fails now
+        if first is None:
+            raise EmptyAudioError("The file contains no audio samples.", param="file")
+        active.check()
+        deadline = time.monotonic() + self.settings.job_time_limit
+        info: TranscriptionInfo | None = None
+        segments: list[Segment] = []
+        reported = time.monotonic()
+        items = self.engine.stream(
+            itertools.chain([first], pieces),
+            options,
+            model=model.name,
+            deadline=deadline,
+            on_task=active.attach,
+        )
+        del first
+        for item in items:
+            if isinstance(item, TranscriptionInfo):
+                info = item
+                continue
+            segments.append(item)
+            if time.monotonic() - reported >= _PROGRESS_EVERY_S:
+                reported = time.monotonic()
+                self.store.update(job.id, {"progress": round(item.end, 3)})
+        if info is None:  # pragma: no cover - the engine's first step always yields it
+            raise ServiceUnavailableError("The engine stopped before transcribing.")
+        transcription = Transcription.from_parts(info, tuple(segments))
+        self.store.update(
+            job.id, {"duration": round(info.duration, 3), "progress": round(info.duration, 3)}
+        )
+        return job.spec.render(transcription)
+
+    def split(self, job: Job, active: ActiveJob, source: IO[bytes]) -> bool:
+        """Fan out: store the audio's chunks and send their messages as they are cut; whether
+        every chunk is done already when the split ends (then the caller merges)."""
+        target = job.chunk_target or self.settings.job_chunk_seconds
+        if not job.fanned_out:
+            self.store.update(job.id, {"chunk_target": target, "chunks": "", "progress": 0})
+        else:
+            # An earlier try stored these; their messages may not all have been sent.
+            for record in self.store.chunks(job.id, job.chunks_stored):
+                if record is not None and record.state is ChunkState.QUEUED:
+                    self._send_chunk(job.id, record.index, None)
+        pieces = audio.iter_chunks(source, max_seconds=self.settings.max_audio_seconds)
+        index, position = job.chunks_stored, job.split_at
+        for chunk in chunking.split_pieces(
+            chunk_audio.skip_samples(pieces, position), target_seconds=target
+        ):
+            active.check()
+            data = chunk_audio.encode_flac(chunk.samples)
+            start, position = position, position + chunk.samples.shape[0]
+            del chunk  # only the FLAC is kept
+            stored = self.store.add_chunk(
+                job.id,
+                index,
+                worker=self.worker_id,
+                offset=start / audio.SAMPLE_RATE,
+                seconds=(position - start) / audio.SAMPLE_RATE,
+                split_at=position,
+                audio=data,
+            )
+            if not stored:
+                raise Superseded("the job ended, or another worker splits it now")
+            self._send_chunk(job.id, index, None)
+            logger.info(
+                "Job %s: chunk %d stored (%.1f-%.1f s, %d bytes)",
+                job.id,
+                index,
+                start / audio.SAMPLE_RATE,
+                position / audio.SAMPLE_RATE,
+                len(data),
+            )
+            index += 1
+        merge = self.store.split_done(
+            job.id,
+            worker=self.worker_id,
+            chunks=index,
+            duration=round(position / audio.SAMPLE_RATE, 3),
+        )
+        if merge is None:
+            raise Superseded("the job ended, or another worker splits it now")
+        logger.info("Job %s: split into %d chunk(s)", job.id, index)
+        return merge
+
+    def transcribe_chunk(
+        self, job: Job, record: ChunkRecord, active: ActiveJob
+    ) -> tuple[TranscriptionInfo, list[Segment]]:
+        data = self.store.chunk_audio(job.id, record.index)
+        if data is None:
+            raise Superseded("its audio is gone: the job ended")
+        # the job's time limit counts from when it started, across all its chunks
+        left = (job.started_at or time.time()) + self.settings.job_time_limit - time.time()
+        if left <= 0:
+            raise DeadlineExceededError(
+                f"The job ran past its time limit of {self.settings.job_time_limit:g} s "
+                "(WHISPERD_JOB_TIME_LIMIT)."
+            )
+        options = job.spec.options(self.settings)
+        model = self.engine.model_for(job.spec.model)
+        self.engine.check(model, options)
+        pieces = chunk_audio.pieces_of(record, data, piece_seconds=self.settings.chunk_seconds)
+        del data
+        first = next(pieces, None)
+        if first is None:  # pragma: no cover - a stored chunk is never empty
+            raise EmptyAudioError("The chunk contains no audio samples.", param="file")
+        active.check()
+        info: TranscriptionInfo | None = None
+        segments: list[Segment] = []
+        for item in self.engine.stream(
+            itertools.chain([first], pieces),
+            options,
+            model=model.name,
+            deadline=time.monotonic() + left,
+            on_task=active.attach,
+        ):
+            if isinstance(item, TranscriptionInfo):
+                info = info or item
+            else:
+                segments.append(item)
+        if info is None:  # pragma: no cover - the engine's first step always yields it
+            raise ServiceUnavailableError("The engine stopped before transcribing.")
+        return info, segments

@@ -1,0 +1,504 @@
+"""Async jobs through the API, in-process: the real tiny.en model, a real embedded Redis per
+test (in tmp_path), and a real HTTP server on 127.0.0.1 as audio host and callback receiver.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from test_jobs_support import (
+    JFK,
+    JFK_WORDS,
+    SECRET,
+    LocalServer,
+    poll,
+    process_running,
+    signature,
+    spaced_wav,
+)
+from whisperd.api import create_app
+from whisperd.engine import Transcriber
+from whisperd.errors import InvalidTransitionError, ServiceUnavailableError
+from whisperd.jobs.embedded import EmbeddedRedis
+from whisperd.jobs.states import TRANSITIONS, JobState, check_transition
+from whisperd.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture
+def local() -> Iterator[LocalServer]:
+    with LocalServer() as server:
+        yield server
+
+
+def job_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "tmp_dir": tmp_path / "tmp",
+        "slots": 1,
+        "job_workers": 2,
+        "job_poll_interval": 0.1,
+        "job_heartbeat_timeout": 1.5,
+        "job_retry_backoff": 0.2,
+        "callback_retry_backoff": 0.1,
+        "callback_secret": SECRET,
+        "fetch_allow_hosts": ("127.0.0.1",),
+        "job_ttl": 120,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextmanager
+def api(settings: Settings, engine: Transcriber) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, engine=engine)) as client:
+        yield client
+
+
+def submit(client: TestClient, *, upload: bytes | None = None, **form: Any) -> dict[str, Any]:
+    files = {"file": ("audio.flac", upload)} if upload is not None else None
+    response = client.post("/v1/jobs", files=files, data=form)
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    assert response.headers["x-call-id"] == body["id"]
+    assert response.headers["location"] == f"/v1/jobs/{body['id']}"
+    assert body["status"] == "queued"
+    return body
+
+
+def wait_job(
+    client: TestClient, job_id: str, statuses: tuple[str, ...] = FINAL, timeout: float = 60
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        return body if body["status"] in statuses else None
+
+    return poll(check, timeout=timeout, what=f"job {job_id} to be {'/'.join(statuses)}")
+
+
+def error_of(response: Any) -> dict[str, Any]:
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+# --- states -------------------------------------------------------------------------------
+def test_job_states_allow_only_the_written_transitions() -> None:
+    legal = {
+        (JobState.QUEUED, JobState.RUNNING),
+        (JobState.QUEUED, JobState.CANCELLED),
+        (JobState.RUNNING, JobState.SUCCEEDED),
+        (JobState.RUNNING, JobState.FAILED),
+        (JobState.RUNNING, JobState.CANCELLED),
+        (JobState.RUNNING, JobState.QUEUED),
+    }
+    for old in JobState:
+        for new in JobState:
+            if (old, new) in legal:
+                check_transition(old, new)
+            else:
+                with pytest.raises(InvalidTransitionError):
+                    check_transition(old, new)
+    assert {s for s in JobState if s.final} == {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+    }
+    assert all(not TRANSITIONS[s] for s in JobState if s.final)
+
+
+# --- the happy path -----------------------------------------------------------------------
+def test_jobs_run_and_are_listed_newest_first(
+    tmp_path: Path, engine: Transcriber, local: LocalServer
+) -> None:
+    with api(job_settings(tmp_path), engine) as client:
+        upload = submit(
+            client,
+            upload=JFK.read_bytes(),
+            response_format="verbose_json",
+            **{"timestamp_granularities[]": "word"},
+        )
+        fetched = submit(client, url=f"{local.base}/audio/jfk.flac", response_format="srt")
+
+        first = wait_job(client, upload["id"])
+        assert first["status"] == "succeeded", first
+        assert first["attempts"] == 1
+        assert first["error"] is None
+        assert first["progress"] == {
+            "seconds": 11.0,
+            "duration": 11.0,
+            "chunks": 1,
+            "chunks_done": 1,
+        }
+        assert first["input"] == {
+            "type": "upload",
+            "url": None,
+            "filename": "audio.flac",
+            "bytes": JFK.stat().st_size,
+        }
+        assert JFK_WORDS in first["result"]["text"].lower()
+        assert first["result"]["words"], "word timestamps were asked for"
+        assert first["started_at"] <= first["finished_at"]
+
+        second = wait_job(client, fetched["id"])
+        assert second["status"] == "succeeded", second
+        assert second["result"].startswith("1\n00:00:00,000 --> ")
+        raw = client.get(f"/v1/jobs/{fetched['id']}/result")
+        assert raw.headers["content-type"].startswith("application/x-subrip")
+        assert raw.text == second["result"]
+
+        listed = client.get("/v1/jobs").json()
+        assert [job["id"] for job in listed["data"]] == [fetched["id"], upload["id"]]
+        assert "result" not in listed["data"][0]
+        assert listed["queue"]["succeeded"] == 2
+        assert listed["queue"]["queued"] == listed["queue"]["waiting_messages"] == 0
+
+        page = client.get("/v1/jobs", params={"limit": 1}).json()
+        assert [job["id"] for job in page["data"]] == [fetched["id"]]
+        assert page["has_more"] is True
+        rest = client.get("/v1/jobs", params={"limit": 1, "after": page["last_id"]}).json()
+        assert [job["id"] for job in rest["data"]] == [upload["id"]]
+        assert rest["has_more"] is False
+        assert client.get("/v1/jobs", params={"status": "queued"}).json()["data"] == []
+        done = client.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
+        assert len(done) == 2
+
+
+# --- callbacks ----------------------------------------------------------------------------
+def test_async_function_callback_is_retried_until_the_receiver_takes_it(
+    tmp_path: Path, engine: Transcriber, local: LocalServer
+) -> None:
+    local.script("flaky", [503, 503, 503])
+    with api(job_settings(tmp_path), engine) as client:
+        response = client.post(
+            "/async-function/whisper",
+            content=f"{local.base}/audio/jfk.flac",
+            headers={"X-Callback-Url": f"{local.base}/callback/flaky"},
+        )
+        assert response.status_code == 202, response.text
+        call_id = response.headers["x-call-id"]
+        assert response.content == b""
+
+        poll(lambda: local.delivered_ids(), timeout=60, what="the callback")
+        tries = local.received("flaky")
+        assert [c.status for c in tries] == [503, 503, 503, 200]
+        assert {c.call_id for c in tries} == {call_id}
+        last = tries[-1]
+        assert JFK_WORDS in last.body.decode().lower()
+        assert last.headers["x-function-status"] == "200"
+        assert last.headers["x-function-name"] == "whisper"
+        assert float(last.headers["x-duration-seconds"]) > 0
+        assert last.headers["content-type"].startswith("text/plain")
+        assert last.headers["x-whisperd-signature"] == signature(last.body)
+
+        job = client.get(f"/v1/jobs/{call_id}").json()
+        assert job["callback"]["status"] == "delivered"
+        assert job["callback"]["attempts"] == 4
+        assert job["attempts"] == 1, "a failing callback never re-runs the transcription"
+
+
+# --- failures and retries -----------------------------------------------------------------
+def test_permanent_failures_fail_at_once_with_the_error(
+    tmp_path: Path, engine: Transcriber, local: LocalServer
+) -> None:
+    with api(job_settings(tmp_path), engine) as client:
+        garbage = submit(
+            client, upload=b"this is not audio " * 64, callback_url=f"{local.base}/callback/bad"
+        )
+        missing = submit(client, url=f"{local.base}/audio/missing.flac")
+
+        bad = wait_job(client, garbage["id"])
+        assert bad["status"] == "failed"
+        assert bad["attempts"] == 1
+        assert bad["error"]["type"] == "invalid_request_error"
+        assert bad["error"]["code"] == "unsupported_audio"
+        assert bad["result"] is None
+
+        gone = wait_job(client, missing["id"])
+        assert gone["status"] == "failed"
+        assert gone["attempts"] == 1
+        assert gone["error"]["code"] == "fetch_failed"
+        assert "404" in gone["error"]["message"]
+        conflict = client.get(f"/v1/jobs/{missing['id']}/result")
+        assert conflict.status_code == 409
+        assert error_of(conflict)["code"] == "job_failed"
+
+        callback = poll(lambda: local.received("bad"), timeout=30, what="the callback")[0]
+        assert callback.headers["x-function-status"] == "415"
+        assert callback.headers["x-whisperd-job-status"] == "failed"
+        assert callback.headers["x-whisperd-signature"] == signature(callback.body)
+        assert b"unsupported_audio" in callback.body
+
+
+def test_transient_fetch_failures_are_retried_with_backoff(
+    tmp_path: Path, engine: Transcriber, local: LocalServer
+) -> None:
+    with api(job_settings(tmp_path, job_max_retries=2), engine) as client:
+        recovers = submit(client, url=f"{local.base}/audio/flaky/2/jfk.flac")
+        never = submit(client, url=f"{local.base}/audio/flaky/9/jfk.flac")
+
+        ok = wait_job(client, recovers["id"])
+        assert ok["status"] == "succeeded", ok
+        assert ok["attempts"] == 3
+        assert ok["error"] is None
+
+        failed = wait_job(client, never["id"])
+        assert failed["status"] == "failed"
+        assert failed["attempts"] == 3, "1 try + job_max_retries"
+        assert "503" in failed["error"]["message"]
+
+
+# --- cancel -------------------------------------------------------------------------------
+def test_cancel_a_queued_job_and_it_never_runs(
+    tmp_path: Path, engine: Transcriber, local: LocalServer
+) -> None:
+    with api(job_settings(tmp_path, job_workers=1), engine) as client:
+        blocker = submit(client, url=f"{local.base}/audio/gated/jfk.flac")
+        assert local.gate_entered.wait(30), "the only consumer should be fetching"
+        waiting = submit(
+            client, upload=JFK.read_bytes(), callback_url=f"{local.base}/callback/cancelled"
+        )
+
+        cancelled = client.delete(f"/v1/jobs/{waiting['id']}")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+        assert client.delete(f"/v1/jobs/{waiting['id']}").json()["status"] == "cancelled"
+
+        callback = poll(lambda: local.received("cancelled"), timeout=30, what="the callback")[0]
+        assert callback.headers["x-function-status"] == "499"
+        assert callback.headers["x-call-id"] == waiting["id"]
+
+        local.open_gate()
+        assert wait_job(client, blocker["id"])["status"] == "succeeded"
+        after = client.get(f"/v1/jobs/{waiting['id']}").json()
+        assert after["status"] == "cancelled"
+        assert after["attempts"] == 0
+        assert after["started_at"] is None
+        assert after["error"]["code"] == "cancelled"
+
+        finished = client.delete(f"/v1/jobs/{blocker['id']}")
+        assert finished.status_code == 409
+        assert error_of(finished)["code"] == "job_finished"
+
+
+def test_cancel_a_running_job_stops_it_at_the_next_window(
+    tmp_path: Path, engine: Transcriber
+) -> None:
+    long_audio = spaced_wav(JFK, 5)  # 150 s: five 30-second windows
+    with api(job_settings(tmp_path), engine) as client:
+        job = submit(client, upload=long_audio, vad_filter="false")
+
+        def inferring() -> dict[str, Any] | None:
+            body: dict[str, Any] = client.get(f"/v1/jobs/{job['id']}").json()
+            return body if body["progress"]["duration"] else None
+
+        running = poll(inferring, timeout=30, what="the job to be transcribing")
+        assert running["status"] == "running"
+        response = client.delete(f"/v1/jobs/{job['id']}")
+        assert response.status_code == 200
+        assert response.json()["status"] in ("running", "cancelled")
+
+        stopped = wait_job(client, job["id"], timeout=20)
+        assert stopped["status"] == "cancelled"
+        assert stopped["attempts"] == 1
+        assert stopped["error"]["code"] == "cancelled"
+        assert stopped["progress"]["seconds"] < stopped["progress"]["duration"] == 150.0
+
+
+# --- sharing the engine -------------------------------------------------------------------
+def test_a_job_backlog_does_not_starve_synchronous_requests(
+    tmp_path: Path, engine: Transcriber
+) -> None:
+    long_audio = spaced_wav(JFK, 5)
+    with api(job_settings(tmp_path), engine) as client:
+        backlog = [submit(client, upload=long_audio, vad_filter="false") for _ in range(4)]
+
+        def running() -> list[dict[str, Any]]:
+            jobs: list[dict[str, Any]] = client.get(
+                "/v1/jobs", params={"status": "running"}
+            ).json()["data"]
+            return jobs
+
+        poll(lambda: len(running()) == 2, timeout=30, what="both job consumers to be busy")
+        response = client.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("jfk.flac", JFK.read_bytes())},
+            data={"response_format": "text"},
+        )
+        assert response.status_code == 200
+        assert JFK_WORDS in response.text.lower()
+        assert len(running()) == 2, "the request was served while the jobs still ran"
+        assert client.get("/v1/jobs").json()["queue"]["queued"] == 2
+
+        for job in backlog:
+            assert client.delete(f"/v1/jobs/{job['id']}").status_code == 200
+        for job in backlog:
+            assert wait_job(client, job["id"], timeout=20)["status"] == "cancelled"
+
+
+# --- expiry -------------------------------------------------------------------------------
+def test_results_expire_after_the_ttl_with_their_audio(tmp_path: Path, engine: Transcriber) -> None:
+    settings = job_settings(tmp_path, job_ttl=1.0)
+    with api(settings, engine) as client:
+        job = submit(client, upload=JFK.read_bytes())
+        assert wait_job(client, job["id"])["status"] == "succeeded"
+
+        poll(
+            lambda: client.get(f"/v1/jobs/{job['id']}").status_code == 404,
+            timeout=15,
+            what="the job to expire",
+        )
+        expired = client.get(f"/v1/jobs/{job['id']}")
+        assert error_of(expired)["code"] == "job_not_found"
+        poll(lambda: client.get("/v1/jobs").json()["data"] == [], timeout=15, what="the purge")
+
+        store = redis.Redis(unix_socket_path=str(settings.data_dir / "redis" / "redis.sock"))
+        with store:
+            poll(
+                lambda: not store.keys("whisperd:job:*") and not store.zcard("whisperd:index:all"),
+                timeout=15,
+                what="the record, its audio and its index entries to be purged",
+            )
+
+
+# --- the API's refusals -------------------------------------------------------------------
+def test_client_mistakes_are_openai_shaped_4xx(tmp_path: Path, engine: Transcriber) -> None:
+    settings = job_settings(tmp_path, job_max_upload_bytes=1000)
+    with api(settings, engine) as client:
+        too_big = client.post("/v1/jobs", files={"file": ("a.flac", b"x" * 1001)})
+        assert too_big.status_code == 413
+        assert "WHISPERD_JOB_MAX_UPLOAD_BYTES" in error_of(too_big)["message"]
+
+        both = client.post(
+            "/v1/jobs", files={"file": ("a.flac", b"x")}, data={"url": "http://a.test/"}
+        )
+        assert both.status_code == 400
+        neither = client.post("/v1/jobs", data={"model": "whisper-1"})
+        assert neither.status_code == 400
+        assert error_of(neither)["code"] == "missing_field"
+
+        forbidden = client.post(
+            "/v1/jobs",
+            data={"url": "http://127.0.0.1/a.flac", "callback_url": "http://10.1.2.3/hook"},
+        )
+        assert forbidden.status_code == 400
+        assert error_of(forbidden)["param"] == "callback_url"
+        assert error_of(forbidden)["code"] == "forbidden_url"
+        metadata = client.post("/v1/jobs", data={"url": "http://169.254.169.254/latest"})
+        assert metadata.status_code == 400
+        assert error_of(metadata)["param"] == "url"
+
+        english_only = client.post(
+            "/v1/jobs", data={"url": "http://127.0.0.1/a.flac", "language": "de"}
+        )
+        assert english_only.status_code == 400
+        assert error_of(english_only)["code"] == "unsupported_task"
+        bad_format = client.post(
+            "/v1/jobs", data={"url": "http://127.0.0.1/a.flac", "response_format": "mp3"}
+        )
+        assert bad_format.status_code == 422
+
+        for path in ("/v1/jobs/0b9a7f2e-5d43-4b8e-9d3c-1f0e2a6b7c8d", "/v1/jobs/nope"):
+            missing = client.get(path)
+            assert missing.status_code == 404
+            assert error_of(missing)["type"] == "not_found_error"
+        assert client.delete("/v1/jobs/nope").status_code == 404
+        assert client.get("/v1/jobs", params={"limit": 0}).status_code == 422
+        cursor = client.get("/v1/jobs", params={"after": "0b9a7f2e-5d43-4b8e-9d3c-1f0e2a6b7c8d"})
+        assert cursor.status_code == 422
+        assert error_of(cursor)["param"] == "after"
+        assert client.get("/v1/jobs", params={"status": "lost"}).status_code == 422
+
+        not_a_url = client.post("/async-function/whisper", content="hello")
+        assert not_a_url.status_code == 400
+        assert error_of(not_a_url)["param"] == "body"
+
+
+def test_jobs_can_be_switched_off(tmp_path: Path, engine: Transcriber) -> None:
+    with api(job_settings(tmp_path, jobs_enabled=False), engine) as client:
+        response = client.get("/v1/jobs")
+        assert response.status_code == 503
+        assert "WHISPERD_JOBS_ENABLED" in error_of(response)["message"]
+    assert not (tmp_path / "data" / "redis").exists(), "no Redis when jobs are off"
+
+
+# --- drain and the embedded Redis ---------------------------------------------------------
+def test_a_job_running_at_shutdown_goes_back_to_the_queue(
+    tmp_path: Path, engine: Transcriber
+) -> None:
+    settings = job_settings(tmp_path)
+    with api(settings, engine) as client:
+        job = submit(client, upload=spaced_wav(JFK, 2), vad_filter="false")  # two windows
+
+        def inferring() -> bool:
+            return bool(client.get(f"/v1/jobs/{job['id']}").json()["progress"]["duration"])
+
+        poll(inferring, timeout=30, what="the job to be transcribing")
+    # The server stopped mid-job; the next one finishes it, and the interrupted try is free.
+    with api(settings, engine) as client:
+        done = wait_job(client, job["id"])
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 1
+        assert JFK_WORDS in done["result"]["text"].lower()
+
+
+_OWNER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import redis
+    from whisperd.jobs.embedded import EmbeddedRedis
+    embedded = EmbeddedRedis(Path(sys.argv[1]))
+    embedded.start()
+    redis.Redis.from_url(embedded.url).set("kept", "yes")
+    print(embedded.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_an_orphaned_embedded_redis_is_stopped_and_its_data_kept(tmp_path: Path) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    orphan_pid = 0
+    try:
+        assert owner.stdout is not None
+        orphan_pid = int(owner.stdout.readline())
+        with pytest.raises(ServiceUnavailableError, match="in use by another whisperd"):
+            EmbeddedRedis(tmp_path).start()
+        owner.kill()  # kill -9: its Redis lives on, an orphan
+        owner.wait()
+        assert Path(f"/proc/{orphan_pid}").exists()
+
+        successor = EmbeddedRedis(tmp_path)
+        successor.start()
+        successor_pid = successor.pid or 0
+        try:
+            assert successor_pid != orphan_pid
+            assert not process_running(orphan_pid), "the orphan was stopped"
+            with redis.Redis.from_url(successor.url) as client:
+                assert client.get("kept") == b"yes"
+        finally:
+            successor.stop()
+        assert not process_running(successor_pid)
+    finally:
+        owner.kill()
+        owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
+        if orphan_pid and process_running(orphan_pid):
+            subprocess.run(["kill", "-9", str(orphan_pid)], check=False)
