@@ -66,6 +66,12 @@ def find_cut(samples: Audio, low: int, high: int) -> int:
     return low + quietest * _FRAME + _FRAME // 2
 
 
+def search_window(target_seconds: float, search_seconds: float = SEARCH_SECONDS) -> float:
+    """How far from the target a cut may move: audio shorter than ``target_seconds`` plus
+    this is never cut."""
+    return min(search_seconds, target_seconds / 2)
+
+
 def split(
     source: AudioSource,
     *,
@@ -94,7 +100,7 @@ def split_pieces(
     """Like :func:`split`, for audio that is already being decoded: ``pieces`` are consecutive
     runs of samples (any sizes); chunk offsets count from the first of them.
     """
-    search = min(search_seconds, target_seconds / 2)
+    search = search_window(target_seconds, search_seconds)
     target = int(target_seconds * SAMPLE_RATE)
     window = int(search * SAMPLE_RATE)
     # One buffer, filled in place: concatenating a list of pieces would hold the audio twice.

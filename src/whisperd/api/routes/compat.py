@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import IO, Annotated, Any, Literal, TypeVar
 
 import anyio
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from whisperd import audio
+from whisperd import audio, formats
 from whisperd.api.deps import EngineDep, PipelineDep, TimingsDep
-from whisperd.api.responses import audio_input, render
+from whisperd.api.pipeline import Item
+from whisperd.api.responses import CleanupStreamingResponse, audio_input, render
 from whisperd.api.schemas import FfmpegCheck, GpuCheck, ModelCheck, TranslateResult, error_responses
-from whisperd.engine import TranscribeOptions, cuda_device_count
+from whisperd.engine import TranscribeOptions, TranscriptionInfo, cuda_device_count
 from whisperd.errors import InvalidRequestError, PayloadTooLargeError
+from whisperd.settings import Settings
+from whisperd.timings import Timings
 
 router = APIRouter()
 F = TypeVar("F", bound=Callable[..., Any])
 
 FUNCTION_FORMATS = Literal["text", "json", "verbose_json", "srt", "vtt", "tsv"]
+STREAMED_FORMATS = ("text", "srt", "vtt", "tsv")
+"""The function streams these as segments are transcribed; JSON comes whole, at the end."""
 _MAX_URL_BYTES = 8192
 _AUDIO_TYPES = ("audio/", "video/", "application/octet-stream", "application/ogg")
 
@@ -56,7 +62,11 @@ async def _read_function_body(request: Request, limit: int) -> tuple[str | None,
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise PayloadTooLargeError(f"The body is larger than {limit} bytes.", param="body")
+            raise PayloadTooLargeError(
+                f"The body is larger than the limit of {limit} bytes; send a smaller file (or "
+                "compress it) or raise WHISPERD_MAX_UPLOAD_BYTES.",
+                param="body",
+            )
     if content_type.startswith(_AUDIO_TYPES):
         return None, bytes(body)
     if len(body) <= _MAX_URL_BYTES:
@@ -73,6 +83,60 @@ async def _read_function_body(request: Request, limit: int) -> tuple[str | None,
     )
 
 
+@asynccontextmanager
+async def _function_source(
+    url: str | None, raw: bytes | None, settings: Settings, timings: Timings
+) -> AsyncIterator[IO[bytes]]:
+    """The function's audio as a file: the raw body spooled (to disk past 1 MiB), or the URL
+    fetched safely; closed when the block ends (for a stream: when the response ends)."""
+    if raw is None:
+        async with audio_input(None, url, settings, timings) as fetched:
+            yield fetched
+        return
+    with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spooled:
+        spooled.write(raw)
+        spooled.seek(0)
+        del raw
+        yield spooled
+
+
+async def _text_stream(items: AsyncIterator[Item], fmt: str) -> AsyncIterator[bytes]:
+    """The transcript in a text format, a segment's line or cue at a time, as it comes; the
+    bytes add up to what :func:`whisperd.formats.render` gives for the whole transcript.
+
+    An error after the first bytes propagates: the connection is cut, so the client sees a
+    broken response rather than a transcript silently cut short.
+    """
+    if fmt == "vtt":
+        yield b"WEBVTT\n\n"
+    elif fmt == "tsv":
+        yield b"start\tend\ttext\n"
+    number = 0
+    started = False
+    held = ""  # whitespace at the end of the text so far: written once more text follows
+    async for item in items:
+        if isinstance(item, TranscriptionInfo):
+            continue
+        number += 1
+        if fmt == "srt":
+            yield formats.srt_block(number, item).encode()
+        elif fmt == "vtt":
+            yield formats.vtt_block(item).encode()
+        elif fmt == "tsv":
+            line = " ".join(item.text.split())
+            yield f"{round(item.start * 1000)}\t{round(item.end * 1000)}\t{line}\n".encode()
+        else:
+            # the whole text is stripped: none of the leading whitespace, nor the trailing
+            text = held + item.text if started else item.text.lstrip()
+            started = started or bool(text)
+            kept = text.rstrip()
+            held = text[len(kept) :]
+            if kept:
+                yield kept.encode()
+    if fmt == "text":
+        yield b"\n"
+
+
 @router.post(
     "/function/whisper",
     tags=["OpenFaaS function"],
@@ -80,10 +144,12 @@ async def _read_function_body(request: Request, limit: int) -> tuple[str | None,
     openapi_extra={"requestBody": FUNCTION_BODY},
     responses={
         200: {
-            "description": "The transcript (text/plain by default).",
+            "description": "The transcript (text/plain by default). The text formats (text, "
+            "srt, vtt, tsv) stream a segment at a time as they are transcribed (chunked); "
+            "json and verbose_json come whole at the end.",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         },
-        **error_responses(400, 401, 413, 415, 429, 503, 504),
+        **error_responses(400, 401, 413, 415, 422, 429, 503, 504),
     },
     response_model=None,
 )
@@ -94,22 +160,23 @@ async def function_whisper(
     timings: TimingsDep,
     format: Annotated[FUNCTION_FORMATS, Query(description="Output format.")] = "text",
 ) -> Response:
-    """The body is an audio URL (or raw audio); the answer is the transcript as text."""
-    url, raw = await _read_function_body(request, pipeline.settings.max_upload_bytes)
+    """The body is an audio URL (or raw audio); the answer is the transcript as text,
+    streamed as it is transcribed."""
+    with timings.measure("receive"):  # the body is read here, after the dependencies
+        url, raw = await _read_function_body(request, pipeline.settings.max_upload_bytes)
     options = _options(pipeline)
-    if raw is not None:
-        with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spooled:
-            spooled.write(raw)
-            spooled.seek(0)
-            del raw
-            result = await pipeline.transcribe(
-                request, spooled, options, model=None, timings=timings
-            )
-    else:
-        async with audio_input(None, url, pipeline.settings, timings) as source:
-            result = await pipeline.transcribe(
-                request, source, options, model=None, timings=timings
-            )
+    opened = _function_source(url, raw, pipeline.settings, timings)
+    del raw  # the source owns it now (and spools it)
+    if format in STREAMED_FORMATS:
+        # Bad input (decoding the first piece, admission) raises here: still a proper 4xx.
+        items, cleanup = await pipeline.stream(
+            request, opened, options, model=None, timings=timings
+        )
+        return CleanupStreamingResponse(
+            _text_stream(items, format), cleanup, media_type=formats.MEDIA_TYPES[format]
+        )
+    async with opened as source:
+        result = await pipeline.transcribe(request, source, options, model=None, timings=timings)
     return render(result, format, timings)
 
 
