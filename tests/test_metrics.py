@@ -99,13 +99,14 @@ def test_server_timing_on_every_transcription_route(served: tuple[str, Any]) -> 
     assert r.status_code == 200 and "transcript.text.done" in r.text
     assert {"receive", "queue", "decode"} <= set(server_timing(r))
 
+    # the function's text answer streams too: its header also leaves before inference
     for path in ("/function/whisper", "/"):
         r = httpx.post(
             f"{url}{path}", content=jfk, headers={"content-type": "audio/flac"}, timeout=120
         )
         assert r.status_code == 200
         assert_jfk(r.text)
-        assert full <= set(server_timing(r))
+        assert {"receive", "queue", "decode"} <= set(server_timing(r))
 
     r = httpx.post(
         f"{url}/function/whisper",
