@@ -99,15 +99,15 @@ def test_short_clip_behind_a_long_file_finishes_first(
     assert short_latency < long_latency / 3, (short_latency, long_latency)
 
 
-def test_deadline_gives_504_and_frees_the_slot(
-    one_slot: tuple[str, Any], long_speech: bytes
-) -> None:
+def test_deadline_gives_504_and_frees_the_slot(one_slot: tuple[str, Any]) -> None:
     url, app = one_slot
+    very_long = speech_flac(480)  # a minute or more of work on one slot, even on fast cores
     started = time.monotonic()
-    r = _post(url, long_speech, headers={"X-Timeout": "1.5"})
+    r = _post(url, very_long, headers={"X-Timeout": "1.5"})
     assert r.status_code == 504
     assert r.json()["error"]["type"] == "timeout_error"
-    assert time.monotonic() - started < 8
+    # stopped at a window boundary soon after the deadline, not at the end of the file
+    assert time.monotonic() - started < 20
     wait_until(lambda: _idle(app), 10)
     follow = _post(url, JFK.read_bytes())
     assert follow.status_code == 200
