@@ -96,9 +96,14 @@ def split_pieces(
     *,
     target_seconds: float,
     search_seconds: float = SEARCH_SECONDS,
+    copy: bool = True,
 ) -> Iterator[Chunk]:
     """Like :func:`split`, for audio that is already being decoded: ``pieces`` are consecutive
     runs of samples (any sizes); chunk offsets count from the first of them.
+
+    With ``copy=False`` a chunk's samples are a view into the split's buffer, valid only until
+    the next chunk is asked for: for a caller that encodes or stores each chunk at once, and
+    so holds one chunk's worth of audio less.
     """
     search = search_window(target_seconds, search_seconds)
     target = int(target_seconds * SAMPLE_RATE)
@@ -118,12 +123,10 @@ def split_pieces(
         if held < target + window:
             continue
         cut = find_cut(buffer[:held], target - window, target + window)
-        chunk = Chunk(index, offset / SAMPLE_RATE, buffer[:cut].copy())
+        yield Chunk(index, offset / SAMPLE_RATE, buffer[:cut].copy() if copy else buffer[:cut])
         buffer[: held - cut] = buffer[cut:held]  # numpy copies overlapping ranges correctly
         held -= cut
         index += 1
         offset += cut
-        yield chunk
-        del chunk
     if held:
-        yield Chunk(index, offset / SAMPLE_RATE, buffer[:held].copy())
+        yield Chunk(index, offset / SAMPLE_RATE, buffer[:held].copy() if copy else buffer[:held])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -145,6 +147,33 @@ def cuda_device_count() -> int:
         return 0
 
 
+# Large blocks are mmapped (and unmapped when freed) from this size; see below.
+_MMAP_THRESHOLD = 4 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+
+
+def return_large_buffers_to_the_os() -> None:
+    """Have glibc give blocks of 4 MiB and more back to the system when they are freed.
+
+    By default glibc raises its mmap threshold each time it frees a large mmapped block (up
+    to 32 MiB), so afterwards decoded pieces, VAD batches and features of several MiB come
+    from the heap, which fragments and is seldom returned: a process's resident memory creeps
+    up with every long file (measured: +250 MiB over a one-minute file after an hour of
+    audio, +90 MiB with this). Setting the threshold also turns the raising off. Smaller
+    thresholds slow tiny.en down (its per-window buffers are 1-3 MiB). A no-op where
+    ``MALLOC_MMAP_THRESHOLD_`` is set, or without glibc (see mallopt(3)).
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - not glibc (musl has no mallopt)
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    if not mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD):  # pragma: no cover - refused
+        logger.debug("mallopt(M_MMAP_THRESHOLD) refused; memory may creep up")
+
+
 def available_cores() -> int:
     """CPU cores this process may use: its affinity, capped by a cgroup v2 CPU quota."""
     try:
@@ -204,6 +233,7 @@ class Transcriber:
     # --- lifetime ---------------------------------------------------------------------
     def start(self) -> Transcriber:
         """Load the default and preloaded models and start the slot threads."""
+        return_large_buffers_to_the_os()
         for name in (self.settings.model, *self.settings.preload_models):
             self.load(name)
         self._stepper = Stepper(self.plan.slots)

@@ -130,8 +130,8 @@ class JobRunner:
             return
         for job_id, chunk in active:
             if not self.store.renew_lease(job_id, self.worker_id, self.lease_ms, chunk):
-                what = "its lease" if chunk is None else f"the lease of chunk {chunk}"
-                logger.warning("Job %s: another worker holds %s now", job_id, what)
+                what = "it" if chunk is None else f"chunk {chunk}"
+                logger.warning("Job %s: %s ended, or another worker runs it now", job_id, what)
         stopped = self.store.cancel_requested(sorted({job_id for job_id, _ in active}))
         for (job_id, _), work in active.items():
             if job_id in stopped:
@@ -271,10 +271,10 @@ class JobRunner:
         source = self.work.open_audio(job)
         try:
             active.check()
-            estimate = self.work.in_one_go(job, source)
-            if estimate is not None:
+            estimate = None if job.fanned_out else self.work.probe(source)
+            if estimate is not None and self.work.fits_in_one_go(job, estimate):
                 return self.work.transcribe(job, active, source, estimate), False
-            return None, self.work.split(job, active, source)
+            return None, self.work.split(job, active, source, estimate)
         finally:
             source.close()
 
@@ -314,7 +314,6 @@ class JobRunner:
         if job.callback_state is CallbackState.PENDING:
             self._send_callback(job)
 
-    # --- a job's work: in one go, or split into chunks --------------------------------
     # --- a chunk's message ------------------------------------------------------------
     def run_chunk(self, job_id: str, index: int) -> None:
         """Handle one delivery of chunk ``index`` of ``job_id`` (idempotent)."""

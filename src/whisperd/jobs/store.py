@@ -61,11 +61,14 @@ if redis.call('exists', KEYS[1]) == 1 then
 end
 return -1
 """
-# Renew a lease held by ARGV[1] (or take it back if it lapsed); 0 if another worker holds it.
+# Renew a lease held by ARGV[1] (or take it back if it lapsed), while the job (or chunk) it
+# is for still runs on ARGV[1]: never re-create the lease of one that ended. 0 otherwise.
 _RENEW_LEASE = """
-local owner = redis.call('get', KEYS[1])
+local state, worker = unpack(redis.call('hmget', KEYS[1], 'state', 'worker'))
+if state ~= 'running' or worker ~= ARGV[1] then return 0 end
+local owner = redis.call('get', KEYS[2])
 if owner == false or owner == ARGV[1] then
-  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('set', KEYS[2], ARGV[1], 'PX', ARGV[2])
   return 1
 end
 return 0
@@ -395,7 +398,10 @@ class JobStore:
         return _text(self.client.get(self._lease(job_id, chunk)))
 
     def renew_lease(self, job_id: str, worker: str, ttl_ms: int, chunk: int | None = None) -> bool:
-        return bool(self._renew_lease(keys=[self._lease(job_id, chunk)], args=[worker, ttl_ms]))
+        """Renew ``worker``'s lease; False if the job (or chunk) no longer runs there."""
+        record = job_key(job_id) if chunk is None else chunk_key(job_id, chunk)
+        keys = [record, self._lease(job_id, chunk)]
+        return bool(self._renew_lease(keys=keys, args=[worker, ttl_ms]))
 
     def release_lease(self, job_id: str, worker: str, chunk: int | None = None) -> None:
         self._release_lease(keys=[self._lease(job_id, chunk)], args=[worker])

@@ -97,17 +97,17 @@ class Work:
         assert job.url is not None
         return fetch.fetch_to_file(job.url, self.settings)
 
-    def in_one_go(self, job: Job, source: IO[bytes]) -> float | None:
-        """The duration the audio declares if it is short enough to run in one go, else None
-        (long, or of unknown length: it fans out). A job that fanned out goes on doing so."""
-        if job.fanned_out:
-            return None
+    @staticmethod
+    def probe(source: IO[bytes]) -> float | None:
+        """The duration the audio declares, if it does."""
         estimate = audio.probe_duration(source)
         source.seek(0)
+        return estimate
+
+    def fits_in_one_go(self, job: Job, estimate: float) -> bool:
+        """Whether audio of this length runs in one go: a split would give a single chunk."""
         target = job.chunk_target or self.settings.job_chunk_seconds
-        if estimate is not None and estimate < target + chunking.search_window(target):
-            return estimate
-        return None
+        return estimate < target + chunking.search_window(target)
 
     def transcribe(
         self, job: Job, active: ActiveJob, source: IO[bytes], estimate: float
@@ -157,12 +157,17 @@ class Work:
         )
         return job.spec.render(transcription)
 
-    def split(self, job: Job, active: ActiveJob, source: IO[bytes]) -> bool:
+    def split(self, job: Job, active: ActiveJob, source: IO[bytes], estimate: float | None) -> bool:
         """Fan out: store the audio's chunks and send their messages as they are cut; whether
         every chunk is done already when the split ends (then the caller merges)."""
         target = job.chunk_target or self.settings.job_chunk_seconds
         if not job.fanned_out:
-            self.store.update(job.id, {"chunk_target": target, "chunks": "", "progress": 0})
+            # the declared duration, if any, until the split knows the real one
+            duration = "" if estimate is None else round(estimate, 3)
+            self.store.update(
+                job.id,
+                {"chunk_target": target, "chunks": "", "progress": 0, "duration": duration},
+            )
         else:
             # An earlier try stored these; their messages may not all have been sent.
             for record in self.store.chunks(job.id, job.chunks_stored):
@@ -170,8 +175,9 @@ class Work:
                     self._send_chunk(job.id, record.index, None)
         pieces = audio.iter_chunks(source, max_seconds=self.settings.max_audio_seconds)
         index, position = job.chunks_stored, job.split_at
+        # each chunk is encoded before the next is cut: views, not copies, of the split's buffer
         for chunk in chunking.split_pieces(
-            chunk_audio.skip_samples(pieces, position), target_seconds=target
+            chunk_audio.skip_samples(pieces, position), target_seconds=target, copy=False
         ):
             active.check()
             data = chunk_audio.encode_flac(chunk.samples)
