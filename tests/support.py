@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import io
 import os
 import signal
 import socket
@@ -159,7 +158,6 @@ def file_server(routes: dict[str, tuple[int, dict[str, str], bytes]]) -> Iterato
 
 def speech_flac(seconds: float) -> bytes:
     """Real speech (jfk.flac looped with half-second gaps) of about ``seconds``, as FLAC."""
-    import av
     import numpy as np
 
     from whisperd import audio
@@ -168,14 +166,4 @@ def speech_flac(seconds: float) -> bytes:
     gap = np.zeros(audio.SAMPLE_RATE // 2, dtype=np.float32)
     unit = np.concatenate([jfk, gap])
     repeats = max(1, round(seconds / audio.duration(unit)))
-    samples = (np.tile(unit, repeats) * 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="flac") as container:
-        stream = container.add_stream("flac", rate=audio.SAMPLE_RATE, layout="mono")
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = audio.SAMPLE_RATE
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
+    return audio.encode_flac(np.tile(unit, repeats))

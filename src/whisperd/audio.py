@@ -148,3 +148,24 @@ def test_tone(seconds: float = 1.0, frequency: float = 440.0) -> bytes:
         for packet in stream.encode(None):
             container.mux(packet)
     return buffer.getvalue()
+
+
+# Samples converted to 16-bit at a time while encoding (10 s): no second copy of a chunk.
+_ENCODE_BLOCK = 10 * SAMPLE_RATE
+
+
+def encode_flac(samples: Audio) -> bytes:
+    """16 kHz mono float samples as FLAC (16-bit; values past full scale are clipped)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="flac") as container:
+        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        for start in range(0, samples.shape[0], _ENCODE_BLOCK):
+            block = samples[start : start + _ENCODE_BLOCK]
+            pcm = (np.clip(block, -1.0, 1.0) * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()

@@ -14,7 +14,6 @@ Plots and the Markdown table are in :mod:`whisperd.bench_report`.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import platform
 import signal
@@ -97,24 +96,6 @@ def collect_clips(paths: Sequence[Path]) -> list[Clip]:
     return [Clip.from_path(p) for p in files]
 
 
-def encode_flac(samples: audio.Audio) -> bytes:
-    """16 kHz mono float samples as a FLAC file."""
-    import av
-    import numpy as np
-
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="flac") as container:
-        stream = container.add_stream("flac", rate=audio.SAMPLE_RATE, layout="mono")
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = audio.SAMPLE_RATE
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
-
-
 def looped_speech(sources: Sequence[Path], seconds: float) -> bytes:
     """Real speech of about ``seconds``: the recordings in turn, 1 s and 1.5 s apart, as FLAC.
 
@@ -130,12 +111,12 @@ def looped_speech(sources: Sequence[Path], seconds: float) -> bytes:
         unit += [audio.decode(source), np.zeros(int(pause * audio.SAMPLE_RATE), np.float32)]
     block = np.concatenate(unit)
     repeats = max(1, round(seconds / audio.duration(block)))
-    return encode_flac(np.tile(block, repeats))
+    return audio.encode_flac(np.tile(block, repeats))
 
 
 def first_seconds(source: Path, seconds: float) -> bytes:
     """The first ``seconds`` of ``source``, as FLAC."""
-    return encode_flac(audio.decode(source)[: int(seconds * audio.SAMPLE_RATE)])
+    return audio.encode_flac(audio.decode(source)[: int(seconds * audio.SAMPLE_RATE)])
 
 
 # --- the machine and the server's process -------------------------------------------------

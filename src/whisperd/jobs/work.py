@@ -180,7 +180,7 @@ class Work:
             chunk_audio.skip_samples(pieces, position), target_seconds=target, copy=False
         ):
             active.check()
-            data = chunk_audio.encode_flac(chunk.samples)
+            data = audio.encode_flac(chunk.samples)
             start, position = position, position + chunk.samples.shape[0]
             del chunk  # only the FLAC is kept
             stored = self.store.add_chunk(
