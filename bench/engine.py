@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from whisperd import audio, models
+from whisperd import bench as b
 from whisperd.engine import (
     DEFAULT_TEMPERATURES,
     TranscribeOptions,
@@ -51,29 +51,6 @@ HOTWORDS_TEXT = "Then you go into your ComfyUI folder again in the ComfyUI"
 
 
 # --- word error rate ----------------------------------------------------------------------
-
-
-def normalise(text: str) -> list[str]:
-    """Lower-case words, punctuation removed (apostrophes kept)."""
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(substitutions + deletions + insertions, reference words): word-level edit distance."""
-    ref, hyp = normalise(reference), normalise(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, ref_word in enumerate(ref, start=1):
-        current = [i]
-        for j, hyp_word in enumerate(hyp, start=1):
-            current.append(
-                min(
-                    previous[j] + 1,  # deletion
-                    current[j - 1] + 1,  # insertion
-                    previous[j - 1] + (ref_word != hyp_word),  # substitution or match
-                )
-            )
-        previous = current
-    return previous[-1], len(ref)
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -209,7 +186,7 @@ def bench_compute_type(
                     texts[name] = runners[name](clip)
                     timings[name].append(time.perf_counter() - started)
                     cpu[name].append(time.process_time() - cpu_started)
-            whisperd_errors, reference_words = word_errors(clip.reference, texts["whisperd"])
+            whisperd_errors, reference_words = b.word_errors(texts["whisperd"], clip.reference)
             rows.append(
                 Row(
                     compute_type=compute_type,
@@ -223,7 +200,7 @@ def bench_compute_type(
                     direct_cpu_seconds=statistics.median(cpu["direct"]),
                     reference_words=reference_words,
                     whisperd_errors=whisperd_errors,
-                    direct_errors=word_errors(clip.reference, texts["direct"])[0],
+                    direct_errors=b.word_errors(texts["direct"], clip.reference)[0],
                     same_text=texts["whisperd"] == texts["direct"],
                 )
             )

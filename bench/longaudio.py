@@ -74,11 +74,12 @@ def write_speech(
     in turn, 1-2 s apart; with ``pause_every``, 3-6 s apart after every that many). Returns
     the text said, recording by recording."""
     rng = np.random.default_rng(seed)
+    partial = path.with_suffix(".part")  # renamed once complete: a killed run leaves no half file
     names = list(SAID)
     voices = [audio.decode(audio_dir / name) for name in names]
     rate = audio.SAMPLE_RATE
     said: list[str] = []
-    with av.open(str(path), mode="w", format="flac") as container:
+    with av.open(str(partial), mode="w", format="flac") as container:
         stream = container.add_stream("flac", rate=rate, layout="mono")
 
         def write(samples: np.ndarray) -> None:
@@ -110,29 +111,8 @@ def write_speech(
             written = max(written, end)
         for packet in stream.encode(None):
             container.mux(packet)
+    partial.rename(path)
     return said
-
-
-def _words(text: str) -> list[str]:
-    kept = "".join(c.lower() if c.isalnum() or c in " '" else " " for c in text)
-    return kept.split()
-
-
-def wer(hypothesis: str, reference: str, free: frozenset[str] = frozenset()) -> float:
-    """Word error rate; a reference word in ``free`` matches 0-3 hypothesis words for free."""
-    hyp, ref = _words(hypothesis), _words(reference)
-    previous = list(range(len(hyp) + 1))
-    for word in ref:
-        if word in free:
-            current = [min(previous[max(0, j - 3) : j + 1]) for j in range(len(hyp) + 1)]
-        else:
-            current = [previous[0] + 1]
-            for j, said in enumerate(hyp, start=1):
-                current.append(
-                    min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (said != word))
-                )
-        previous = current
-    return previous[-1] / max(1, len(ref))
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -408,7 +388,7 @@ def measure_correctness(args: argparse.Namespace, lines: list[str]) -> None:
     lines += [
         "",
         f"A {args.wer_seconds / 60:.0f}-minute file of dense real speech ({len(said)} recordings, "
-        f"{len(_words(reference))} words): one pass (synchronous, `whisperd serve "
+        f"{len(b.words(reference))} words): one pass (synchronous, `whisperd serve "
         f"{' '.join(serve_args)}`, {single_wall:.0f} s) against a job in "
         f"{job['progress']['chunks']} chunks of ~{args.wer_chunk_seconds:g} s on two workers "
         f'({merged_wall:.0f} s). WER in %; "ComfyUI free" scores the product name tiny.en '
@@ -416,11 +396,14 @@ def measure_correctness(args: argparse.Namespace, lines: list[str]) -> None:
         "",
         "| transcript | WER vs the text | WER vs the text, ComfyUI free | WER vs the other |",
         "| --- | --- | --- | --- |",
-        f"| one pass | {100 * wer(single, reference):.1f} | "
-        f"{100 * wer(single, reference, FREE_WORDS):.1f} | {100 * wer(single, merged):.1f} |",
-        f"| chunks, merged | {100 * wer(merged, reference):.1f} | "
-        f"{100 * wer(merged, reference, FREE_WORDS):.1f} | {100 * wer(merged, single):.1f} |",
     ]
+    for name, text, other in (("one pass", single, merged), ("chunks, merged", merged, single)):
+        rates = (
+            b.word_error_rate(text, reference),
+            b.word_error_rate(text, reference, FREE_WORDS),
+            b.word_error_rate(text, other),
+        )
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r:.1f}" for r in rates) + " |")
 
 
 def main() -> int:
@@ -441,6 +424,8 @@ def main() -> int:
     if args.audio_dir is None:
         parser.error("no ../shared/audio here: pass --audio-dir")
     OUT.mkdir(parents=True, exist_ok=True)
+    # stopped with SIGTERM, still stop the processes started here (the blocks' cleanup)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     info = b.machine()
     before = b.load_average()
     print(f"machine: {b.describe(info)}; load average {before}", flush=True)

@@ -13,15 +13,12 @@ from pathlib import Path
 import pytest
 
 import whisperd
+from whisperd.bench import words
 
 Result = subprocess.CompletedProcess[str]
 Run = Callable[..., Result]
 
 SRT_SPAN = re.compile(r"^\d{2,}:\d{2}:\d{2},\d{3} --> \d{2,}:\d{2}:\d{2},\d{3}$")
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 
 @pytest.fixture(scope="module")

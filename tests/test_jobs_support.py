@@ -9,8 +9,7 @@ The HTTP server on 127.0.0.1 plays both the callback receiver and the audio host
   :meth:`LocalServer.open_gate` (so a job is known to be running); ``/audio/flaky/<n>/<file>``
   answers 503 to the first n requests; ``/audio/missing`` is a 404.
 
-Long recordings with a known text (:func:`speech_and_silence`) and a word error rate
-(:func:`word_error_rate`) are here too.
+Long recordings with a known text (:func:`speech_and_silence`) are here too.
 """
 
 from __future__ import annotations
@@ -472,29 +471,3 @@ def speech_and_silence(
 
 def reference_text(utterances: list[Utterance]) -> str:
     return " ".join(SAID[u.name] for u in utterances)
-
-
-def _words(text: str) -> list[str]:
-    kept = "".join(c.lower() if c.isalnum() or c in " '" else " " for c in text)
-    return kept.split()
-
-
-def word_error_rate(hypothesis: str, reference: str, free: frozenset[str] = FREE_WORDS) -> float:
-    """(substitutions + deletions + insertions) / reference words, case and punctuation aside.
-
-    A reference word in ``free`` (a name the model cannot spell) matches up to three
-    hypothesis words, or none, at no cost.
-    """
-    hyp, ref = _words(hypothesis), _words(reference)
-    previous = list(range(len(hyp) + 1))
-    for word in ref:
-        if word in free:
-            current = [min(previous[max(0, j - 3) : j + 1]) for j in range(len(hyp) + 1)]
-        else:
-            current = [previous[0] + 1]
-            for j, said in enumerate(hyp, start=1):
-                current.append(
-                    min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (said != word))
-                )
-        previous = current
-    return previous[-1] / max(1, len(ref))
