@@ -406,6 +406,16 @@ def test_client_mistakes_are_openai_shaped_4xx(tmp_path: Path, engine: Transcrib
         )
         assert english_only.status_code == 400
         assert error_of(english_only)["code"] == "unsupported_task"
+        no_translation = client.post(
+            "/v1/jobs", data={"url": "http://127.0.0.1/a.flac", "task": "translate"}
+        )
+        assert no_translation.status_code == 400
+        assert error_of(no_translation)["param"] == "model"
+        unknown_task = client.post(
+            "/v1/jobs", data={"url": "http://127.0.0.1/a.flac", "task": "summarise"}
+        )
+        assert unknown_task.status_code == 422
+        assert error_of(unknown_task)["param"] == "task"
         bad_format = client.post(
             "/v1/jobs", data={"url": "http://127.0.0.1/a.flac", "response_format": "mp3"}
         )
@@ -432,6 +442,7 @@ def test_jobs_can_be_switched_off(tmp_path: Path, engine: Transcriber) -> None:
         response = client.get("/v1/jobs")
         assert response.status_code == 503
         assert "WHISPERD_JOBS_ENABLED" in error_of(response)["message"]
+        assert error_of(response)["code"] == "jobs_disabled"
     assert not (tmp_path / "data" / "redis").exists(), "no Redis when jobs are off"
 
 

@@ -37,7 +37,7 @@ from test_jobs_support import (
 from whisperd import audio, formats
 from whisperd.api import create_app
 from whisperd.api.routes.compat import _text_stream
-from whisperd.bench import word_error_rate
+from whisperd.bench import word_error_rate, words
 from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo
 from whisperd.settings import Settings
 
@@ -81,11 +81,11 @@ def check_transcript(body: dict[str, Any], utterances: list[Utterance], duration
         assert any(u.start - 2 <= s["end"] and s["start"] <= u.end + 2 for u in utterances), s
     for u in utterances:
         assert any(s["start"] <= u.end and u.start <= s["end"] for s in segments), u
-    words = body["words"]
-    assert words, "word timestamps were asked for"
-    word_starts = [w["start"] for w in words]
+    timed = body["words"]
+    assert timed, "word timestamps were asked for"
+    word_starts = [w["start"] for w in timed]
     assert word_starts == sorted(word_starts)
-    assert all(0 <= w["start"] <= w["end"] <= duration for w in words)
+    assert all(0 <= w["start"] <= w["end"] <= duration for w in timed)
     spoken = " ".join(body["text"].lower().split())
     assert spoken.count("fellow americans") <= sum(u.name == JFK.name for u in utterances)
     error_rate = word_error_rate(body["text"], reference_text(utterances), FREE_WORDS)
@@ -316,6 +316,33 @@ def function_url(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) ->
     )
     with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
         yield url
+
+
+def test_a_long_translation_job_is_english_in_every_chunk(
+    tmp_path: Path, base_engine: Transcriber, german_speech: audio.Audio
+) -> None:
+    """Three German sentences a minute apart: three chunks, each translated, merged."""
+    gap = np.zeros(55 * audio.SAMPLE_RATE, np.float32)
+    speech = audio.encode_flac(np.concatenate([german_speech, gap] * 3))
+    with TestClient(create_app(_settings(tmp_path), engine=base_engine)) as client:
+        response = client.post(
+            "/v1/jobs",
+            files={"file": ("de.flac", speech)},
+            data={"task": "translate", "response_format": "verbose_json"},
+        )
+        assert response.status_code == 202, response.text
+        assert response.json()["task"] == "translate"
+        job_id = response.json()["id"]
+        job = final_jobs(client, [job_id], timeout=180)[job_id]
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["chunks"] == 3
+    result = job["result"]
+    assert result["task"] == "translate"
+    for start in (0, 60, 120):  # each sentence, its segments starting near it
+        said = " ".join(s["text"] for s in result["segments"] if -5 < s["start"] - start < 55)
+        english = set(words(said))
+        assert {"good", "morning"} <= english, said
+        assert not {"guten", "morgen", "kaffee", "milch"} & english, said
 
 
 def test_the_function_streams_cues_as_they_are_transcribed(

@@ -31,7 +31,7 @@ from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Task_ = Literal["transcribe", "translate"]
+TaskName = Literal["transcribe", "translate"]
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # Batched decoding only pays off for audio of several windows.
 _BATCH_MIN_SECONDS = 60.0
@@ -74,7 +74,7 @@ class TranscriptionInfo:
     language: str
     language_probability: float
     duration: float
-    task: Task_
+    task: TaskName
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ class Transcription:
     language: str
     language_probability: float
     duration: float
-    task: Task_
+    task: TaskName
     segments: tuple[Segment, ...]
 
     @classmethod
@@ -99,13 +99,40 @@ class TranscribeOptions:
     """How to transcribe; the defaults are faster-whisper's, with our VAD choice."""
 
     language: str | None = None
-    task: Task_ = "transcribe"
+    task: TaskName = "transcribe"
     beam_size: int = 5
     temperature: tuple[float, ...] = DEFAULT_TEMPERATURES
     initial_prompt: str | None = None
     hotwords: str | None = None
     word_timestamps: bool = False
     vad_filter: bool = False
+
+    @classmethod
+    def asked(
+        cls,
+        settings: Settings,
+        *,
+        language: str | None = None,
+        task: TaskName = "transcribe",
+        prompt: str | None = None,
+        temperature: float = 0.0,
+        hotwords: str | None = None,
+        vad_filter: bool | None = None,
+        beam_size: int | None = None,
+        word_timestamps: bool = False,
+    ) -> TranscribeOptions:
+        """The options a request asks for in OpenAI's terms, with the server's defaults where
+        it left one unset."""
+        return cls(
+            language=(language or "").strip().lower() or None,
+            task=task,
+            beam_size=beam_size or settings.beam_size,
+            temperature=temperatures_from(temperature),
+            initial_prompt=prompt or None,
+            hotwords=hotwords or None,
+            word_timestamps=word_timestamps,
+            vad_filter=settings.vad_filter if vad_filter is None else vad_filter,
+        )
 
 
 def temperatures_from(value: float | None) -> tuple[float, ...]:

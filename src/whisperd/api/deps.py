@@ -35,7 +35,8 @@ def get_jobs(request: Request) -> JobsRuntime:
     if jobs is None:
         raise ServiceUnavailableError(
             "Async jobs are off on this server (WHISPERD_JOBS_ENABLED=false); use the "
-            "synchronous endpoints, or a server with jobs enabled."
+            "synchronous endpoints, or a server with jobs enabled.",
+            code="jobs_disabled",
         )
     return jobs
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from whisperd import chunking
 from whisperd.audio import Audio
 from whisperd.chunking import Chunk
-from whisperd.engine import Segment, Transcription, TranscriptionInfo
+from whisperd.engine import Segment, TaskName, Transcription, TranscriptionInfo
 from whisperd.jobs.records import ChunkRecord, segments_from_json
 
 
@@ -35,7 +35,7 @@ def pieces_of(record: ChunkRecord, data: bytes, *, piece_seconds: float) -> Iter
         yield Chunk(piece.index, record.offset + piece.offset, piece.samples)
 
 
-def merge(records: Sequence[ChunkRecord], *, duration: float) -> Transcription:
+def merge(records: Sequence[ChunkRecord], *, duration: float, task: TaskName) -> Transcription:
     """The whole transcript from the chunks' segments, in order, with ids that run on."""
     segments: list[Segment] = []
     for record in records:
@@ -44,7 +44,5 @@ def merge(records: Sequence[ChunkRecord], *, duration: float) -> Transcription:
             raise ValueError(msg)
         segments += segments_from_json(record.segments, first_id=len(segments))
     first = records[0]
-    info = TranscriptionInfo(
-        first.language or "en", first.language_probability, duration, "transcribe"
-    )
+    info = TranscriptionInfo(first.language or "en", first.language_probability, duration, task)
     return Transcription.from_parts(info, tuple(segments))

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from whisperd import formats
-from whisperd.engine import Segment, TranscribeOptions, Transcription, Word, temperatures_from
+from whisperd.engine import Segment, TaskName, TranscribeOptions, Transcription, Word
 from whisperd.jobs.states import ChunkState, JobState
 from whisperd.settings import Settings
 
@@ -35,9 +35,11 @@ class CallbackState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """How to transcribe a job: the options of ``/v1/audio/transcriptions``."""
+    """How to transcribe a job: the options of ``/v1/audio/transcriptions``, and whether to
+    translate into English instead (``/v1/audio/translations``)."""
 
     model: str = "whisper-1"
+    task: TaskName = "transcribe"
     language: str | None = None
     prompt: str | None = None
     response_format: str = "json"
@@ -50,15 +52,16 @@ class JobSpec:
 
     def options(self, settings: Settings) -> TranscribeOptions:
         """The engine options, with the server's defaults where the job left one unset."""
-        return TranscribeOptions(
-            language=(self.language or "").strip().lower() or None,
-            task="transcribe",
-            beam_size=self.beam_size or settings.beam_size,
-            temperature=temperatures_from(self.temperature),
-            initial_prompt=self.prompt or None,
-            hotwords=self.hotwords or None,
+        return TranscribeOptions.asked(
+            settings,
+            language=self.language,
+            task=self.task,
+            prompt=self.prompt,
+            temperature=self.temperature,
+            hotwords=self.hotwords,
+            vad_filter=self.vad_filter,
+            beam_size=self.beam_size,
             word_timestamps=self.word_timestamps or "word" in self.timestamp_granularities,
-            vad_filter=settings.vad_filter if self.vad_filter is None else self.vad_filter,
         )
 
     def render(self, transcription: Transcription) -> tuple[str, str]:
@@ -207,6 +210,7 @@ class Job:
                 "chunks_done": self.chunks_done,
             },
             "model": self.spec.model,
+            "task": self.spec.task,
             "response_format": self.spec.response_format,
             "input": {
                 "type": self.source,

@@ -468,7 +468,9 @@ class JobRunner:
             logger.warning("Job %s: %d of %d chunks to merge", job_id, len(done), job.chunks)
             return
         duration = job.duration or sum(r.seconds for r in done)
-        body, media_type = job.spec.render(chunk_audio.merge(done, duration=duration))
+        body, media_type = job.spec.render(
+            chunk_audio.merge(done, duration=duration, task=job.spec.task)
+        )
         fields = {"error": "", "error_status": "", "media_type": media_type, "progress": duration}
         ended = self.store.transition(
             job_id, JobState.RUNNING, JobState.SUCCEEDED, fields, result=body

@@ -50,11 +50,6 @@ def _get_and_post(path: str, **kwargs: Any) -> Callable[[F], F]:
     return register
 
 
-def _options(pipeline: PipelineDep) -> TranscribeOptions:
-    settings = pipeline.settings
-    return TranscribeOptions(beam_size=settings.beam_size, vad_filter=settings.vad_filter)
-
-
 async def _read_function_body(request: Request, limit: int) -> tuple[str | None, bytes | None]:
     """The body as (url, None) when it is a URL, or (None, audio bytes) when it is raw audio."""
     content_type = request.headers.get("content-type", "").lower()
@@ -164,7 +159,7 @@ async def function_whisper(
     streamed as it is transcribed."""
     with timings.measure("receive"):  # the body is read here, after the dependencies
         url, raw = await _read_function_body(request, pipeline.settings.max_upload_bytes)
-    options = _options(pipeline)
+    options = TranscribeOptions.asked(pipeline.settings)
     opened = _function_source(url, raw, pipeline.settings, timings)
     del raw  # the source owns it now (and spools it)
     if format in STREAMED_FORMATS:
@@ -196,7 +191,7 @@ async def translate_upload(
     """Transcribes the file in its own language (the name is the original service's)."""
     async with audio_input(file, None, pipeline.settings, timings) as source:
         result = await pipeline.transcribe(
-            request, source, _options(pipeline), model=None, timings=timings
+            request, source, TranscribeOptions.asked(pipeline.settings), model=None, timings=timings
         )
     return TranslateResult(text=result.text, language=result.language)
 

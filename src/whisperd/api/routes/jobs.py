@@ -63,6 +63,13 @@ FUNCTION_BODY = {
 LanguageField = Annotated[
     str | None, Form(description="ISO-639-1 code of the spoken language; default: detect.")
 ]
+TaskField = Annotated[
+    Literal["transcribe", "translate"],
+    Form(
+        description="Extra: `translate` turns speech in any language into English text, as "
+        "`/v1/audio/translations` does (needs a multilingual model)."
+    ),
+]
 CallbackField = Annotated[
     str | None,
     Form(description="An http(s) URL to POST the result to when the job ends (see the docs)."),
@@ -112,6 +119,7 @@ class JobObject(BaseModel):
     cancel_requested: bool = False
     progress: JobProgress
     model: str
+    task: Literal["transcribe", "translate"] = "transcribe"
     response_format: str
     input: JobInput
     worker: str | None = None
@@ -214,6 +222,7 @@ async def create_job(
     file: FileField = None,
     url: UrlField = None,
     model: ModelField = "whisper-1",
+    task: TaskField = "transcribe",
     language: LanguageField = None,
     prompt: PromptField = None,
     response_format: FormatField = "json",
@@ -227,10 +236,12 @@ async def create_job(
 ) -> Response:
     """Queue a transcription: a multipart `file` (at most `WHISPERD_JOB_MAX_UPLOAD_BYTES`,
     stored in Redis until the job ends) or a `url` (fetched by the worker), with the options
-    of `/v1/audio/transcriptions`. Answers 202 with the job; `callback_url`, if given, gets
+    of `/v1/audio/transcriptions` (and `task=translate` for English text, as
+    `/v1/audio/translations` gives). Answers 202 with the job; `callback_url`, if given, gets
     the result POSTed when the job ends."""
     spec = JobSpec(
         model=model,
+        task=task,
         language=language,
         prompt=prompt,
         response_format=response_format,

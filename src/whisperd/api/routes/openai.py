@@ -22,9 +22,9 @@ from whisperd.api.schemas import (
     error_responses,
     sse_event_schema,
 )
-from whisperd.engine import TranscribeOptions, Transcriber, temperatures_from
+from whisperd.engine import TranscribeOptions, Transcriber
 from whisperd.errors import ModelNotFoundError
-from whisperd.settings import ResponseFormat, Settings
+from whisperd.settings import ResponseFormat
 
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
 
@@ -100,30 +100,6 @@ BeamField = Annotated[
 WordsField = Annotated[bool, Form(description="Extra: word timestamps (as granularity word).")]
 
 
-def _options(
-    settings: Settings,
-    *,
-    language: str | None,
-    task: Literal["transcribe", "translate"],
-    prompt: str | None,
-    temperature: float,
-    hotwords: str | None,
-    vad_filter: bool | None,
-    beam_size: int | None,
-    word_timestamps: bool,
-) -> TranscribeOptions:
-    return TranscribeOptions(
-        language=(language or "").strip().lower() or None,
-        task=task,
-        beam_size=beam_size or settings.beam_size,
-        temperature=temperatures_from(temperature),
-        initial_prompt=prompt or None,
-        hotwords=hotwords or None,
-        word_timestamps=word_timestamps,
-        vad_filter=settings.vad_filter if vad_filter is None else vad_filter,
-    )
-
-
 async def _respond(
     request: Request,
     pipeline: PipelineDep,
@@ -187,7 +163,7 @@ async def create_transcription(
 ) -> Response:
     """Transcribe the audio in its own language (OpenAI-compatible)."""
     granularities = list(timestamp_granularities or [])
-    options = _options(
+    options = TranscribeOptions.asked(
         pipeline.settings,
         language=language,
         task="transcribe",
@@ -233,7 +209,7 @@ async def create_translation(
     beam_size: BeamField = None,
 ) -> Response:
     """Translate speech in any language into English text; needs a multilingual model."""
-    options = _options(
+    options = TranscribeOptions.asked(
         pipeline.settings,
         language=None,
         task="translate",
