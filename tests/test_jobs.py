@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from test_jobs_support import (
     JFK,
     JFK_WORDS,
-    SECRET,
     LocalServer,
+    job_settings,
     poll,
     process_running,
     signature,
@@ -42,24 +42,6 @@ FINAL = ("succeeded", "failed", "cancelled")
 def local() -> Iterator[LocalServer]:
     with LocalServer() as server:
         yield server
-
-
-def job_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": tmp_path / "data",
-        "tmp_dir": tmp_path / "tmp",
-        "slots": 1,
-        "job_workers": 2,
-        "job_poll_interval": 0.1,
-        "job_heartbeat_timeout": 1.5,
-        "job_retry_backoff": 0.2,
-        "callback_retry_backoff": 0.1,
-        "callback_secret": SECRET,
-        "fetch_allow_hosts": ("127.0.0.1",),
-        "job_ttl": 120,
-    }
-    values.update(overrides)
-    return Settings(**values)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ import redis
 
 from whisperd import audio
 from whisperd.jobs.embedded import redis_server_binary
+from whisperd.settings import Settings
 
 AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
 JFK = AUDIO_DIR / "jfk.flac"
@@ -471,3 +472,22 @@ def speech_and_silence(
 
 def reference_text(utterances: list[Utterance]) -> str:
     return " ".join(SAID[u.name] for u in utterances)
+
+
+def job_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for jobs in one test: its own Redis and files, short waits and backoffs."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "tmp_dir": tmp_path / "tmp",
+        "slots": 1,
+        "job_workers": 2,
+        "job_poll_interval": 0.1,
+        "job_heartbeat_timeout": 1.5,
+        "job_retry_backoff": 0.2,
+        "callback_retry_backoff": 0.1,
+        "callback_secret": SECRET,
+        "fetch_allow_hosts": ("127.0.0.1",),
+        "job_ttl": 120,
+    }
+    values.update(overrides)
+    return Settings(**values)

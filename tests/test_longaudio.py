@@ -27,6 +27,7 @@ from test_jobs_support import (
     Utterance,
     final_jobs,
     free_port,
+    job_settings,
     poll,
     processes,
     reference_text,
@@ -195,21 +196,6 @@ def test_an_hour_fans_out_across_workers_in_bounded_memory_and_survives_a_killed
 
 
 # --- in one process: cancel, duplicates -------------------------------------------------------
-def _settings(tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": tmp_path / "data",
-        "tmp_dir": tmp_path / "tmp",
-        "slots": 1,
-        "job_workers": 2,
-        "job_poll_interval": 0.1,
-        "job_heartbeat_timeout": 1.5,
-        "job_retry_backoff": 0.2,
-        "job_chunk_seconds": 60,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
 def _speech(seconds: float, tmp_path: Path) -> bytes:
     path = tmp_path / "speech.flac"
     speech_and_silence(path, seconds=seconds, blocks=max(1, round(seconds / 40)), per_block=3)
@@ -219,7 +205,7 @@ def _speech(seconds: float, tmp_path: Path) -> bytes:
 def test_a_redelivered_chunk_does_nothing_and_a_cancel_stops_the_rest(
     tmp_path: Path, engine: Transcriber
 ) -> None:
-    settings = _settings(tmp_path)
+    settings = job_settings(tmp_path, job_chunk_seconds=60)
     with TestClient(create_app(settings, engine=engine)) as client:
         runner = client.app.state.jobs.runner  # type: ignore[attr-defined]
         response = client.post("/v1/jobs", files={"file": ("a.flac", _speech(600, tmp_path))})
@@ -324,7 +310,9 @@ def test_a_long_translation_job_is_english_in_every_chunk(
     """Three German sentences a minute apart: three chunks, each translated, merged."""
     gap = np.zeros(55 * audio.SAMPLE_RATE, np.float32)
     speech = audio.encode_flac(np.concatenate([german_speech, gap] * 3))
-    with TestClient(create_app(_settings(tmp_path), engine=base_engine)) as client:
+    with TestClient(
+        create_app(job_settings(tmp_path, job_chunk_seconds=60), engine=base_engine)
+    ) as client:
         response = client.post(
             "/v1/jobs",
             files={"file": ("de.flac", speech)},

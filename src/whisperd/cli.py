@@ -29,6 +29,21 @@ out = Console(highlight=False, soft_wrap=True)
 FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv")
 
 
+# Options that serve and worker share; each is also a WHISPERD_ setting.
+ModelOption = Annotated[
+    str | None, typer.Option("-m", "--model", help="Default model [WHISPERD_MODEL].")
+]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda [WHISPERD_DEVICE].")]
+ComputeOption = Annotated[
+    str | None, typer.Option(help="auto, int8, float16, ... [WHISPERD_COMPUTE_TYPE].")
+]
+SlotsOption = Annotated[
+    int | None, typer.Option(help="Parallel inference workers [WHISPERD_SLOTS].")
+]
+LogLevelOption = Annotated[str | None, typer.Option(help="[WHISPERD_LOG_LEVEL]")]
+LogFormatOption = Annotated[str | None, typer.Option(help="text or json [WHISPERD_LOG_FORMAT].")]
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
@@ -76,16 +91,10 @@ def serve(
         str | None, typer.Option(help="Interface to listen on [WHISPERD_HOST].")
     ] = None,
     port: Annotated[int | None, typer.Option(help="TCP port [WHISPERD_PORT].")] = None,
-    model: Annotated[
-        str | None, typer.Option("-m", "--model", help="Default model [WHISPERD_MODEL].")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [WHISPERD_DEVICE].")] = None,
-    compute_type: Annotated[
-        str | None, typer.Option(help="auto, int8, float16, ... [WHISPERD_COMPUTE_TYPE].")
-    ] = None,
-    slots: Annotated[
-        int | None, typer.Option(help="Parallel inference workers [WHISPERD_SLOTS].")
-    ] = None,
+    model: ModelOption = None,
+    device: DeviceOption = None,
+    compute_type: ComputeOption = None,
+    slots: SlotsOption = None,
     max_queue: Annotated[
         int | None, typer.Option(help="Waiting requests before 429 [WHISPERD_MAX_QUEUE].")
     ] = None,
@@ -95,10 +104,8 @@ def serve(
     redis_url: Annotated[
         str | None, typer.Option(help="External Redis for jobs [WHISPERD_REDIS_URL].")
     ] = None,
-    log_level: Annotated[str | None, typer.Option(help="[WHISPERD_LOG_LEVEL]")] = None,
-    log_format: Annotated[
-        str | None, typer.Option(help="text or json [WHISPERD_LOG_FORMAT].")
-    ] = None,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run the HTTP server (OpenAI API, function and upload endpoints, jobs)."""
     from whisperd.server import serve as run_server
@@ -126,20 +133,12 @@ def worker(
         str | None,
         typer.Option(help="The Redis the API servers use [WHISPERD_REDIS_URL]; required."),
     ] = None,
-    model: Annotated[
-        str | None, typer.Option("-m", "--model", help="Default model [WHISPERD_MODEL].")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [WHISPERD_DEVICE].")] = None,
-    compute_type: Annotated[
-        str | None, typer.Option(help="auto, int8, float16, ... [WHISPERD_COMPUTE_TYPE].")
-    ] = None,
-    slots: Annotated[
-        int | None, typer.Option(help="Parallel inference workers [WHISPERD_SLOTS].")
-    ] = None,
-    log_level: Annotated[str | None, typer.Option(help="[WHISPERD_LOG_LEVEL]")] = None,
-    log_format: Annotated[
-        str | None, typer.Option(help="text or json [WHISPERD_LOG_FORMAT].")
-    ] = None,
+    model: ModelOption = None,
+    device: DeviceOption = None,
+    compute_type: ComputeOption = None,
+    slots: SlotsOption = None,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run job consumers only (no HTTP): load the model once, take jobs from Redis.
 
