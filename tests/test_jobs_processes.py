@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from test_jobs_support import (
     JFK,
@@ -57,6 +58,15 @@ def submit_gated(client: httpx.Client, local: LocalServer, callback_url: str) ->
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     return job_id
+
+
+def metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"no {name} in the metrics")
 
 
 def check_succeeded(jobs: dict[str, dict[str, Any]]) -> None:
@@ -143,7 +153,13 @@ def test_distributed_worker_killed_mid_job_loses_nothing(
         )
         # Two slots of one thread each: on a 2-core runner, twice the throughput of one.
         worker_env = {**env, "WHISPERD_SLOTS": "2", "WHISPERD_CPU_THREADS": "1"}
-        workers = [procs.whisperd(f"worker{i}", "worker", worker_env) for i in range(2)]
+        metrics_ports = [free_port() for _ in range(2)]
+        workers = [
+            procs.whisperd(
+                f"worker{i}", "worker", {**worker_env, "WHISPERD_METRICS_PORT": str(port)}
+            )
+            for i, port in enumerate(metrics_ports)
+        ]
         wait_ready(client, api)
         ids = [submit_gated(client, local, callback_url)]
         ids += [submit_upload(client, callback_url) for _ in range(19)]
@@ -163,6 +179,17 @@ def test_distributed_worker_killed_mid_job_loses_nothing(
         assert jobs[ids[0]]["attempts"] == 2
         assert f"-{survivor.pid}-" in jobs[ids[0]]["worker"]
         check_callbacks(local, "distributed", ids)
+
+        # the survivor's own metrics count what its engine transcribed; the API's engine idles
+        port = metrics_ports[workers.index(survivor)]
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        done = sum(1 for job in jobs.values() if f"-{survivor.pid}-" in job["worker"])
+        assert metric(metrics, "whisperd_engine_transcriptions_total") >= done > 0
+        assert metric(metrics, "whisperd_engine_audio_seconds_total") >= 11.0 * done - 0.1
+        assert metric(metrics, "whisperd_jobs_queue_depth") == 0
+        assert metric(metrics, "whisperd_ready") == 1
+        api_metrics = client.get("/metrics").text
+        assert metric(api_metrics, "whisperd_engine_transcriptions_total") == 0
 
         assert procs.stop(survivor) == 0
         assert procs.stop(api) == 0

@@ -161,6 +161,9 @@ def test_metrics_count_what_was_served(served: tuple[str, Any]) -> None:
     assert delta("whisperd_request_stage_seconds_sum", stage="inference") > 0
     # jfk.flac is 11.0 s long
     assert delta("whisperd_audio_seconds_total") == pytest.approx(22.0, abs=0.1)
+    assert delta("whisperd_engine_transcriptions_total") == 2
+    assert delta("whisperd_engine_audio_seconds_total") == pytest.approx(22.0, abs=0.1)
+    assert 0 < delta("whisperd_engine_busy_seconds_total") < 2 * 11
     assert delta("whisperd_real_time_factor_count") == 2
     assert 0 < delta("whisperd_real_time_factor_sum") < 2 * 5
     assert value(after, "whisperd_requests_active") == 0
@@ -190,6 +193,13 @@ def test_job_counts_by_state(served: tuple[str, Any]) -> None:
     after = scrape(url)
     succeeded = value(after, "whisperd_jobs", state="succeeded")
     assert succeeded == value(before, "whisperd_jobs", state="succeeded") + 1
+    # the job ran on this server's engine: counted there, though no request transcribed it
+    for name, added in (("transcriptions", 1), ("audio_seconds", 11.0)):
+        total = f"whisperd_engine_{name}_total"
+        assert value(after, total) - value(before, total) == pytest.approx(added, abs=0.1)
+    assert value(after, "whisperd_audio_seconds_total") == value(
+        before, "whisperd_audio_seconds_total"
+    )
     assert value(after, "whisperd_jobs_queue_depth") == 0
     assert value(after, "whisperd_jobs_running") == 0
 

@@ -15,7 +15,9 @@ Recorded once per HTTP request, by :class:`~whisperd.api.middleware.RequestConte
 Read from the running server at each scrape (this process only):
 ``whisperd_requests_active`` / ``_queued`` and their ``_limit``\\s (admission),
 ``whisperd_ready``, ``whisperd_engine_slots``, ``whisperd_engine_speed`` (the scheduler's
-measured audio seconds per busy slot-second), ``whisperd_model_load_seconds`` per loaded model,
+measured audio seconds per busy slot-second), the counters ``whisperd_engine_transcriptions``,
+``_audio_seconds`` and ``_busy_seconds`` (everything this process's engine finished: requests,
+jobs and job chunks), ``whisperd_model_load_seconds`` per loaded model,
 ``whisperd_jobs`` by ``state`` with ``whisperd_jobs_queue_depth``,
 ``whisperd_jobs_delayed_messages`` and ``whisperd_jobs_running`` (when jobs are on; the
 counts come from the shared Redis, so every replica reports the same queue),
@@ -52,7 +54,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.routing import compile_path
@@ -238,11 +240,30 @@ class ServerCollector(Collector):
             "Parallel inference workers (WHISPERD_SLOTS).",
             engine.plan.slots,
         )
+        speed = engine.speed
         yield _gauge(
             "whisperd_engine_speed",
             "Measured engine speed: audio seconds per busy slot-second (moving average).",
-            engine.speed.speed,
+            speed.speed,
         )
+        for name, documentation, value in (
+            ("transcriptions", "Transcriptions finished", speed.transcriptions),
+            (
+                "audio_seconds",
+                "Seconds of audio in the transcriptions finished",
+                speed.audio_seconds,
+            ),
+            (
+                "busy_seconds",
+                "Slot-seconds spent on the transcriptions finished",
+                speed.busy_seconds,
+            ),
+        ):
+            yield CounterMetricFamily(
+                f"whisperd_engine_{name}",
+                f"{documentation} by this process's engine: requests, jobs and job chunks.",
+                value=value,
+            )
         loaded = GaugeMetricFamily(
             "whisperd_model_load_seconds",
             "Seconds it took to load each model in memory.",

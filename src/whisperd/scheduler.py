@@ -155,17 +155,23 @@ class Stepper:
 
 
 class Speedometer:
-    """Measured engine speed: audio seconds per busy slot-second (an exponential average)."""
+    """Measured engine speed: audio seconds per busy slot-second (an exponential average), and
+    the totals since start of finished transcriptions, their audio and their busy time."""
 
     def __init__(self, initial: float = 10.0) -> None:
         self._speed = initial
         self._lock = threading.Lock()
+        self.transcriptions = 0
+        self.audio_seconds = 0.0
+        self.busy_seconds = 0.0
 
     def record(self, audio_seconds: float, busy_seconds: float) -> None:
-        if audio_seconds <= 0 or busy_seconds <= 0:
-            return
         with self._lock:
-            self._speed = 0.8 * self._speed + 0.2 * (audio_seconds / busy_seconds)
+            self.transcriptions += 1
+            self.audio_seconds += max(audio_seconds, 0.0)
+            self.busy_seconds += max(busy_seconds, 0.0)
+            if audio_seconds > 0 and busy_seconds > 0:
+                self._speed = 0.8 * self._speed + 0.2 * (audio_seconds / busy_seconds)
 
     @property
     def speed(self) -> float:

@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     """A file with one API key per line (blank lines and # comments ignored)."""
     metrics_public: bool = False
     """Serve /metrics without an API key (for a Prometheus that cannot send a bearer token)."""
+    metrics_port: int = Field(0, ge=0, le=65535)
+    """`whisperd worker` serves its Prometheus metrics on this port (on WHISPERD_HOST); 0: off."""
 
     # --- jobs -------------------------------------------------------------------------
     data_dir: Path = Field(default_factory=_default_data_dir)

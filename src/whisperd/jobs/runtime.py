@@ -25,11 +25,13 @@ import socket
 import threading
 import time
 import uuid
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import redis
 from dramatiq import Worker
+from prometheus_client import start_http_server
 
 from whisperd.engine import Transcriber
 from whisperd.errors import (
@@ -46,6 +48,7 @@ from whisperd.jobs.records import CallbackState, Job, JobSpec, Source
 from whisperd.jobs.runner import JobRunner
 from whisperd.jobs.states import JobState
 from whisperd.jobs.store import JobStore, error_fields, redis_errors
+from whisperd.metrics import Metrics
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -394,11 +397,14 @@ def run_worker(settings: Settings) -> int:
     try:
         with Transcriber(settings) as engine:
             runtime = JobsRuntime(settings, engine=engine, consumers=True).start()
+            state = SimpleNamespace(engine=engine, jobs=runtime, ready=True, draining=False)
+            exporter = _serve_metrics(settings, state) if settings.metrics_port else None
             try:
                 logger.info("Worker %s taking jobs", runtime.worker_id)
                 while not received:
                     wake.wait(1.0)
                 logger.info("Signal received: draining (up to %.0f s)", settings.drain_timeout)
+                state.draining = True
                 runtime.drain()
                 deadline = received[0] + settings.drain_timeout
                 while runtime.running and len(received) < 2 and time.monotonic() < deadline:
@@ -409,9 +415,21 @@ def run_worker(settings: Settings) -> int:
                         "Stopping with %d job(s) running: back to the queue", runtime.running
                     )
             finally:
+                if exporter is not None:
+                    exporter.shutdown()
                 runtime.stop()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     logger.info("Worker stopped")
     return 0
+
+
+def _serve_metrics(settings: Settings, state: SimpleNamespace) -> WSGIServer:
+    """The worker's metrics (engine, jobs, process) on ``metrics_port``, from a thread."""
+    metrics = Metrics(state)
+    server, _ = start_http_server(
+        settings.metrics_port, addr=settings.host, registry=metrics.registry
+    )
+    logger.info("Metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    return server
