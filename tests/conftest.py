@@ -20,6 +20,8 @@ from whisperd import audio
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
+from browser import require
+
 AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
 
 JFK_TEXT = (
@@ -27,7 +29,12 @@ JFK_TEXT = (
     "ask what you can do for your country."
 )
 HOTWORDS_TEXT = "Then you go into your ComfyUI folder again in the ComfyUI"
-GERMAN_TEXT = "Guten Morgen. Das Wetter ist heute sehr schön. Ich trinke gerne Kaffee mit Milch."
+# base translates this at temperature 0 with room to spare (average log-probability -0.89
+# against the -1.0 that makes Whisper fall back to sampling, whose output is random).
+GERMAN_TEXT = (
+    "Guten Morgen! Heute ist ein schöner Tag. Das Wetter ist warm und die Sonne scheint. "
+    "Am Nachmittag gehen wir mit den Kindern in den Park."
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -110,14 +117,20 @@ def base_engine(model_cache: Path) -> Iterator[Transcriber]:
 
 
 @pytest.fixture(scope="session")
-def german_speech(tmp_path_factory: pytest.TempPathFactory) -> audio.Audio:
-    """GERMAN_TEXT spoken by espeak-ng (robotic, but base understands it)."""
+def german_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """GERMAN_TEXT spoken by espeak-ng (robotic, but base understands it), as a WAV file."""
     espeak = shutil.which("espeak-ng")
     if espeak is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+        require("espeak-ng")
     out = tmp_path_factory.mktemp("espeak") / "german.wav"
-    subprocess.run([espeak, "-v", "de", "-w", str(out), GERMAN_TEXT], check=True, timeout=60)
-    return audio.decode(out)
+    command = [str(espeak), "-v", "de", "-s", "150", "-w", str(out), GERMAN_TEXT]
+    subprocess.run(command, check=True, timeout=60)
+    return out
+
+
+@pytest.fixture(scope="session")
+def german_speech(german_wav: Path) -> audio.Audio:
+    return audio.decode(german_wav)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,6 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
-from browser import require
 from support import HOTWORDS, JFK, assert_jfk, file_server, normalise, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -146,22 +143,13 @@ def test_models(client: openai.OpenAI) -> None:
     assert _error(info.value)["type"] == "not_found_error"
 
 
-def _german_speech(tmp_path: Path) -> Path:
-    if shutil.which("espeak-ng") is None:
-        require("espeak-ng")
-    path = tmp_path / "de.wav"
-    text = "Guten Morgen. Heute ist das Wetter sehr schön, und wir gehen in den Park."
-    subprocess.run(["espeak-ng", "-v", "de", "-s", "140", "-w", str(path), text], check=True)
-    return path
-
-
 # The openai client marks audio.translations deprecated; the endpoint is what we test.
 translations_deprecated = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 
 
 @translations_deprecated
-def test_translation_with_base(client: openai.OpenAI, tmp_path: Path) -> None:
-    with _german_speech(tmp_path).open("rb") as f:
+def test_translation_with_base(client: openai.OpenAI, german_wav: Path) -> None:
+    with german_wav.open("rb") as f:
         result = client.audio.translations.create(model="base", file=f)
     said = normalise(result.text)
     assert any(word in said for word in ("morning", "weather", "park", "today")), said

@@ -308,7 +308,7 @@ def test_a_long_translation_job_is_english_in_every_chunk(
     tmp_path: Path, base_engine: Transcriber, german_speech: audio.Audio
 ) -> None:
     """Three German sentences a minute apart: three chunks, each translated, merged."""
-    gap = np.zeros(55 * audio.SAMPLE_RATE, np.float32)
+    gap = np.zeros(60 * audio.SAMPLE_RATE - german_speech.size, np.float32)  # a minute each
     speech = audio.encode_flac(np.concatenate([german_speech, gap] * 3))
     with TestClient(
         create_app(job_settings(tmp_path, job_chunk_seconds=60), engine=base_engine)
