@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -131,17 +130,3 @@ def german_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def german_speech(german_wav: Path) -> audio.Audio:
     return audio.decode(german_wav)
-
-
-@pytest.fixture
-def wait_until() -> Callable[..., None]:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-
-    def wait(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(0.005)
-
-    return wait

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import uvicorn
@@ -23,6 +24,7 @@ AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 JFK = AUDIO / "jfk.flac"
 HOTWORDS = AUDIO / "hotwords.mp3"
 JFK_WORDS = ("ask not what your country can do for you", "ask what you can do for your country")
+T = TypeVar("T")
 
 
 def normalise(text: str) -> str:
@@ -37,6 +39,22 @@ def assert_jfk(text: str) -> None:
         assert phrase in said, f"{phrase!r} not in {said!r}"
 
 
+class UnseekableSink(io.RawIOBase):
+    """A write-only sink that cannot seek, like a pipe: a muxer cannot go back to write the
+    length into the header."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.data += bytes(b)
+        return len(b)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,16 +62,18 @@ def free_port() -> int:
         return port
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+def poll(
+    fn: Callable[[], T | None], *, timeout: float, interval: float = 0.05, what: str = ""
+) -> T:
+    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
         time.sleep(interval)
+    raise AssertionError(f"Timed out after {timeout:g} s waiting for {what or fn}; last: {last!r}")
 
 
 @contextlib.contextmanager
@@ -65,7 +85,7 @@ def running_app(app: Any) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: server.started or not thread.is_alive(), 60)
+        poll(lambda: server.started or not thread.is_alive(), timeout=60)
         assert server.started, "server failed to start"
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -115,7 +135,7 @@ def server_process(
     url = f"http://127.0.0.1:{port}"
     try:
         try:
-            wait_until(lambda: _ready(url, process), 90, 0.1)
+            poll(lambda: _ready(url, process), timeout=90, interval=0.1)
         except AssertionError:
             raise AssertionError(f"server did not become ready:\n{log.read_text()}") from None
         yield ServerProcess(process, url, log)

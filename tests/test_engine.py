@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ from whisperd.engine import (
 )
 from whisperd.scheduler import Task
 from whisperd.settings import Settings
+
+from support import poll
 
 pytestmark = pytest.mark.slow
 
@@ -194,16 +195,14 @@ def test_a_cancelled_task_stops_mid_way(
     assert words(engine.transcribe(jfk_audio).text) == words(jfk_text)
 
 
-def test_closing_a_stream_frees_the_engine(
-    engine: Transcriber, long_speech: audio.Audio, wait_until: Callable[..., None]
-) -> None:
+def test_closing_a_stream_frees_the_engine(engine: Transcriber, long_speech: audio.Audio) -> None:
     tasks: list[Task[TranscriptionInfo | Segment]] = []
     stream = engine.stream(long_speech, TranscribeOptions(), on_task=tasks.append)
     assert isinstance(next(stream), TranscriptionInfo)
     assert isinstance(next(stream), Segment)
     stream.close()  # the client went away
     task = tasks[0]
-    wait_until(lambda: task.finished, timeout=30, what="the abandoned task to stop")
+    poll(lambda: task.finished, timeout=30, interval=0.005, what="the abandoned task to stop")
     with pytest.raises(errors.CancelledError):  # it was stopped, not run to the end
         for _ in task:
             pass

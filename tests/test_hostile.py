@@ -27,7 +27,7 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
-from support import JFK, assert_jfk, normalise, running_app
+from support import JFK, UnseekableSink, assert_jfk, normalise, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -42,27 +42,12 @@ ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_l
 
 
 # --- generated media ------------------------------------------------------------------------
-class _Pipe(io.RawIOBase):
-    """A write-only, unseekable sink: muxers cannot go back to write the length in the header."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self.data += bytes(b)
-        return len(b)
+def _sink(streamed: bool) -> io.BytesIO | UnseekableSink:
+    return UnseekableSink() if streamed else io.BytesIO()
 
 
-def _sink(streamed: bool) -> io.BytesIO | _Pipe:
-    return _Pipe() if streamed else io.BytesIO()
-
-
-def _bytes(sink: io.BytesIO | _Pipe) -> bytes:
-    return bytes(sink.data) if isinstance(sink, _Pipe) else sink.getvalue()
+def _bytes(sink: io.BytesIO | UnseekableSink) -> bytes:
+    return bytes(sink.data) if isinstance(sink, UnseekableSink) else sink.getvalue()
 
 
 def _require(*codecs: str) -> None:

@@ -21,7 +21,6 @@ from test_jobs_support import (
     JFK_WORDS,
     LocalServer,
     job_settings,
-    poll,
     process_running,
     signature,
     spaced_wav,
@@ -32,6 +31,8 @@ from whisperd.errors import InvalidTransitionError, ServiceUnavailableError
 from whisperd.jobs.embedded import EmbeddedRedis
 from whisperd.jobs.states import TRANSITIONS, JobState, check_transition
 from whisperd.settings import Settings
+
+from support import poll
 
 pytestmark = pytest.mark.slow
 

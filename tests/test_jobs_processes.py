@@ -20,14 +20,14 @@ from test_jobs_support import (
     JFK_WORDS,
     LocalServer,
     final_jobs,
-    free_port,
-    poll,
     process_running,
     processes,
     signature,
     wait_ready,
     whisperd_env,
 )
+
+from support import free_port, poll
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

@@ -20,17 +20,15 @@ import hmac
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import av
 import httpx
@@ -41,9 +39,8 @@ from whisperd import audio
 from whisperd.jobs.embedded import redis_server_binary
 from whisperd.settings import Settings
 
-AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
-JFK = AUDIO_DIR / "jfk.flac"
-HOTWORDS = AUDIO_DIR / "hotwords.mp3"
+from support import AUDIO, HOTWORDS, JFK, poll
+
 JFK_WORDS = "ask not what your country can do for you"
 SECRET = "test-callback-secret"
 # What the two recordings say (as conftest's fixtures have them).
@@ -54,29 +51,6 @@ SAID = {
 }
 # Words outside tiny.en's vocabulary: it writes "ComfyUI" as "comfy eye", "comps you I", ...
 FREE_WORDS = frozenset({"comfyui"})
-
-T = TypeVar("T")
-
-
-def poll(
-    fn: Callable[[], T | None], *, timeout: float, interval: float = 0.05, what: str = ""
-) -> T:
-    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"Timed out after {timeout:g} s waiting for {what or fn}; last: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def spaced_wav(path: Path, times: int) -> bytes:
@@ -239,7 +213,7 @@ class LocalServer:
         with self._lock:
             if name in self._files:
                 return self._files[name]
-        path = AUDIO_DIR / name
+        path = AUDIO / name
         return path.read_bytes() if name and path.is_file() else None
 
     # --- reading ------------------------------------------------------------------------

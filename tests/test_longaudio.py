@@ -7,7 +7,6 @@ generated hour of real speech and silence with a known text.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,9 +25,7 @@ from test_jobs_support import (
     JFK,
     Utterance,
     final_jobs,
-    free_port,
     job_settings,
-    poll,
     processes,
     reference_text,
     speech_and_silence,
@@ -42,7 +39,7 @@ from whisperd.bench import word_error_rate, words
 from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo
 from whisperd.settings import Settings
 
-from support import running_app
+from support import UnseekableSink, free_port, poll, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -247,24 +244,9 @@ def test_a_redelivered_chunk_does_nothing_and_a_cancel_stops_the_rest(
 
 
 # --- the OpenFaaS function streams ------------------------------------------------------------
-class _Pipe(io.RawIOBase):
-    """A sink that cannot seek: the muxer cannot write the length into the header."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self.data += bytes(b)
-        return len(b)
-
-
 def streamed_flac(samples: np.ndarray) -> bytes:
     """FLAC written as a stream, with no length in its header."""
-    sink = _Pipe()
+    sink = UnseekableSink()
     with av.open(sink, mode="w", format="flac") as container:
         stream = container.add_stream("flac", rate=audio.SAMPLE_RATE, layout="mono")
         pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)

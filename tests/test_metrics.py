@@ -15,7 +15,7 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
-from support import JFK, assert_jfk, running_app, server_process, wait_until
+from support import JFK, assert_jfk, poll, running_app, server_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -138,7 +138,7 @@ def test_metrics_count_what_was_served(served: tuple[str, Any]) -> None:
     assert httpx.get(f"{url}/v1/jobs/no-such-job-6789").status_code == 404
     assert httpx.request("PROPFIND", f"{url}/healthz").status_code == 405
     admission = app.state.admission
-    wait_until(lambda: admission.active == 0 and admission.waiting == 0, 10)
+    poll(lambda: admission.active == 0 and admission.waiting == 0, timeout=10)
     after = scrape(url)
 
     def delta(name: str, **labels: str) -> float:
@@ -187,8 +187,10 @@ def test_job_counts_by_state(served: tuple[str, Any]) -> None:
     created = _post(url, "/v1/jobs")
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
-    wait_until(
-        lambda: httpx.get(f"{url}/v1/jobs/{job_id}").json()["status"] == "succeeded", 60, 0.1
+    poll(
+        lambda: httpx.get(f"{url}/v1/jobs/{job_id}").json()["status"] == "succeeded",
+        timeout=60,
+        interval=0.1,
     )
     after = scrape(url)
     succeeded = value(after, "whisperd_jobs", state="succeeded")
@@ -242,7 +244,7 @@ def test_json_access_log_and_multiprocess_metrics(tmp_path: Path) -> None:
         assert r.headers["x-request-id"] == "metrics-test-1"
         assert _post(b.url).status_code == 200
         samples = scrape(b.url)
-        line = wait_until(lambda: _log_line(a.output(), "metrics-test-1"), 10)
+        line = poll(lambda: _log_line(a.output(), "metrics-test-1"), timeout=10)
     labels = {"route": TRANSCRIPTIONS, "status": "200"}
     assert value(samples, "whisperd_http_requests_total", **labels) == 2
     assert value(samples, "whisperd_audio_seconds_total") == pytest.approx(22.0, abs=0.1)

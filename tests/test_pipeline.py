@@ -17,7 +17,7 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
-from support import HOTWORDS, JFK, assert_jfk, normalise, running_app, speech_flac, wait_until
+from support import HOTWORDS, JFK, assert_jfk, normalise, poll, running_app, speech_flac
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -70,7 +70,7 @@ def test_beyond_slots_and_queue_only_200_and_429(one_slot: tuple[str, Any]) -> N
             assert r.json()["error"]["type"] == "rate_limit_error"
         else:
             assert_jfk(r.json()["text"])
-    wait_until(lambda: _idle(app), 10)
+    poll(lambda: _idle(app), timeout=10)
 
 
 def test_short_clip_behind_a_long_file_finishes_first(
@@ -86,7 +86,7 @@ def test_short_clip_behind_a_long_file_finishes_first(
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         long_job = pool.submit(run, "long.flac", long_speech)
-        wait_until(lambda: app.state.admission.active == 1, 10)
+        poll(lambda: app.state.admission.active == 1, timeout=10)
         time.sleep(1.0)  # let the long file get going: the point is to arrive mid-way
         started = time.monotonic()
         short = pool.submit(run, "short.mp3", HOTWORDS.read_bytes()).result()
@@ -108,7 +108,7 @@ def test_deadline_gives_504_and_frees_the_slot(one_slot: tuple[str, Any]) -> Non
     assert r.json()["error"]["type"] == "timeout_error"
     # stopped at a window boundary soon after the deadline, not at the end of the file
     assert time.monotonic() - started < 20
-    wait_until(lambda: _idle(app), 10)
+    poll(lambda: _idle(app), timeout=10)
     follow = _post(url, JFK.read_bytes())
     assert follow.status_code == 200
 
@@ -135,7 +135,7 @@ def test_client_that_disconnects_stops_its_work(one_slot: tuple[str, Any]) -> No
     thread.join(60)
     assert gone.is_set()
     # 480 s of speech takes far longer than this on one slot: it was stopped
-    wait_until(lambda: _idle(app), 20)
+    poll(lambda: _idle(app), timeout=20)
 
 
 def test_api_keys(tmp_path: Path) -> None:

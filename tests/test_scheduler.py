@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -12,6 +12,8 @@ from anyio import wait_all_tasks_blocked
 
 from whisperd import errors
 from whisperd.scheduler import Admission, Speedometer, Stepper
+
+from support import poll
 
 Log = list[tuple[str, object]]
 
@@ -108,9 +110,7 @@ def test_slots_run_tasks_in_parallel() -> None:
         stepper.close()
 
 
-def test_cancel_stops_the_task_and_closes_its_steps(
-    stepper: Stepper, wait_until: Callable[..., None]
-) -> None:
+def test_cancel_stops_the_task_and_closes_its_steps(stepper: Stepper) -> None:
     log: Log = []
     task = stepper.submit(forever(log))
     items = iter(task)
@@ -120,7 +120,12 @@ def test_cancel_stops_the_task_and_closes_its_steps(
         for _ in items:
             pass
     assert info.value.status_code == 499
-    wait_until(lambda: ("forever", "closed") in log, what="the steps to be closed")
+    poll(
+        lambda: ("forever", "closed") in log,
+        timeout=10,
+        interval=0.005,
+        what="the steps to be closed",
+    )
     assert task.finished
     # the slot is free again
     assert list(stepper.submit(steps("next", 2, []))) == [0, 1]

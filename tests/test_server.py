@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import assert_jfk, server_process, speech_flac, wait_until
+from support import assert_jfk, poll, server_process, speech_flac
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -24,13 +24,13 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
             files={"file": ("long.flac", speech)},
             timeout=180,
         )
-        wait_until(lambda: "Processing audio" in server.output(), 30)
+        poll(lambda: "Processing audio" in server.output(), timeout=30)
         server.process.send_signal(signal.SIGTERM)
 
         def draining() -> bool:
             return httpx.get(f"{server.url}/readyz", timeout=5).status_code == 503
 
-        wait_until(draining, 10)
+        poll(draining, timeout=10)
         refused = httpx.post(
             f"{server.url}/v1/audio/transcriptions", files={"file": ("b.flac", speech)}, timeout=30
         )
@@ -54,7 +54,7 @@ def test_drain_timeout_bounds_the_wait(tmp_path: Path) -> None:
             files={"file": ("long.flac", speech)},
             timeout=180,
         )
-        wait_until(lambda: "Processing audio" in server.output(), 30)
+        poll(lambda: "Processing audio" in server.output(), timeout=30)
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(30) == 0, server.output()
         with pytest.raises(httpx.HTTPError):

@@ -18,7 +18,7 @@ from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
 from browser import offline_page
-from support import JFK, assert_jfk, normalise, running_app, speech_flac, wait_until
+from support import JFK, assert_jfk, normalise, poll, running_app, speech_flac
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -106,12 +106,12 @@ def test_a_file_is_transcribed_live_and_the_transcript_drives_the_player(base_ur
         start = float(last.get_attribute("data-start") or "nan")
         assert start > 0
         last.click()
-        wait_until(lambda: start - 0.05 <= current_time(page) <= start + 3, 10)
+        poll(lambda: start - 0.05 <= current_time(page) <= start + 3, timeout=10)
         assert last.get_attribute("aria-current") == "true"
         # ... and so does Enter on one, from the keyboard.
         page.locator(".segment").first.focus()
         page.keyboard.press("Enter")
-        wait_until(lambda: current_time(page) < start, 10)
+        poll(lambda: current_time(page) < start, timeout=10)
 
         with page.expect_download() as download:
             page.click("[data-format=srt]")
@@ -141,7 +141,7 @@ def test_a_long_file_runs_as_a_job_that_can_be_reopened_and_cancelled(
             seen.append(page.evaluate("document.querySelector('#progress').value"))
             return seen[-1] >= 100
 
-        wait_until(finished, 120, 0.1)
+        poll(finished, timeout=120, interval=0.1)
         assert seen == sorted(seen), f"progress went backwards: {seen}"
         page.wait_for_selector(".job .badge-succeeded", timeout=10_000)
         assert_jfk(page.inner_text("#segments"))

@@ -74,28 +74,13 @@ def declare(
         callback_handler(job_id)
 
     return Actors(
-        transcribe=dramatiq.Actor(
-            transcribe,
-            broker=job_broker,
-            actor_name=TRANSCRIBE_ACTOR,
-            queue_name=JOBS_QUEUE,
-            priority=0,
-            options={},
-        ),
-        chunk=dramatiq.Actor(
-            transcribe_chunk,
-            broker=job_broker,
-            actor_name=CHUNK_ACTOR,
-            queue_name=JOBS_QUEUE,
-            priority=0,
-            options={},
-        ),
-        callback=dramatiq.Actor(
-            callback,
-            broker=callback_broker,
-            actor_name=CALLBACK_ACTOR,
-            queue_name=CALLBACKS_QUEUE,
-            priority=0,
-            options={},
-        ),
+        transcribe=_actor(transcribe, job_broker, TRANSCRIBE_ACTOR, JOBS_QUEUE),
+        chunk=_actor(transcribe_chunk, job_broker, CHUNK_ACTOR, JOBS_QUEUE),
+        callback=_actor(callback, callback_broker, CALLBACK_ACTOR, CALLBACKS_QUEUE),
+    )
+
+
+def _actor(fn: Callable[..., None], broker: Broker, name: str, queue: str) -> Any:
+    return dramatiq.Actor(
+        fn, broker=broker, actor_name=name, queue_name=queue, priority=0, options={}
     )

@@ -318,31 +318,25 @@ class JobsRuntime:
                         param="job_id",
                         code="job_finished",
                     )
-                if job.state is JobState.QUEUED:
+                if job.state is JobState.QUEUED or job.fanned_out:
+                    # nothing runs it as a whole: it ends here (chunks stop at their next window)
                     done = self.store.transition(
                         job_id,
-                        JobState.QUEUED,
+                        job.state,
                         JobState.CANCELLED,
                         error_fields(CancelledError("The job was cancelled.")),
                     )
                     if done is not None:
                         if done.callback_state is CallbackState.PENDING:
                             self._send_callback(done)
-                        logger.info("Job %s cancelled before it ran", job_id)
-                        return done
-                elif job.fanned_out:
-                    done = self.store.transition(
-                        job_id,
-                        JobState.RUNNING,
-                        JobState.CANCELLED,
-                        error_fields(CancelledError("The job was cancelled.")),
-                    )
-                    if done is not None:
-                        if done.callback_state is CallbackState.PENDING:
-                            self._send_callback(done)
-                        if self.runner is not None:
+                        queued = job.state is JobState.QUEUED
+                        if not queued and self.runner is not None:
                             self.runner.cancel(job_id)
-                        logger.info("Job %s cancelled while its chunks ran", job_id)
+                        logger.info(
+                            "Job %s cancelled %s",
+                            job_id,
+                            "before it ran" if queued else "while its chunks ran",
+                        )
                         return done
                 else:
                     flagged = self.store.request_cancel(job_id)
