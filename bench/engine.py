@@ -136,7 +136,6 @@ def bench_compute_type(
         model=args.model,
         device="cpu",
         compute_type=compute_type,
-        slots=1,
         cpu_threads=args.threads,
         beam_size=args.beam_size,
         model_cache_dir=cache_dir,

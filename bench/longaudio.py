@@ -7,8 +7,8 @@
    real speech spread through it (jfk.flac and hotwords.mp3 in turn, 1-2 s apart), as FLAC
    (a few MB): the VAD skips the silence, so it runs in minutes, yet every second of it
    is decoded, split and stored. Target: the 3-hour peak within 150 MB of the 1-minute one.
-2. Fan-out: the wall time of a 1-hour job on one worker, on two, and on one with two slots
-   (each slot ``--worker-threads`` CTranslate2 threads), in turn, with the workers' CPU
+2. Fan-out: the wall time of a 1-hour job on one worker, on two, and on one running two jobs
+   (each worker on ``--worker-threads`` CTranslate2 threads), in turn, with the workers' CPU
    time; target: about half.
 3. Correctness: a long file of dense real speech (the recordings in turn, 1-2 s apart,
    longer pauses now and then) transcribed in one pass (synchronously) and as a job in
@@ -273,7 +273,7 @@ def measure_memory(args: argparse.Namespace, lines: list[str]) -> None:
         write_speech(minute, args.audio_dir, seconds=60, blocks=1, per_block=4)
     hours = speech_file(args, args.hours, args.blocks)
     long = f"{args.hours:g} h"
-    worker_env = {"WHISPERD_SLOTS": "1", "WHISPERD_CPU_THREADS": str(args.worker_threads)}
+    worker_env = {"WHISPERD_CPU_THREADS": str(args.worker_threads)}
     rows: list[tuple[str, str, float, int]] = []
     chunks = 0
     with cluster({"WHISPERD_JOB_CHUNK_SECONDS": str(args.job_chunk_seconds)}) as stack:
@@ -284,7 +284,7 @@ def measure_memory(args: argparse.Namespace, lines: list[str]) -> None:
             chunks = job["progress"]["chunks"]
             Cluster.stop(worker)
             print(f"  worker, {label}: {wall:.1f} s, peak {rows[-1][3] / MIB:.0f} MiB", flush=True)
-    serve_args = ["--slots", "1"]
+    serve_args: list[str] = []
     serve_env = {
         "WHISPERD_REQUEST_TIMEOUT": "7200",
         "WHISPERD_CPU_THREADS": str(args.worker_threads),
@@ -318,17 +318,17 @@ def measure_memory(args: argparse.Namespace, lines: list[str]) -> None:
 def measure_fanout(args: argparse.Namespace, lines: list[str]) -> None:
     path = speech_file(args, args.fanout_hours, args.fanout_blocks)
     threads = str(args.worker_threads)
-    setups = {  # name: (worker processes, slots each)
+    setups = {  # name: (worker processes, jobs each at once)
         "1 worker": (1, 1),
         "2 workers": (2, 1),
-        "1 worker, 2 slots": (1, 2),
+        "1 worker, 2 jobs": (1, 2),
     }
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in setups}
     chunks = 0
     with cluster({"WHISPERD_JOB_CHUNK_SECONDS": str(args.job_chunk_seconds)}) as stack:
         for run in range(args.runs):
-            for name, (count, slots) in setups.items():
-                env = {"WHISPERD_SLOTS": str(slots), "WHISPERD_CPU_THREADS": threads}
+            for name, (count, jobs) in setups.items():
+                env = {"WHISPERD_JOB_WORKERS": str(jobs), "WHISPERD_CPU_THREADS": threads}
                 tag = name.replace(" ", "").replace(",", "-")
                 workers = [stack.worker(f"worker-fan{run}-{tag}-{i}", env) for i in range(count)]
                 cpu = sum(cpu_seconds(w.pid) for w in workers)
@@ -344,10 +344,10 @@ def measure_fanout(args: argparse.Namespace, lines: list[str]) -> None:
         "",
         f"Fan-out: one {args.fanout_hours:g}-hour job ({chunks} chunks; "
         f"{path.stat().st_size / MIB:.1f} MiB of FLAC, {args.fanout_blocks} runs of speech) on "
-        f"one worker, on two, and on one with two slots ({args.worker_threads} CTranslate2 "
-        f"thread(s) a slot), {args.runs} runs each in turn; wall time from submission to "
-        "result, and the CPU time the workers spent (Whisper's temperature fallback on this "
-        "repetitive speech makes the work vary from run to run).",
+        f"one worker, on two, and on one running two jobs at once ({args.worker_threads} "
+        f"CTranslate2 thread(s) a worker), {args.runs} runs each in turn; wall time from "
+        "submission to result, and the CPU time the workers spent (Whisper's temperature "
+        "fallback on this repetitive speech makes the work vary from run to run).",
         "",
         "| workers | wall s (runs) | median wall s | speed-up | worker CPU s (runs) |",
         "| --- | --- | --- | --- | --- |",
@@ -373,11 +373,11 @@ def measure_correctness(args: argparse.Namespace, lines: list[str]) -> None:
         pause_every=8,
     )
     reference = " ".join(said)
-    serve_args = ["--slots", "1"]
+    serve_args: list[str] = []
     serve_env = {"WHISPERD_REQUEST_TIMEOUT": "7200"}
     with b.started_server("single", serve_args, log=OUT / "serve-single.log", env=serve_env) as s:
         single, single_wall = run_sync(s.url, path)
-    worker_env = {"WHISPERD_SLOTS": "1", "WHISPERD_CPU_THREADS": str(args.worker_threads)}
+    worker_env = {"WHISPERD_CPU_THREADS": str(args.worker_threads)}
     with cluster({"WHISPERD_JOB_CHUNK_SECONDS": str(args.wer_chunk_seconds)}) as stack:
         for i in range(2):
             stack.worker(f"worker-wer{i}", worker_env)

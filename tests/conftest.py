@@ -95,22 +95,20 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _started(model: str, cache: Path) -> Transcriber:
-    settings = Settings(
-        model=model, model_cache_dir=cache, offline=True, slots=1, preload_models=()
-    )
+    settings = Settings(model=model, model_cache_dir=cache, offline=True, preload_models=())
     return Transcriber(settings).start()
 
 
 @pytest.fixture(scope="session")
 def engine(model_cache: Path) -> Iterator[Transcriber]:
-    """The bundled English-only tiny.en, one slot with every core."""
+    """The bundled English-only tiny.en, on every core."""
     with _started("tiny.en", model_cache) as transcriber:
         yield transcriber
 
 
 @pytest.fixture(scope="session")
 def base_engine(model_cache: Path) -> Iterator[Transcriber]:
-    """The bundled multilingual base (assembled into the session's cache), one slot."""
+    """The bundled multilingual base (assembled into the session's cache)."""
     with _started("base", model_cache) as transcriber:
         yield transcriber
 

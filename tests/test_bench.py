@@ -25,7 +25,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[str]:
-    """whisperd with the default slots (one per core), in this process."""
+    """whisperd with the default batches, in this process."""
     root = tmp_path_factory.mktemp("bench-ours")
     settings = Settings(
         model_cache_dir=model_cache,
@@ -54,7 +54,7 @@ def test_bench_compares_two_servers_side_by_side(ours: str, tmp_path: Path) -> N
         [
             *(sys.executable, "-m", "whisperd", "bench"),
             *("--url", f"ours={ours}"),
-            *("--start", "one-slot=--slots 1 --max-queue 4"),
+            *("--start", "batch-1=--batch-size 1 --max-queue 4"),
             *("--audio", str(JFK)),
             *("--concurrency", "1,2", "--requests", "2", "--warmup", "1"),
             *("--price-per-hour", "0.50", "--out", str(out), "--results-md", str(results)),
@@ -65,14 +65,14 @@ def test_bench_compares_two_servers_side_by_side(ours: str, tmp_path: Path) -> N
         timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ours" in done.stdout and "one-slot" in done.stdout
+    assert "ours" in done.stdout and "batch-1" in done.stdout
     assert "p50" in done.stdout and "audio s/wall s" in done.stdout
 
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
-    assert [s["name"] for s in report["servers"]] == ["one-slot", "ours"]
+    assert [s["name"] for s in report["servers"]] == ["batch-1", "ours"]
     levels = {(lv["server"], lv["concurrency"]): lv for lv in report["levels"]}
-    assert set(levels) == {(s, c) for s in ("ours", "one-slot") for c in (1, 2)}
+    assert set(levels) == {(s, c) for s in ("ours", "batch-1") for c in (1, 2)}
     for level in levels.values():
         assert level["errors"] == {"200": 2, "429": 0, "5xx": 0, "other": 0}
         assert 0 < level["latency_p50"] <= level["latency_p95"] <= level["latency_p99"]
@@ -94,9 +94,9 @@ def test_bench_compares_two_servers_side_by_side(ours: str, tmp_path: Path) -> N
         assert width >= 500 and height >= 300
 
     section = results.read_text()
-    assert section.count("| ours |") == 2 and section.count("| one-slot |") == 2
-    assert "whisperd serve --slots 1 --max-queue 4" in section
-    assert (out / "server-one-slot.log").is_file()
+    assert section.count("| ours |") == 2 and section.count("| batch-1 |") == 2
+    assert "whisperd serve --batch-size 1 --max-queue 4" in section
+    assert (out / "server-batch-1.log").is_file()
 
 
 def test_bench_refuses_missing_audio(tmp_path: Path) -> None:

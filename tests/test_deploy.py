@@ -190,7 +190,7 @@ def test_cpu_overlay() -> None:
     config = _config(objects)
     assert config["WHISPERD_DEVICE"] == "cpu"
     cpu_limit = int(pod["containers"][0]["resources"]["limits"]["cpu"])
-    assert int(config["WHISPERD_SLOTS"]) * int(config["WHISPERD_CPU_THREADS"]) == cpu_limit
+    assert int(config["WHISPERD_CPU_THREADS"]) == cpu_limit
 
 
 def test_gpu_overlay() -> None:

@@ -191,7 +191,7 @@ def test_a_cancelled_task_stops_mid_way(
     # at most the window being decoded when it was cancelled still came through
     assert received[-1].end < 75.0 < total
     assert task.finished
-    # and the slot serves the next request
+    # and the engine serves the next request
     assert words(engine.transcribe(jfk_audio).text) == words(jfk_text)
 
 
@@ -211,7 +211,7 @@ def test_closing_a_stream_frees_the_engine(engine: Transcriber, long_speech: aud
 def test_a_short_clip_is_not_stuck_behind_a_long_file(
     engine: Transcriber, long_speech: audio.Audio, hotwords_audio: audio.Audio
 ) -> None:
-    # one slot: round-robin gives the clip its turn between the long file's windows
+    # batches are filled round-robin across requests: the clip is in the next ones
     long = engine.submit(long_speech, TranscribeOptions())
     short = engine.submit(hotwords_audio, TranscribeOptions())
     clip = [item for item in short if isinstance(item, Segment)]
@@ -273,7 +273,7 @@ def test_base_detects_and_translates_german(
 def test_batched_decoding_gives_the_same_words(
     model_cache: Path, long_speech: audio.Audio, engine: Transcriber
 ) -> None:
-    settings = Settings(model_cache_dir=model_cache, offline=True, slots=1, batch_size=4)
+    settings = Settings(model_cache_dir=model_cache, offline=True, batch_size=4)
     options = TranscribeOptions(vad_filter=True)
     plain = engine.transcribe(long_speech, options)
     with Transcriber(settings) as batched_engine:

@@ -252,13 +252,17 @@ def client(settings: Settings, engine: Transcriber) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def small(settings: Settings, engine: Transcriber) -> Iterator[httpx.Client]:
-    """A server with small limits (60 s of audio, 1 MiB uploads), spooling to the same dir."""
+def small(settings: Settings) -> Iterator[httpx.Client]:
+    """A server with small limits (60 s of audio, 1 MiB uploads), spooling to the same dir;
+    its own engine, which enforces the audio limit."""
     limited = settings.model_copy(
         update={"max_audio_seconds": SMALL_CAP_SECONDS, "max_upload_bytes": SMALL_UPLOAD_BYTES}
     )
-    app = create_app(limited, engine=engine)
-    with running_app(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+    with (
+        Transcriber(limited) as engine,
+        running_app(create_app(limited, engine=engine)) as url,
+        httpx.Client(base_url=url, timeout=TIMEOUT) as c,
+    ):
         yield c
 
 

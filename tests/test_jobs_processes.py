@@ -151,8 +151,7 @@ def test_distributed_worker_killed_mid_job_loses_nothing(
             "serve",
             {**env, "WHISPERD_PORT": str(api_port), "WHISPERD_QUEUE_CONSUMERS": "false"},
         )
-        # Two slots of one thread each: on a 2-core runner, twice the throughput of one.
-        worker_env = {**env, "WHISPERD_SLOTS": "2", "WHISPERD_CPU_THREADS": "1"}
+        worker_env = {**env, "WHISPERD_CPU_THREADS": "1"}
         metrics_ports = [free_port() for _ in range(2)]
         workers = [
             procs.whisperd(

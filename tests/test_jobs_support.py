@@ -453,7 +453,6 @@ def job_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": tmp_path / "data",
         "tmp_dir": tmp_path / "tmp",
-        "slots": 1,
         "job_workers": 2,
         "job_poll_interval": 0.1,
         "job_heartbeat_timeout": 1.5,

@@ -28,14 +28,13 @@ def long_speech() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    """A server with one engine slot (all cores on it), four active places, a queue of two."""
-    root = tmp_path_factory.mktemp("one-slot")
+def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """A server on two threads, with four active places and a queue of two."""
+    root = tmp_path_factory.mktemp("small-server")
     settings = Settings(
         model_cache_dir=root / "cache",
         tmp_dir=root / "tmp",
         data_dir=root / "data",
-        slots=1,
         cpu_threads=2,
         max_active=4,
         max_queue=2,
@@ -56,8 +55,8 @@ def _idle(app: Any) -> bool:
     return bool(admission.active == 0 and admission.waiting == 0)
 
 
-def test_beyond_slots_and_queue_only_200_and_429(one_slot: tuple[str, Any]) -> None:
-    url, app = one_slot
+def test_beyond_active_and_queue_only_200_and_429(small_server: tuple[str, Any]) -> None:
+    url, app = small_server
     jfk = JFK.read_bytes()
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         responses = list(pool.map(lambda _: _post(url, jfk), range(20)))
@@ -74,9 +73,9 @@ def test_beyond_slots_and_queue_only_200_and_429(one_slot: tuple[str, Any]) -> N
 
 
 def test_short_clip_behind_a_long_file_finishes_first(
-    one_slot: tuple[str, Any], long_speech: bytes
+    small_server: tuple[str, Any], long_speech: bytes
 ) -> None:
-    url, app = one_slot
+    url, app = small_server
     finished: dict[str, float] = {}
 
     def run(name: str, content: bytes) -> httpx.Response:
@@ -99,9 +98,9 @@ def test_short_clip_behind_a_long_file_finishes_first(
     assert short_latency < long_latency / 3, (short_latency, long_latency)
 
 
-def test_deadline_gives_504_and_frees_the_slot(one_slot: tuple[str, Any]) -> None:
-    url, app = one_slot
-    very_long = speech_flac(480)  # a minute or more of work on one slot, even on fast cores
+def test_deadline_gives_504_and_frees_the_engine(small_server: tuple[str, Any]) -> None:
+    url, app = small_server
+    very_long = speech_flac(480)  # a minute or more of work, even on fast cores
     started = time.monotonic()
     r = _post(url, very_long, headers={"X-Timeout": "1.5"})
     assert r.status_code == 504
@@ -113,15 +112,15 @@ def test_deadline_gives_504_and_frees_the_slot(one_slot: tuple[str, Any]) -> Non
     assert follow.status_code == 200
 
 
-def test_bad_x_timeout_is_422(one_slot: tuple[str, Any]) -> None:
-    url, _ = one_slot
+def test_bad_x_timeout_is_422(small_server: tuple[str, Any]) -> None:
+    url, _ = small_server
     r = _post(url, JFK.read_bytes(), headers={"X-Timeout": "soon"})
     assert r.status_code == 422
     assert r.json()["error"]["param"] == "X-Timeout"
 
 
-def test_client_that_disconnects_stops_its_work(one_slot: tuple[str, Any]) -> None:
-    url, app = one_slot
+def test_client_that_disconnects_stops_its_work(small_server: tuple[str, Any]) -> None:
+    url, app = small_server
     very_long = speech_flac(480)  # far more work than the wait below allows
     gone = threading.Event()
 
@@ -134,7 +133,7 @@ def test_client_that_disconnects_stops_its_work(one_slot: tuple[str, Any]) -> No
     thread.start()
     thread.join(60)
     assert gone.is_set()
-    # 480 s of speech takes far longer than this on one slot: it was stopped
+    # 480 s of speech takes far longer than this: it was stopped
     poll(lambda: _idle(app), timeout=20)
 
 

@@ -1,229 +1,49 @@
-"""The fair stepper (with fake step generators, no model) and admission control."""
+"""Engine tasks, the speedometer and admission control."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
 from whisperd import errors
-from whisperd.scheduler import Admission, Speedometer, Stepper
+from whisperd.scheduler import Admission, Speedometer, Task
 
-from support import poll
-
-Log = list[tuple[str, object]]
+# --- Task -------------------------------------------------------------------------------
 
 
-def steps(
-    name: str,
-    count: int,
-    log: Log,
-    gate: threading.Event | None = None,
-    started: threading.Event | None = None,
-) -> Iterator[int]:
-    """``count`` steps that record themselves; the first sets ``started``, waits for ``gate``."""
-    try:
-        for index in range(count):
-            if index == 0 and started is not None:
-                started.set()
-            if index == 0 and gate is not None:
-                assert gate.wait(timeout=10)
-            log.append((name, index))
-            yield index
-        log.append((name, "end"))
-    finally:
-        log.append((name, "closed"))
-
-
-def forever(log: Log, name: str = "forever") -> Iterator[int]:
-    index = 0
-    try:
-        while True:
-            index += 1
-            yield index
-    finally:
-        log.append((name, "closed"))
-
-
-@pytest.fixture
-def stepper() -> Iterator[Stepper]:
-    stepper = Stepper(1)
-    yield stepper
-    stepper.close()
-
-
-# --- Stepper ----------------------------------------------------------------------------
-
-
-def test_items_arrive_in_order(stepper: Stepper) -> None:
-    log: Log = []
-    task = stepper.submit(steps("a", 5, log))
-    assert list(task) == [0, 1, 2, 3, 4]
+def test_a_task_hands_on_its_items_in_order_then_ends() -> None:
+    task: Task[int] = Task(deadline=None)
+    for item in (1, 2, 3):
+        task.put(item)
+    task.finish()
+    assert list(task) == [1, 2, 3]
     assert task.finished
-    assert log[-2:] == [("a", "end"), ("a", "closed")]
 
 
-def test_short_task_finishes_long_before_a_long_one_on_one_slot(stepper: Stepper) -> None:
-    log: Log = []
-    gate = threading.Event()
-    long = stepper.submit(steps("long", 50, log, gate))  # holds the only slot at its first step
-    short = stepper.submit(steps("short", 2, log))
-    gate.set()
-    assert list(short) == [0, 1]
-    assert list(long) == list(range(50))
-    order = [entry for entry in log if entry[1] != "closed"]
-    short_done = order.index(("short", "end"))
-    long_steps_before = sum(1 for name, _ in order[:short_done] if name == "long")
-    # round-robin: the short task waits for one step of the long task per step of its own
-    assert long_steps_before <= 3
-    assert order[-1] == ("long", "end")
-
-
-def test_tasks_interleave_round_robin(stepper: Stepper) -> None:
-    log: Log = []
-    gate = threading.Event()
-    tasks = [stepper.submit(steps("a", 4, log, gate))]
-    tasks += [stepper.submit(steps(name, 4, log)) for name in ("b", "c")]
-    gate.set()
-    for task in tasks:
-        list(task)
-    names = [name for name, what in log if isinstance(what, int)]
-    assert names == ["a", "b", "c"] * 4
-
-
-def test_slots_run_tasks_in_parallel() -> None:
-    barrier = threading.Barrier(2, timeout=10)
-
-    def meets_the_other() -> Iterator[str]:
-        barrier.wait()  # only returns if both tasks are in a step at the same time
-        yield "met"
-
-    stepper = Stepper(2)
-    try:
-        first, second = stepper.submit(meets_the_other()), stepper.submit(meets_the_other())
-        assert list(first) == ["met"] and list(second) == ["met"]
-    finally:
-        stepper.close()
-
-
-def test_cancel_stops_the_task_and_closes_its_steps(stepper: Stepper) -> None:
-    log: Log = []
-    task = stepper.submit(forever(log))
-    items = iter(task)
-    assert [next(items) for _ in range(3)] == [1, 2, 3]
-    task.cancel()
-    with pytest.raises(errors.CancelledError) as info:
-        for _ in items:
-            pass
-    assert info.value.status_code == 499
-    poll(
-        lambda: ("forever", "closed") in log,
-        timeout=10,
-        interval=0.005,
-        what="the steps to be closed",
-    )
-    assert task.finished
-    # the slot is free again
-    assert list(stepper.submit(steps("next", 2, []))) == [0, 1]
-
-
-def test_cancel_with_a_reason(stepper: Stepper) -> None:
-    task = stepper.submit(forever([]))
-    task.cancel(errors.ServiceUnavailableError("draining"))
-    task.cancel()  # the first reason wins
-    with pytest.raises(errors.ServiceUnavailableError, match="draining"):
-        list(task)
-
-
-def test_deadline_in_the_past_runs_no_step(stepper: Stepper) -> None:
-    log: Log = []
-    task = stepper.submit(steps("late", 3, log), deadline=time.monotonic() - 1)
-    with pytest.raises(errors.DeadlineExceededError) as info:
-        list(task)
-    assert info.value.status_code == 504
-    assert [entry for entry in log if entry[1] != "closed"] == []
-
-
-def test_deadline_stops_a_running_task(stepper: Stepper) -> None:
-    task = stepper.submit(forever([]), deadline=time.monotonic() + 0.05)
-    started = time.monotonic()
-    received = 0
-    with pytest.raises(errors.DeadlineExceededError):
-        for _ in task:
-            received += 1
-    assert received > 0
-    assert time.monotonic() - started < 5
-
-
-def test_a_failing_step_reaches_the_consumer_and_the_slot_survives(stepper: Stepper) -> None:
-    def typed() -> Iterator[int]:
-        yield 1
-        raise errors.UnsupportedTaskError("no translation here")
-
-    def untyped() -> Iterator[int]:
-        yield 1
-        raise RuntimeError("engine bug")
-
-    with pytest.raises(errors.UnsupportedTaskError):
-        list(stepper.submit(typed()))
-    with pytest.raises(RuntimeError, match="engine bug"):
-        list(stepper.submit(untyped()))
-    assert list(stepper.submit(steps("after", 2, []))) == [0, 1]
-
-
-def close_in_background(stepper: Stepper) -> threading.Thread:
-    """Start ``stepper.close()`` in a thread; return once it has begun (new work refused)."""
-    closer = threading.Thread(target=stepper.close)
-    closer.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            stepper.submit(iter(()))
-        except errors.ServiceUnavailableError:
-            return closer
-    pytest.fail("close() did not begin within 10 s")
-
-
-def test_close_refuses_new_work_and_fails_queued_tasks() -> None:
-    stepper = Stepper(1)
-    gate, started = threading.Event(), threading.Event()
-    running = stepper.submit(steps("running", 2, [], gate, started))
-    assert started.wait(timeout=10)  # the only slot is busy with "running"
-    queued = stepper.submit(forever([]))
-    closer = close_in_background(stepper)
-    gate.set()
-    with pytest.raises(errors.ServiceUnavailableError):
-        list(queued)
-    closer.join(timeout=30)
-    assert not closer.is_alive()
-    with pytest.raises(errors.ServiceUnavailableError, match="shutting down"):
-        stepper.submit(forever([]))
-    assert running.finished
-
-
-def test_close_of_an_idle_stepper_returns_at_once() -> None:
-    stepper = Stepper(4)
-    started = time.monotonic()
-    stepper.close()
-    assert time.monotonic() - started < 5
-
-
-def test_close_stops_the_task_in_a_slot_after_its_current_step() -> None:
-    stepper = Stepper(1)
-    gate, started = threading.Event(), threading.Event()
-    long = stepper.submit(steps("long", 500, [], gate, started))
-    assert started.wait(timeout=10)  # "long" is in the slot, not in the queue
-    closer = close_in_background(stepper)
-    gate.set()
-    closer.join(timeout=30)
+def test_a_task_that_fails_raises_to_its_consumer_after_its_items() -> None:
+    task: Task[int] = Task(deadline=None)
+    task.put(1)
+    task.finish(errors.ServiceUnavailableError("gone"))
     received: list[int] = []
     with pytest.raises(errors.ServiceUnavailableError):
-        received.extend(long)
-    assert len(received) < 500
+        received.extend(task)
+    assert received == [1]
+
+
+def test_cancel_keeps_the_first_reason() -> None:
+    task: Task[int] = Task(deadline=None)
+    assert task.stopped() is None
+    task.cancel(errors.ServiceUnavailableError("draining"))
+    task.cancel()
+    assert isinstance(task.stopped(), errors.ServiceUnavailableError)
+
+
+def test_a_task_past_its_deadline_is_stopped() -> None:
+    task: Task[int] = Task(deadline=time.monotonic() - 1)
+    assert isinstance(task.stopped(), errors.DeadlineExceededError)
 
 
 def test_speedometer_averages_audio_per_busy_second() -> None:
@@ -240,7 +60,7 @@ def test_speedometer_averages_audio_per_busy_second() -> None:
 
 
 def admission(max_active: int, max_queue: int) -> Admission:
-    return Admission(max_active=max_active, max_queue=max_queue, slots=1, speed=Speedometer(10.0))
+    return Admission(max_active=max_active, max_queue=max_queue, speed=Speedometer(10.0))
 
 
 class Holder:

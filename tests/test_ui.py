@@ -33,7 +33,6 @@ def app_settings(root: Path, **overrides: Any) -> Settings:
         model_cache_dir=root / "cache",
         tmp_dir=root / "tmp",
         data_dir=root / "data",
-        slots=1,
         job_poll_interval=0.2,
         **overrides,
     )

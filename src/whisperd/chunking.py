@@ -1,12 +1,14 @@
 """Long audio in pieces: decode as a stream and cut it at silences into chunks of about a target
-length, so memory is bounded by a chunk, never by the file, and chunks can run anywhere.
+length, so memory is bounded by a chunk, never by the file, and chunks can run anywhere; and
+each chunk into the short pieces (streams) the engine decodes side by side.
 
-A cut is placed in the middle of the longest pause the voice activity detector finds near the
-target length; where it finds none (continuous speech), at the quietest 100 ms there.
+A chunk's cut is placed in the middle of the longest pause the voice activity detector finds
+near the target length; where it finds none (continuous speech), at the quietest 100 ms there.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -17,6 +19,12 @@ from whisperd.audio import SAMPLE_RATE, Audio, AudioSource, iter_chunks
 # How far either side of the target length a cut may move to find a pause.
 SEARCH_SECONDS = 30.0
 _FRAME = SAMPLE_RATE // 10  # 100 ms, for the quietest-point fallback
+# Streams are cut to fit one 30 s window, so that each is mostly a single window.
+PIECE_SECONDS = 28.0
+# With silence dropped: pauses this long are left out (Whisper invents text in them), and this
+# much of a pause stays at either side of the speech around it.
+SILENCE_SECONDS = 2.0
+SPEECH_PAD_SECONDS = 0.4
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +43,56 @@ class Chunk:
 def _speech_spans(samples: Audio) -> list[tuple[int, int]]:
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
+    # a lower threshold than the library's 0.5 keeps quiet speech
     options = VadOptions(threshold=0.35, min_silence_duration_ms=300, speech_pad_ms=100)
     return [(s["start"], s["end"]) for s in get_speech_timestamps(samples, options)]
+
+
+def plan_pieces(
+    samples: Audio, *, drop_silence: bool, max_seconds: float = PIECE_SECONDS
+) -> list[tuple[int, int]]:
+    """The pieces (start and end sample) to decode as separate streams: runs of speech of up
+    to ``max_seconds`` (a longer run without a pause is one piece), cut at pauses.
+
+    With ``drop_silence``, audio without speech is left out: leading and trailing silence, and
+    pauses of ``SILENCE_SECONDS`` or more, but for ``SPEECH_PAD_SECONDS`` around the speech;
+    audio with no speech at all gives no piece. Without it the pieces cover all the audio.
+    """
+    total = samples.shape[0]
+    spans = _speech_spans(samples)
+    if not spans:
+        return [] if drop_silence or total == 0 else [(0, total)]
+    longest = int(max_seconds * SAMPLE_RATE)
+    silence = int(SILENCE_SECONDS * SAMPLE_RATE)
+    pad = int(SPEECH_PAD_SECONDS * SAMPLE_RATE)
+    # group the spans into pieces: a long pause always ends one, and so does the length limit
+    groups: list[list[tuple[int, int]]] = [[spans[0]]]
+    for span in spans[1:]:
+        group = groups[-1]
+        if span[0] - group[-1][1] >= silence or span[1] - group[0][0] > longest:
+            groups.append([span])
+        else:
+            group.append(span)
+    # where each piece starts and ends: a short pause is shared at its middle; a long one is
+    # left out with silence dropped, else it goes to the piece before it (Whisper places its
+    # times better after leading speech than after leading silence)
+    starts = [0 if not drop_silence or spans[0][0] < silence else spans[0][0] - pad]
+    ends: list[int] = []
+    for before, after in itertools.pairwise(groups):
+        end, start = before[-1][1], after[0][0]
+        if start - end < silence:
+            ends.append((end + start) // 2)
+            starts.append(ends[-1])
+        elif drop_silence:
+            ends.append(end + pad)
+            starts.append(start - pad)
+        else:
+            ends.append(start - pad)
+            starts.append(start - pad)
+    last = groups[-1][-1][1]
+    ends.append(last + pad if drop_silence and total - last >= silence else total)
+    pieces = list(zip(starts, ends, strict=True))
+    return pieces
 
 
 def find_cut(samples: Audio, low: int, high: int) -> int:

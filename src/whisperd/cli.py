@@ -37,8 +37,8 @@ DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda [WHISP
 ComputeOption = Annotated[
     str | None, typer.Option(help="auto, int8, float16, ... [WHISPERD_COMPUTE_TYPE].")
 ]
-SlotsOption = Annotated[
-    int | None, typer.Option(help="Parallel inference workers [WHISPERD_SLOTS].")
+BatchOption = Annotated[
+    int | None, typer.Option(help="Most windows decoded in one batch [WHISPERD_BATCH_SIZE].")
 ]
 LogLevelOption = Annotated[str | None, typer.Option(help="[WHISPERD_LOG_LEVEL]")]
 LogFormatOption = Annotated[str | None, typer.Option(help="text or json [WHISPERD_LOG_FORMAT].")]
@@ -94,7 +94,7 @@ def serve(
     model: ModelOption = None,
     device: DeviceOption = None,
     compute_type: ComputeOption = None,
-    slots: SlotsOption = None,
+    batch_size: BatchOption = None,
     max_queue: Annotated[
         int | None, typer.Option(help="Waiting requests before 429 [WHISPERD_MAX_QUEUE].")
     ] = None,
@@ -116,7 +116,7 @@ def serve(
         model=model,
         device=device,
         compute_type=compute_type,
-        slots=slots,
+        batch_size=batch_size,
         max_queue=max_queue,
         api_keys=tuple(api_key) if api_key else None,
         redis_url=redis_url,
@@ -136,7 +136,7 @@ def worker(
     model: ModelOption = None,
     device: DeviceOption = None,
     compute_type: ComputeOption = None,
-    slots: SlotsOption = None,
+    batch_size: BatchOption = None,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
@@ -153,7 +153,7 @@ def worker(
         model=model,
         device=device,
         compute_type=compute_type,
-        slots=slots,
+        batch_size=batch_size,
         log_level=log_level,
         log_format=log_format,
     )
@@ -196,8 +196,8 @@ def transcribe(
     """Transcribe files: print to stdout (one file) or write one output per input into -o DIR."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from whisperd import chunking, formats
-    from whisperd.engine import TranscribeOptions, Transcriber, available_cores
+    from whisperd import formats
+    from whisperd.engine import TranscribeOptions, Transcriber
 
     if fmt not in FORMAT_CHOICES:
         raise _fail(f"unknown format {fmt!r}; use one of {', '.join(FORMAT_CHOICES)}", 2)
@@ -209,16 +209,8 @@ def transcribe(
         if not path.is_file():
             raise _fail(f"{path}: no such file", 2)
     _setup_logging("warning")
-    # One file at a time gets every core; several run side by side, one per slot.
     single = len(files) == 1
-    settings = _settings(
-        model=model,
-        device=device,
-        compute_type=compute_type,
-        slots=1 if single else None,
-        cpu_threads=available_cores() if single else None,
-        preload_models=(),
-    )
+    settings = _settings(model=model, device=device, compute_type=compute_type, preload_models=())
     options = TranscribeOptions(
         language=language,
         task=task,  # type: ignore[arg-type]
@@ -235,16 +227,14 @@ def transcribe(
         with Transcriber(settings) as engine:
 
             def run(path: Path) -> str:
-                chunks = chunking.split(
-                    path,
-                    target_seconds=settings.chunk_seconds,
-                    max_seconds=settings.max_audio_seconds,
-                )
-                result = _run_with_progress(engine, chunks, options, path, single)
+                with path.open("rb") as source:
+                    prepared = engine.prepare(options, source=source)
+                    task = engine.begin(prepared, engine.chunks(source))
+                    result = _collect_with_progress(task, prepared.estimate, path, single)
                 return formats.render(result, fmt)
 
-            # several files run side by side, one per engine slot; outputs keep input order
-            with ThreadPoolExecutor(max_workers=engine.plan.slots) as pool:
+            # several files run side by side, their windows batched; outputs keep input order
+            with ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
                 for path, future in [(p, pool.submit(run, p)) for p in files]:
                     try:
                         text = future.result()
@@ -264,13 +254,13 @@ def transcribe(
         raise typer.Exit(1)
 
 
-def _run_with_progress(engine: Any, chunks: Any, options: Any, path: Path, show: bool) -> Any:
-    """Transcribe, with a progress bar by audio position for a long file on a terminal."""
-    from whisperd.audio import probe_duration
+def _collect_with_progress(task: Any, total: float | None, path: Path, show: bool) -> Any:
+    """The transcription, with a progress bar by audio position for a long file on a
+    terminal."""
+    from whisperd.engine import collect, items
 
-    total = probe_duration(path) if show and err.is_terminal else None
-    if total is None or total < 60:
-        return engine.transcribe(chunks, options)
+    if not show or not err.is_terminal or total is None or total < 60:
+        return collect(items(task))
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -280,9 +270,7 @@ def _run_with_progress(engine: Any, chunks: Any, options: Any, path: Path, show:
         transient=True,
     ) as progress:
         bar = progress.add_task(path.name, total=total)
-        return engine.transcribe(
-            chunks, options, on_segment=lambda s: progress.update(bar, completed=s.end)
-        )
+        return collect(items(task), on_segment=lambda s: progress.update(bar, completed=s.end))
 
 
 @models_app.callback(invoke_without_command=True)
@@ -339,7 +327,7 @@ def bench(
         typer.Option(
             "--start",
             help="Start `whisperd serve ARGS` on a free port for the run, as NAME or "
-            "NAME=ARGS (e.g. 'one-slot=--slots 1'); repeatable. Default without --url: one.",
+            "NAME=ARGS (e.g. 'batch-1=--batch-size 1'); repeatable. Default without --url: one.",
         ),
     ] = None,
     audio_paths: Annotated[

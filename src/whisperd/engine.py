@@ -1,49 +1,48 @@
-"""The Transcriber: faster-whisper models behind the fair scheduler, returning our dataclasses."""
+"""The Transcriber: the one entry point for transcription. Faster-whisper models behind their
+batching workers (see :mod:`whisperd.batching`), returning our dataclasses."""
 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import math
 import os
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 
-from whisperd import models
-from whisperd.audio import Audio
-from whisperd.chunking import Chunk
+from whisperd import audio, chunking, models
+from whisperd.audio import SAMPLE_RATE, Audio, AudioSource
+from whisperd.batching import BatchedWhisper, Batcher, Owner
+from whisperd.chunking import Chunk, plan_pieces
 from whisperd.errors import (
+    AudioTooLongError,
     EmptyAudioError,
     ModelLoadError,
     ModelNotFoundError,
+    ServiceUnavailableError,
     UnsupportedTaskError,
     ValidationError,
+    WhisperdError,
 )
-from whisperd.scheduler import Speedometer, Stepper, Task
+from whisperd.scheduler import Speedometer, Task
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 TaskName = Literal["transcribe", "translate"]
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-# Batched decoding only pays off for audio of several windows.
-_BATCH_MIN_SECONDS = 60.0
-# How much of the text before a chunk prompts it (Whisper's prompt holds ~224 tokens).
-_PROMPT_CHARS = 600
-# Silero VAD settings: a lower threshold than the library's 0.5 keeps quiet speech, while
-# two seconds of silence are still skipped (where Whisper would otherwise invent text).
-VAD_PARAMETERS: dict[str, Any] = {
-    "threshold": 0.35,
-    "min_silence_duration_ms": 2000,
-    "speech_pad_ms": 400,
-}
+# How often a task's driver looks at its cancel flag and deadline while its streams run.
+_POLL_SECONDS = 0.05
+PARALLEL = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +142,16 @@ def temperatures_from(value: float | None) -> tuple[float, ...]:
     return tuple(t for t in steps if t <= 1.0) or (min(value, 1.0),)
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A transcription ready to begin: its model, the options checked against it, and the
+    duration the audio declares (None when unknown)."""
+
+    model: LoadedModel
+    options: TranscribeOptions
+    estimate: float | None
+
+
 @dataclass(slots=True)
 class LoadedModel:
     """A model in memory, with what ``/check-model-in-memory/`` reports."""
@@ -155,7 +164,7 @@ class LoadedModel:
     load_seconds: float
     multilingual: bool
     whisper: Any = field(repr=False)
-    batched: Any = field(repr=False)
+    batcher: Batcher = field(repr=False)
 
 
 def _languages() -> frozenset[str]:
@@ -218,11 +227,12 @@ def available_cores() -> int:
 
 @dataclass(frozen=True, slots=True)
 class EnginePlan:
-    """Device, compute type, slots and threads, resolved from the settings and the machine."""
+    """Device, compute type, batch size and threads, resolved from the settings and the machine."""
 
     device: str
     compute_type: str
-    slots: int
+    batch_size: int
+    encode_batch: int
     cpu_threads: int
     max_active: int
 
@@ -234,15 +244,62 @@ class EnginePlan:
         compute = settings.compute_type
         if compute == "auto":
             compute = "float16" if device == "cuda" else "int8"
-        cores = available_cores()
-        slots = settings.slots or (1 if device == "cuda" else min(cores, 4))
-        threads = settings.cpu_threads or max(1, cores // slots)
-        max_active = settings.max_active or 4 * slots
-        return cls(device, compute, slots, threads, max_active)
+        batch = settings.batch_size or (gpu_batch_size() if device == "cuda" else CPU_BATCH_SIZE)
+        encode = batch if device == "cuda" else min(batch, CPU_ENCODE_BATCH)
+        threads = settings.cpu_threads or available_cores()
+        max_active = settings.max_active or 2 * batch
+        return cls(device, compute, batch, encode, threads, max_active)
+
+
+# On CPU the decoder's cost per window keeps falling up to a batch of 8 (beam 5: 1.41 s at 1,
+# 0.56 s at 4, 0.50 s at 8 on 2 cores), while the encoder's is flat past 2 (0.21-0.26 s) and
+# costs about 64 MB a window (tiny.en; 730 MB peak at 8): windows are encoded two at a time.
+CPU_BATCH_SIZE = 8
+CPU_ENCODE_BATCH = 2
+# Requests of at most this much audio go first (a short clip never waits in a long file's batch).
+SHORT_SECONDS = 30.0
+SHORT_PRIORITY = 1
+# GPU memory one 30 s window of a large model needs in a batch (encoder and beam states).
+_GPU_BYTES_PER_WINDOW = 256 << 20
+_GPU_MAX_BATCH = 32
+
+
+def gpu_batch_size() -> int:
+    """Windows per batch on the GPU: what half its free memory holds, from 1 to 32 (an
+    out-of-memory error halves it later, see :mod:`whisperd.batching`)."""
+    free = _cuda_free_bytes()
+    if free is None:
+        return 8
+    return max(1, min(_GPU_MAX_BATCH, free // 2 // _GPU_BYTES_PER_WINDOW))
+
+
+def _cuda_free_bytes() -> int | None:
+    for name in ("libcudart.so.12", "libcudart.so.13", "libcudart.so"):
+        try:
+            cudart = ctypes.CDLL(name)
+        except OSError:
+            continue
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        if cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) == 0:
+            return int(free.value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """One stream of a transcription: a run of speech and where it starts in the file."""
+
+    index: int
+    offset: float
+    samples: Audio
+
+    @property
+    def end(self) -> float:
+        return self.offset + float(self.samples.shape[0]) / SAMPLE_RATE
 
 
 class Transcriber:
-    """Loads models once and transcribes through the fair scheduler.
+    """Loads models once and transcribes through their batching workers.
 
     Use as a context manager, or call :meth:`start` and :meth:`close`.
     """
@@ -253,31 +310,38 @@ class Transcriber:
         self.speed = Speedometer()
         self._models: dict[str, LoadedModel] = {}
         self._load_lock = threading.Lock()
-        self._stepper: Stepper | None = None
+        self._tasks: set[Task[Any]] = set()
+        self._tasks_lock = threading.Lock()
+        self._started = False
         self._languages = _languages()
-        self._batch_size = settings.batch_size
 
     # --- lifetime ---------------------------------------------------------------------
     def start(self) -> Transcriber:
-        """Load the default and preloaded models and start the slot threads."""
+        """Load the default and preloaded models (each starts its batching worker)."""
         return_large_buffers_to_the_os()
         for name in (self.settings.model, *self.settings.preload_models):
             self.load(name)
-        self._stepper = Stepper(self.plan.slots)
+        self._started = True
         logger.info(
-            "Engine ready: %s on %s/%s, %d slot(s) x %d thread(s)",
+            "Engine ready: %s on %s/%s, batches of up to %d window(s), %d thread(s)",
             ", ".join(self._models),
             self.plan.device,
             self.plan.compute_type,
-            self.plan.slots,
+            self.plan.batch_size,
             self.plan.cpu_threads,
         )
         return self
 
     def close(self) -> None:
-        if self._stepper is not None:
-            self._stepper.close()
-            self._stepper = None
+        """Stop every running transcription and the batching workers."""
+        self._started = False
+        with self._tasks_lock:
+            tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel(ServiceUnavailableError("The engine is shutting down."))
+        with self._load_lock:
+            for model in self._models.values():
+                model.batcher.close()
 
     def __enter__(self) -> Transcriber:
         return self.start()
@@ -306,7 +370,7 @@ class Transcriber:
             resolved = models.resolve(
                 name, self.settings.model_cache_dir, offline=self.settings.offline
             )
-            from faster_whisper import BatchedInferencePipeline, WhisperModel
+            from faster_whisper import WhisperModel
 
             started = time.perf_counter()
             try:
@@ -315,11 +379,19 @@ class Transcriber:
                     device=self.plan.device,
                     compute_type=self.plan.compute_type,
                     cpu_threads=self.plan.cpu_threads,
-                    num_workers=self.plan.slots,
+                    num_workers=1,  # the batching worker is the model's only caller
                 )
             except (RuntimeError, ValueError, OSError) as exc:
                 msg = f"Could not load model {name!r} from {resolved.path}: {exc}"
                 raise ModelLoadError(msg) from exc
+            batcher = Batcher(
+                whisper.model,
+                max_batch=self.plan.batch_size,
+                max_encode=self.plan.encode_batch,
+                name=resolved.name,
+            )
+            sot = whisper.hf_tokenizer.token_to_id("<|startoftranscript|>")
+            whisper.model = BatchedWhisper(whisper.model, batcher, sot)
             loaded = LoadedModel(
                 name=resolved.name,
                 path=resolved.path,
@@ -329,108 +401,126 @@ class Transcriber:
                 load_seconds=time.perf_counter() - started,
                 multilingual=bool(whisper.model.is_multilingual),
                 whisper=whisper,
-                batched=BatchedInferencePipeline(whisper),
+                batcher=batcher,
             )
             self._models[key] = loaded
             logger.info("Loaded model %s in %.2f s", loaded.name, loaded.load_seconds)
             return loaded
 
-    def model_for(self, name: str | None) -> LoadedModel:
-        """The model a request names: None or ``whisper-1`` is the default."""
-        if name is None or name in ("", "whisper-1", self.settings.model):
-            return self.default_model
-        key = self._key(name)
-        if key in self._models:
-            return self._models[key]
+    def _named(self, name: str | None) -> str:
+        """The name a request means: None or ``whisper-1`` is the default model."""
+        return self.settings.model if name in (None, "", "whisper-1") else str(name)
+
+    def _find(self, name: str | None) -> tuple[str, LoadedModel | None]:
+        """The model a request names, if loaded; else refuse one this server may not load."""
+        named = self._named(name)
+        loaded = self._models.get(self._key(named))
+        if loaded is not None or named == self.settings.model:
+            return named, loaded
         if not self.settings.load_on_demand:
             raise ModelNotFoundError(
-                f"Model {name!r} is not loaded on this server; loaded: {', '.join(self._models)}."
+                f"Model {named!r} is not loaded on this server; loaded: {', '.join(self._models)}."
             )
-        if not models.is_available(name, self.settings.model_cache_dir) and (
-            self.settings.offline or key not in models.CATALOG
+        if not models.is_available(named, self.settings.model_cache_dir) and (
+            self.settings.offline or self._key(named) not in models.CATALOG
         ):
             raise ModelNotFoundError(
-                f"Model {name!r} is not available here; loaded: {', '.join(self._models)}."
+                f"Model {named!r} is not available here; loaded: {', '.join(self._models)}."
             )
-        return self.load(name)
+        return named, None
+
+    def model_for(self, name: str | None) -> LoadedModel:
+        """The model a request names (None or ``whisper-1``: the default), loading it once."""
+        named, loaded = self._find(name)
+        return loaded or self.load(named)
+
+    def validate(self, options: TranscribeOptions, *, model: str | None = None) -> None:
+        """Refuse a model or options the engine cannot honour, without loading anything (for
+        work that runs later, such as a queued job)."""
+        named, loaded = self._find(model)
+        if loaded is not None:
+            self.check(loaded, options)
+        else:
+            entry = models.CATALOG.get(self._key(named))
+            self._check(named, None if entry is None else entry.multilingual, options)
 
     # --- transcription ----------------------------------------------------------------
     def check(self, model: LoadedModel, options: TranscribeOptions) -> None:
         """Refuse options the model cannot honour, before any work is done."""
+        self._check(model.name, model.multilingual, options)
+
+    def _check(self, name: str, multilingual: bool | None, options: TranscribeOptions) -> None:
         language = options.language
         if language is not None and language not in self._languages:
             raise ValidationError(
                 f"Unknown language {language!r}; use an ISO-639-1 code such as 'en' or 'de'.",
                 param="language",
             )
-        if not model.multilingual:
+        if multilingual is False:
             if options.task == "translate":
                 raise UnsupportedTaskError(
-                    f"Model {model.name} is English-only and cannot translate; use a "
+                    f"Model {name} is English-only and cannot translate; use a "
                     "multilingual model such as 'base'.",
                     param="model",
                 )
             if language not in (None, "en"):
                 raise UnsupportedTaskError(
-                    f"Model {model.name} is English-only; language {language!r} needs a "
+                    f"Model {name} is English-only; language {language!r} needs a "
                     "multilingual model such as 'base'.",
                     param="language",
                 )
 
-    def _steps(
-        self, model: LoadedModel, chunks: Iterator[Chunk], options: TranscribeOptions
-    ) -> Iterator[TranscriptionInfo | Segment]:
-        """Transcribe chunk after chunk; each ``next()`` is at most one 30-second window (one
-        batch of them with ``batch_size``).
-
-        Taking the next chunk decodes it, so a long file is never in memory whole. Segment ids
-        run on across chunks, times are shifted to the whole file, the language found in the
-        first chunk holds for the rest, and each chunk is prompted with the end of the text
-        before it, as Whisper conditions on previous text within a chunk.
-        """
-        language = options.language or (None if model.multilingual else "en")
-        prompt = options.initial_prompt or None
-        next_id = 0
-        duration = 0.0
-        first: TranscriptionInfo | None = None
-        for chunk in chunks:
-            # the batched pipeline groups the speech the VAD finds into windows: no VAD, no batch
-            batched = (
-                self._batch_size > 1 and options.vad_filter and chunk.duration > _BATCH_MIN_SECONDS
-            )
-            kwargs: dict[str, Any] = {"batch_size": self._batch_size} if batched else {}
-            runner = model.batched if batched else model.whisper
-            segments, info = runner.transcribe(
-                chunk.samples,
-                language=language,
-                task=options.task,
-                beam_size=options.beam_size,
-                temperature=list(options.temperature),
-                initial_prompt=prompt,
-                hotwords=options.hotwords or None,
-                word_timestamps=options.word_timestamps,
-                vad_filter=options.vad_filter,
-                vad_parameters=VAD_PARAMETERS if options.vad_filter else None,
-                **kwargs,
-            )
-            duration = chunk.offset + chunk.duration
-            if first is None:
-                language = info.language
-                first = TranscriptionInfo(
-                    info.language, float(info.language_probability), duration, options.task
+    def prepare(
+        self,
+        options: TranscribeOptions,
+        *,
+        model: str | None = None,
+        source: IO[bytes] | None = None,
+    ) -> Prepared:
+        """The first step of every transcription: resolve the model (loading it once), check
+        the options against it and, given the ``source``, read the duration its container
+        declares, refusing audio over the limit before anything is decoded."""
+        loaded = self.model_for(model)
+        self.check(loaded, options)
+        estimate = None
+        if source is not None:
+            estimate = audio.probe_duration(source)
+            source.seek(0)
+            limit = self.settings.max_audio_seconds
+            if estimate is not None and estimate > limit:
+                # a header that understates the length is caught by the decoder's own limit
+                raise AudioTooLongError(
+                    f"The audio lasts {estimate:.0f} s, over the limit of {limit:.0f} s; split "
+                    "it or raise WHISPERD_MAX_AUDIO_SECONDS.",
+                    param="file",
                 )
-                yield first
-            texts = []
-            for s in segments:
-                yield _segment(s, next_id, chunk)
-                next_id += 1
-                texts.append(s.text)
-            if texts:
-                prompt = "".join(texts)[-_PROMPT_CHARS:]
-        if first is not None and duration != first.duration:
-            yield TranscriptionInfo(
-                first.language, first.language_probability, duration, options.task
-            )
+        return Prepared(loaded, options, estimate)
+
+    def chunks(self, source: AudioSource) -> Iterator[Chunk]:
+        """``source`` decoded as a stream, in chunks of about ``chunk_seconds`` cut at pauses
+        (nothing is decoded until the first is asked for)."""
+        return chunking.split(
+            source,
+            target_seconds=self.settings.chunk_seconds,
+            max_seconds=self.settings.max_audio_seconds,
+        )
+
+    def begin(
+        self,
+        prepared: Prepared,
+        chunks: Iterator[Chunk],
+        *,
+        deadline: float | None = None,
+        priority: int = 0,
+    ) -> Task[TranscriptionInfo | Segment]:
+        """The second step: decode the first chunk here (so bad input fails before anything is
+        answered), then start the work; the rest is decoded as the engine gets to it."""
+        first = next(chunks, None)
+        if first is None:
+            raise EmptyAudioError("The file contains no audio samples.", param="file")
+        return self._start(
+            prepared, itertools.chain([first], chunks), deadline=deadline, priority=priority
+        )
 
     def submit(
         self,
@@ -439,22 +529,71 @@ class Transcriber:
         *,
         model: str | None = None,
         deadline: float | None = None,
+        priority: int = 0,
     ) -> Task[TranscriptionInfo | Segment]:
         """Start transcribing; iterate the task for the info, then the segments as they come.
 
         ``audio`` is 16 kHz mono float32 samples, or chunks of them (see
-        :func:`whisperd.chunking.split`), taken one at a time. The last
-        :class:`TranscriptionInfo` seen carries the whole duration. ``deadline`` is a
-        :func:`time.monotonic` instant; past it the task stops at the next window with
-        :class:`~whisperd.errors.DeadlineExceededError`.
+        :func:`whisperd.chunking.split`), taken one at a time. Each chunk is cut at pauses into
+        pieces that are decoded side by side as streams of the batching engine, and their
+        segments come out in order. The last :class:`TranscriptionInfo` seen carries the whole
+        duration. ``deadline`` is a :func:`time.monotonic` instant; past it the task stops at
+        the next window with :class:`~whisperd.errors.DeadlineExceededError`. A higher
+        ``priority`` goes first in every batch (live turns).
         """
-        if self._stepper is None:
-            msg = "The engine is not started"
-            raise RuntimeError(msg)
-        loaded = self.model_for(model)
-        self.check(loaded, options)
         chunks = iter([Chunk(0, 0.0, audio)] if isinstance(audio, np.ndarray) else audio)
-        return self._stepper.submit(self._steps(loaded, chunks, options), deadline=deadline)
+        return self._start(
+            self.prepare(options, model=model), chunks, deadline=deadline, priority=priority
+        )
+
+    def _start(
+        self,
+        prepared: Prepared,
+        chunks: Iterator[Chunk],
+        *,
+        deadline: float | None,
+        priority: int,
+    ) -> Task[TranscriptionInfo | Segment]:
+        if not self._started:
+            raise ServiceUnavailableError("The engine is not running.")
+        task: Task[TranscriptionInfo | Segment] = Task(deadline)
+        owner = Owner(stopped=task.stopped, priority=priority)
+        with self._tasks_lock:
+            self._tasks.add(task)
+        threading.Thread(
+            target=self._drive,
+            args=(task, owner, prepared.model, chunks, prepared.options),
+            name="whisperd-task",
+            daemon=True,
+        ).start()
+        return task
+
+    def _drive(
+        self,
+        task: Task[TranscriptionInfo | Segment],
+        owner: Owner,
+        model: LoadedModel,
+        chunks: Iterator[Chunk],
+        options: TranscribeOptions,
+    ) -> None:
+        """Run one task: start its pieces as streams (as many at once as a batch holds), and
+        hand its consumer the info, then the segments in order."""
+        outcome: BaseException | None = None
+        run = _Run(task, owner, model, chunks, options, PARALLEL * self.plan.batch_size)
+        try:
+            run.run()
+        except BaseException as exc:
+            if not isinstance(exc, WhisperdError):
+                logger.exception("Transcription failed")
+            outcome = exc
+        else:
+            # only a finished transcription says how fast the engine is (not a stopped one)
+            self.speed.record(run.duration, owner.busy_seconds)
+        finally:
+            task.busy_seconds = owner.busy_seconds
+            with self._tasks_lock:
+                self._tasks.discard(task)
+            task.finish(outcome)
 
     def stream(
         self,
@@ -469,16 +608,7 @@ class Transcriber:
         task = self.submit(audio, options, model=model, deadline=deadline)
         if on_task is not None:
             on_task(task)
-        seconds = 0.0
-        try:
-            for item in task:
-                if isinstance(item, TranscriptionInfo):
-                    seconds = item.duration
-                yield item
-        finally:
-            task.cancel()
-        # only a finished transcription says how fast the engine is (not a cancelled one)
-        self.speed.record(seconds, task.busy_seconds)
+        return items(task)
 
     def transcribe(
         self,
@@ -494,6 +624,14 @@ class Transcriber:
             self.stream(audio, options or TranscribeOptions(), model=model, deadline=deadline),
             on_segment=on_segment,
         )
+
+
+def items(task: Task[TranscriptionInfo | Segment]) -> Iterator[TranscriptionInfo | Segment]:
+    """The items of ``task``, as a blocking iterator that stops the task when closed."""
+    try:
+        yield from task
+    finally:
+        task.cancel()
 
 
 def collect(
@@ -517,15 +655,151 @@ def collect(
     return Transcription.from_parts(info, tuple(segments))
 
 
-def _segment(s: Any, index: int, chunk: Chunk) -> Segment:
+class _Run:
+    """One task: its pieces decoded as streams of the batching engine, as many at once as a
+    batch holds, and its items handed on in order (the info first, then each piece's segments).
+
+    A multilingual model with no language given detects it on the first piece, then decodes the
+    rest in that language. A failing stream stops the others and fails the task.
+    """
+
+    def __init__(
+        self,
+        task: Task[TranscriptionInfo | Segment],
+        owner: Owner,
+        model: LoadedModel,
+        chunks: Iterator[Chunk],
+        options: TranscribeOptions,
+        parallel: int,
+    ) -> None:
+        self.task = task
+        self.owner = owner
+        self.model = model
+        self.chunks = chunks
+        self.options = options
+        self.parallel = max(1, parallel)
+        self.language = options.language or (None if model.multilingual else "en")
+        self.probability = 1.0
+        self.duration = 0.0
+        self.events: queue.SimpleQueue[tuple[_Piece, str, Any]] = queue.SimpleQueue()
+        self._buffers: dict[int, list[Any]] = {}
+        self._finished: set[int] = set()
+        self._next_piece = 0
+        self._next_id = 0
+        self._info: TranscriptionInfo | None = None
+
+    def run(self) -> None:
+        pieces = self._pieces()
+        active: set[int] = set()
+        started = 0
+        exhausted = False
+        while True:
+            reason = self.task.stopped()
+            if reason is not None:
+                raise reason
+            while not exhausted and len(active) < self.parallel and (self.language or not started):
+                piece = next(pieces, None)
+                if piece is None:
+                    exhausted = True
+                    break
+                active.add(piece.index)
+                self._buffers[piece.index] = []
+                started += 1
+                threading.Thread(
+                    target=self._stream, args=(piece, self.language), daemon=True
+                ).start()
+            if exhausted and not active:
+                break
+            try:
+                piece, kind, value = self.events.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if kind == "error":
+                self.task.cancel()  # the other streams leave at their next window
+                raise value
+            if kind == "info" and self.language is None:
+                self.language, self.probability = value.language, value.language_probability
+            elif kind == "segment":
+                self._buffers[piece.index].append((value, piece))
+            elif kind == "done":
+                active.discard(piece.index)
+                self._finished.add(piece.index)
+            self._flush()
+        if self.language is None:  # no speech at all: nothing was detected
+            self.language, self.probability = "en", 0.0
+        self._flush()
+        if self._info is not None and self._info.duration != self.duration:
+            self.task.put(self._new_info())
+
+    def _pieces(self) -> Iterator[_Piece]:
+        index = 0
+        for chunk in self.chunks:
+            if index == 0 and chunk.offset == 0 and chunk.duration <= SHORT_SECONDS:
+                self.owner.priority = max(self.owner.priority, SHORT_PRIORITY)
+            self.duration = chunk.offset + chunk.duration
+            for start, end in plan_pieces(chunk.samples, drop_silence=self.options.vad_filter):
+                yield _Piece(index, chunk.offset + start / SAMPLE_RATE, chunk.samples[start:end])
+                index += 1
+
+    def _stream(self, piece: _Piece, language: str | None) -> None:
+        """Decode one piece sequentially (in this thread, its calls batched with others')."""
+        options = self.options
+        try:
+            with self.model.batcher.stream(self.owner):
+                segments, info = self.model.whisper.transcribe(
+                    piece.samples,
+                    language=language,
+                    task=options.task,
+                    beam_size=options.beam_size,
+                    temperature=list(options.temperature),
+                    initial_prompt=options.initial_prompt,
+                    hotwords=options.hotwords,
+                    word_timestamps=options.word_timestamps,
+                    vad_filter=False,  # silence is left out when the pieces are cut
+                )
+                self.events.put((piece, "info", info))
+                for segment in segments:
+                    self.events.put((piece, "segment", segment))
+        except BaseException as exc:
+            self.events.put((piece, "error", exc))
+        else:
+            self.events.put((piece, "done", None))
+
+    def _new_info(self) -> TranscriptionInfo:
+        assert self.language is not None
+        return TranscriptionInfo(
+            self.language, float(self.probability), self.duration, self.options.task
+        )
+
+    def _flush(self) -> None:
+        """Hand on what is ready, in order: the info once the language is known, then the
+        segments of each piece once those of the pieces before it are all out."""
+        if self._info is None:
+            if self.language is None:
+                return
+            self._info = self._new_info()
+            self.task.put(self._info)
+        while self._next_piece in self._buffers:
+            buffered = self._buffers[self._next_piece]
+            for raw, piece in buffered:
+                self.task.put(_segment(raw, self._next_id, piece))
+                self._next_id += 1
+            buffered.clear()
+            if self._next_piece not in self._finished:
+                return
+            del self._buffers[self._next_piece]
+            self._next_piece += 1
+
+
+def _segment(s: Any, index: int, piece: _Piece) -> Segment:
     """faster-whisper's segment as ours, with times shifted to the whole file and kept inside
-    the chunk (the library can place a last segment past the end of the audio:
+    the piece (the library can place a last segment past the end of the audio:
     https://github.com/SYSTRAN/faster-whisper/issues/1334).
     """
-    end_of_chunk = chunk.offset + chunk.duration
+    end_of_piece = piece.end
 
     def shift(t: Any) -> float:
-        return min(float(t) + chunk.offset, end_of_chunk)
+        return min(float(t) + piece.offset, end_of_piece)
 
     words = None
     if s.words is not None:

@@ -14,8 +14,8 @@ Recorded once per HTTP request, by :class:`~whisperd.api.middleware.RequestConte
 
 Read from the running server at each scrape (this process only):
 ``whisperd_requests_active`` / ``_queued`` and their ``_limit``\\s (admission),
-``whisperd_ready``, ``whisperd_engine_slots``, ``whisperd_engine_speed`` (the scheduler's
-measured audio seconds per busy slot-second), the counters ``whisperd_engine_transcriptions``,
+``whisperd_ready``, ``whisperd_engine_batch_size``, ``whisperd_engine_speed`` (the scheduler's
+measured audio seconds per busy engine-second), the counters ``whisperd_engine_transcriptions``,
 ``_audio_seconds`` and ``_busy_seconds`` (everything this process's engine finished: requests,
 jobs and job chunks), ``whisperd_model_load_seconds`` per loaded model,
 ``whisperd_jobs`` by ``state`` with ``whisperd_jobs_queue_depth``,
@@ -236,14 +236,14 @@ class ServerCollector(Collector):
 
     def _engine(self, engine: Any) -> Iterator[Metric]:
         yield _gauge(
-            "whisperd_engine_slots",
-            "Parallel inference workers (WHISPERD_SLOTS).",
-            engine.plan.slots,
+            "whisperd_engine_batch_size",
+            "Most windows decoded in one batch (WHISPERD_BATCH_SIZE).",
+            engine.plan.batch_size,
         )
         speed = engine.speed
         yield _gauge(
             "whisperd_engine_speed",
-            "Measured engine speed: audio seconds per busy slot-second (moving average).",
+            "Measured engine speed: audio seconds per busy engine-second (moving average).",
             speed.speed,
         )
         for name, documentation, value in (
@@ -255,7 +255,7 @@ class ServerCollector(Collector):
             ),
             (
                 "busy_seconds",
-                "Slot-seconds spent on the transcriptions finished",
+                "Engine-seconds spent on the transcriptions finished (their share of each batch)",
                 speed.busy_seconds,
             ),
         ):

@@ -1,15 +1,13 @@
-"""Fair scheduling of engine work, and admission control in front of it.
+"""Engine tasks, and admission control in front of the engine.
 
-A transcription is a generator whose every ``next()`` is one step: one 30-second window
-of Whisper decoding (or a segment already decoded). :class:`Stepper` runs the steps of all
-active tasks round-robin on a fixed number of slot threads, so a short clip submitted
-while a long file runs gets its turn after at most one window of each task ahead of it.
-Cancellation and deadlines are checked between steps, so a stopped task frees its slot at
-the next window.
+A :class:`Task` is one transcription as its consumer sees it: the engine's threads put its
+items in as they are decoded, and the consumer iterates them. Cancellation and deadlines are
+seen by the engine at its next window (:meth:`Task.stopped`), so a stopped task leaves its batch
+there.
 
-:class:`Admission` bounds how many requests are active (decoded, in the round-robin) and
-how many wait, undecoded, behind them; beyond both a request is refused with 429 and a
-Retry-After estimated from the backlog of audio and the measured speed.
+:class:`Admission` bounds how many requests are active (decoded, in the engine) and how many
+wait, undecoded, behind them; beyond both a request is refused with 429 and a Retry-After
+estimated from the backlog of audio and the measured speed.
 """
 
 from __future__ import annotations
@@ -41,51 +39,40 @@ _END = object()
 
 
 class Task(Generic[T]):
-    """The steps of one piece of work; iterate it (from any one thread) to get its items."""
+    """The items of one piece of work; iterate it (from any one thread) to get them."""
 
-    def __init__(self, steps: Iterator[T], deadline: float | None) -> None:
-        self._steps = steps
+    def __init__(self, deadline: float | None) -> None:
         self._deadline = deadline
         self._out: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stop: WhisperdError | None = None
+        self._lock = threading.Lock()
         self.finished = False
         self.busy_seconds = 0.0
 
     def cancel(self, reason: WhisperdError | None = None) -> None:
-        """Stop at the next step; the consumer sees ``reason`` (default: cancelled)."""
-        if self._stop is None:
-            self._stop = reason or CancelledError("The request was cancelled.")
+        """Stop at the next window; the consumer sees ``reason`` (default: cancelled)."""
+        with self._lock:
+            if self._stop is None:
+                self._stop = reason or CancelledError("The request was cancelled.")
 
-    def _step(self) -> None:
-        """Run one step; called by a slot thread, never by two at once."""
+    def stopped(self) -> WhisperdError | None:
+        """Why the work should stop now (cancelled, or past its deadline), or None."""
         if self._stop is None and self._deadline is not None and time.monotonic() > self._deadline:
-            self._stop = DeadlineExceededError(
-                "The request ran past its deadline; send shorter audio or a larger X-Timeout."
+            self.cancel(
+                DeadlineExceededError(
+                    "The request ran past its deadline; send shorter audio or a larger X-Timeout."
+                )
             )
-        if self._stop is not None:
-            self._finish(self._stop)
-            return
-        started = time.monotonic()
-        try:
-            item = next(self._steps)
-        except StopIteration:
-            self._finish(_END)
-        except WhisperdError as exc:
-            self._finish(exc)
-        except Exception as exc:
-            logger.exception("Engine step failed")
-            self._finish(exc)
-        else:
-            self._out.put(item)
-        finally:
-            self.busy_seconds += time.monotonic() - started
+        return self._stop
 
-    def _finish(self, outcome: object) -> None:
+    def put(self, item: T) -> None:
+        """Hand the consumer one item (called by the engine)."""
+        self._out.put(item)
+
+    def finish(self, outcome: BaseException | None = None) -> None:
+        """End the items: normally, or with ``outcome`` raised to the consumer (called once)."""
         self.finished = True
-        close = getattr(self._steps, "close", None)
-        if close is not None:
-            close()
-        self._out.put(outcome)
+        self._out.put(_END if outcome is None else outcome)
 
     def __iter__(self) -> Iterator[T]:
         while True:
@@ -97,66 +84,10 @@ class Task(Generic[T]):
             yield item  # type: ignore[misc]
 
 
-class Stepper:
-    """Runs tasks' steps round-robin on ``slots`` threads."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self._ready: deque[Task[object]] = deque()
-        self._cv = threading.Condition()
-        self._closed = False
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"whisperd-slot-{i}", daemon=True)
-            for i in range(slots)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, steps: Iterator[T], *, deadline: float | None = None) -> Task[T]:
-        """Queue ``steps`` behind the active tasks; returns the task to iterate."""
-        task: Task[T] = Task(steps, deadline)
-        with self._cv:
-            if self._closed:
-                raise ServiceUnavailableError("The engine is shutting down.")
-            self._ready.append(task)  # type: ignore[arg-type]
-            self._cv.notify()
-        return task
-
-    @property
-    def pending(self) -> int:
-        """Tasks waiting for their next step."""
-        return len(self._ready)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._ready and not self._closed:
-                    self._cv.wait()
-                if not self._ready:
-                    return
-                task = self._ready.popleft()
-            task._step()
-            if not task.finished:
-                with self._cv:
-                    if self._closed:
-                        task.cancel(ServiceUnavailableError("The engine is shutting down."))
-                    self._ready.append(task)
-                    self._cv.notify()
-
-    def close(self) -> None:
-        """Cancel what is queued and stop the slot threads after their current step."""
-        with self._cv:
-            self._closed = True
-            for task in self._ready:
-                task.cancel(ServiceUnavailableError("The engine is shutting down."))
-            self._cv.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-
 class Speedometer:
-    """Measured engine speed: audio seconds per busy slot-second (an exponential average), and
-    the totals since start of finished transcriptions, their audio and their busy time."""
+    """Measured engine speed: audio seconds per busy engine-second (an exponential average; a
+    transcription's busy time is its share of the batches it was in), and the totals since start
+    of finished transcriptions, their audio and their busy time."""
 
     def __init__(self, initial: float = 10.0) -> None:
         self._speed = initial
@@ -184,10 +115,9 @@ class Admission:
     Used from the event loop. Waiters are served first come, first served.
     """
 
-    def __init__(self, max_active: int, max_queue: int, slots: int, speed: Speedometer) -> None:
+    def __init__(self, max_active: int, max_queue: int, speed: Speedometer) -> None:
         self.max_active = max_active
         self.max_queue = max_queue
-        self._slots = slots
         self._speed = speed
         self._active: dict[int, float] = {}
         self._waiting: deque[tuple[int, float, anyio.Event]] = deque()
@@ -209,7 +139,7 @@ class Admission:
         """
         queued = sum(seconds for _, seconds, _ in self._waiting)
         shortest = min(self._active.values(), default=0.0)
-        throughput = max(self._speed.speed * self._slots, 1e-3)
+        throughput = max(self._speed.speed, 1e-3)
         return max(1, math.ceil((queued + shortest) / throughput))
 
     @asynccontextmanager

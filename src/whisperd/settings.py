@@ -74,20 +74,19 @@ class Settings(BaseSettings):
     compute_type: ComputeType = "auto"
     """CTranslate2 compute type; `auto` is float16 on CUDA and int8 on CPU."""
     cpu_threads: int = Field(0, ge=0)
-    """CPU threads per engine slot; 0 divides the available cores among the slots."""
-    slots: int = Field(0, ge=0)
-    """Parallel inference workers; 0 means one per CPU core (at most 4) on CPU, 1 on a GPU."""
+    """CPU threads of the engine's batches; 0 means every available core."""
+    batch_size: int = Field(0, ge=0, le=64)
+    """Most 30 s windows decoded together in one batch, across all requests; 0 means 4 on CPU
+    and, on a GPU, what half its free memory holds (at most 32)."""
     max_active: int = Field(0, ge=0)
-    """Requests decoded and interleaved at once; 0 means 4 per slot."""
+    """Requests decoded and batched at once; 0 means twice the batch size."""
     max_queue: int = Field(16, ge=0)
     """Requests waiting (not yet decoded) beyond the active ones; more get 429."""
     beam_size: int = Field(5, ge=1, le=20)
     """Default beam size."""
     vad_filter: bool = True
-    """Default for the VAD filter: skips silences of 2 s or more, where Whisper invents text."""
-    batch_size: int = Field(0, ge=0, le=64)
-    """Decode this many 30 s windows of one long file together (faster-whisper's batched
-    pipeline, with the VAD on: ~2-3x faster on long audio, coarser interleaving); 0: one by one."""
+    """Default for the VAD filter: leaves out silences of 2 s or more, where Whisper invents
+    text (the speech around them is decoded whole)."""
     chunk_seconds: float = Field(300.0, ge=30)
     """Longer audio is decoded and transcribed in pieces of about this length, cut at pauses,
     so a request's memory is bounded by a piece, not by the file."""
@@ -150,7 +149,7 @@ class Settings(BaseSettings):
     jobs_enabled: bool = True
     """Serve the async job endpoints (they need Redis); false serves the synchronous API only."""
     job_workers: int = Field(0, ge=0)
-    """Jobs run at once by one process; 0 means one per engine slot."""
+    """Jobs run at once by one process; 0 means 2."""
     job_time_limit: float = Field(6 * 3600.0, gt=0)
     """Longest a job's transcription may run, in seconds; past it the job fails."""
     job_chunk_seconds: float = Field(600.0, ge=60)

@@ -121,9 +121,7 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         # Uploads spool through tempfile; keep them under the configured (writable) tmp dir.
         tempfile.tempdir = str(settings.tmp_dir)
-        admission = Admission(
-            running.plan.max_active, settings.max_queue, running.plan.slots, running.speed
-        )
+        admission = Admission(running.plan.max_active, settings.max_queue, running.speed)
         app.state.engine = running
         app.state.admission = admission
         app.state.pipeline = Pipeline(settings, running, admission)

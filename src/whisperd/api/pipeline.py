@@ -1,14 +1,15 @@
 """The synchronous request flow shared by every transcription route.
 
-input (spooled upload or fetched URL) -> admission (bounded; 429 beyond it) -> decode the
-first piece in a thread -> the engine's fair scheduler, which decodes the rest piece by piece
-(deadline; cancelled when the client leaves) -> our dataclasses. Nothing here blocks the
-event loop, and no request holds more than a piece of decoded audio.
+input (spooled upload or fetched URL) -> the engine's first step (model, options, declared
+length) -> admission (bounded; 429 beyond it) -> the engine's second step (decode the first
+chunk, start) -> the batching engine, which decodes the rest chunk by chunk (deadline;
+cancelled when the client leaves) -> our dataclasses. Nothing here blocks the event loop, and
+no request holds more than a chunk of decoded audio.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,7 +19,6 @@ from typing import IO, Any
 import anyio
 from starlette.requests import Request
 
-from whisperd import audio, chunking
 from whisperd.engine import (
     Segment,
     TranscribeOptions,
@@ -27,7 +27,7 @@ from whisperd.engine import (
     TranscriptionInfo,
     collect,
 )
-from whisperd.errors import AudioTooLongError, EmptyAudioError, ValidationError
+from whisperd.errors import ValidationError
 from whisperd.scheduler import Admission, Task
 from whisperd.settings import Settings
 from whisperd.timings import Timings
@@ -91,41 +91,26 @@ class Pipeline:
         deadline: float,
         timings: Timings,
     ) -> AsyncIterator[Run]:
-        """Admit, decode and submit; yields the running transcription, stopped with the block.
+        """Admit and begin; yields the running transcription, stopped with the block.
 
-        Options are checked against the model before the request waits or decodes anything.
+        The model and options are checked, and the declared length against the limit, before
+        the request waits or decodes anything.
         """
-        loaded = await anyio.to_thread.run_sync(self.engine.model_for, model)
-        self.engine.check(loaded, options)
-        estimate = await anyio.to_thread.run_sync(audio.probe_duration, source)
-        source.seek(0)
-        limit = self.settings.max_audio_seconds
-        if estimate is not None and estimate > limit:
-            # refused on the container's word, before anything is decoded; a header that
-            # understates the length is caught by the decoder's own limit
-            raise AudioTooLongError(
-                f"The audio lasts {estimate:.0f} s, over the limit of {limit:.0f} s; split it "
-                "or raise WHISPERD_MAX_AUDIO_SECONDS.",
-                param="file",
-            )
+        engine = self.engine
+        prepared = await anyio.to_thread.run_sync(
+            functools.partial(engine.prepare, options, model=model, source=source)
+        )
         async with AsyncExitStack() as stack:
             with timings.measure("queue"):
-                await stack.enter_async_context(self.admission.enter(estimate, deadline=deadline))
-            chunks = chunking.split(
-                source,
-                target_seconds=self.settings.chunk_seconds,
-                max_seconds=self.settings.max_audio_seconds,
-            )
-            # Decode the first piece (all of a short file) before answering anything, so bad
-            # input is a 4xx; the rest is decoded piece by piece as the engine gets to it.
+                await stack.enter_async_context(
+                    self.admission.enter(prepared.estimate, deadline=deadline)
+                )
             with timings.measure("decode"):
-                first = await anyio.to_thread.run_sync(next, chunks, None)
-            if first is None:
-                raise EmptyAudioError("The file contains no audio samples.", param="file")
-            task = self.engine.submit(
-                itertools.chain([first], chunks), options, model=loaded.name, deadline=deadline
-            )
-            del first  # the task holds the only reference now
+                task = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        engine.begin, prepared, engine.chunks(source), deadline=deadline
+                    )
+                )
             run = Run(task, timings)
             started = time.perf_counter()
             try:
@@ -133,8 +118,6 @@ class Pipeline:
             finally:
                 task.cancel()
                 timings.add("inference", time.perf_counter() - started)
-                if run.completed:
-                    self.engine.speed.record(timings.audio_seconds, task.busy_seconds)
 
     async def transcribe(
         self,

@@ -30,7 +30,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "The upload, fetched file or audio duration is over the limit.",
         415: "Not audio or video FFmpeg can read, or no audio stream.",
         422: "A field has an invalid value.",
-        429: "At capacity: all engine slots and the queue are full; see Retry-After.",
+        429: "At capacity: the active requests and the queue are full; see Retry-After.",
         503: "Not ready yet, or shutting down.",
         504: "The request ran past its deadline (setting or X-Timeout).",
     }

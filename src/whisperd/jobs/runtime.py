@@ -2,14 +2,15 @@
 
 :class:`JobsRuntime` connects to Redis (starting the embedded one when no
 ``WHISPERD_REDIS_URL`` is set), declares the actors, and, when the process runs consumers,
-starts two dramatiq workers: one for jobs, with as many threads as engine slots (or
-``job_workers``) and a prefetch of that same number, so a process never holds a job it
-cannot start; and one for callbacks. A janitor thread, every ``job_poll_interval``:
+starts two dramatiq workers: one for jobs, with ``job_workers`` threads (two by default: one job's
+windows fill a batch, and a second overlaps its fetch, decode and split) and a prefetch of
+that same number, so a process never holds a job it cannot start; and one for callbacks. A
+janitor thread, every ``job_poll_interval``:
 re-delivers dead workers' messages (queue maintenance), renews the leases of the jobs
 running here, stops those whose cancel was requested, and purges expired jobs.
 
-Used by the app's lifespan (``whisperd serve``: consumers share the engine's slots with
-synchronous requests) and by :func:`run_worker` (``whisperd worker``: consumers only).
+Used by the app's lifespan (``whisperd serve``: consumers share the engine's batches
+with synchronous requests) and by :func:`run_worker` (``whisperd worker``: consumers only).
 
 Stopping: :meth:`JobsRuntime.drain` stops taking new jobs (running ones go on);
 :meth:`JobsRuntime.stop` then stops the running ones at their next window and puts them
@@ -54,6 +55,8 @@ from whisperd.settings import Settings
 logger = logging.getLogger(__name__)
 
 _STOP_JOIN_MS = 30_000
+# Jobs one process runs at once unless WHISPERD_JOB_WORKERS says otherwise.
+JOB_THREADS = 2
 
 
 def _worker_id() -> str:
@@ -149,7 +152,7 @@ class JobsRuntime:
         """Jobs this process runs at once."""
         if not self.consumers or self.engine is None:
             return 0
-        return self.settings.job_workers or self.engine.plan.slots
+        return self.settings.job_workers or JOB_THREADS
 
     def _start_workers(self) -> None:
         assert self._brokers is not None

@@ -5,7 +5,6 @@ chunks, or transcribe one chunk. The runner decides when, and records what came 
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import threading
 import time
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from typing import IO
 
 from whisperd import audio, chunking, fetch
-from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo
+from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo, items
 from whisperd.errors import (
     DeadlineExceededError,
     EmptyAudioError,
@@ -117,31 +116,18 @@ class Work:
             job.id,
             {"duration": round(estimate, 3), "progress": 0, "chunks": 1, "chunks_done": 0},
         )
-        options = job.spec.options(self.settings)
-        model = self.engine.model_for(job.spec.model)
-        self.engine.check(model, options)
-        pieces = chunking.split(
-            source,
-            target_seconds=self.settings.chunk_seconds,
-            max_seconds=self.settings.max_audio_seconds,
-        )
-        first = next(pieces, None)  # decoded here, not in an engine slot; bad audio fails now
-        if first is None:
-            raise EmptyAudioError("The file contains no audio samples.", param="file")
+        prepared = self.engine.prepare(job.spec.options(self.settings), model=job.spec.model)
         active.check()
-        deadline = time.monotonic() + self.settings.job_time_limit
+        task = self.engine.begin(
+            prepared,
+            self.engine.chunks(source),
+            deadline=time.monotonic() + self.settings.job_time_limit,
+        )
+        active.attach(task)
         info: TranscriptionInfo | None = None
         segments: list[Segment] = []
         reported = time.monotonic()
-        items = self.engine.stream(
-            itertools.chain([first], pieces),
-            options,
-            model=model.name,
-            deadline=deadline,
-            on_task=active.attach,
-        )
-        del first
-        for item in items:
+        for item in items(task):
             if isinstance(item, TranscriptionInfo):
                 info = item
                 continue
@@ -228,24 +214,15 @@ class Work:
                 f"The job ran past its time limit of {self.settings.job_time_limit:g} s "
                 "(WHISPERD_JOB_TIME_LIMIT)."
             )
-        options = job.spec.options(self.settings)
-        model = self.engine.model_for(job.spec.model)
-        self.engine.check(model, options)
+        prepared = self.engine.prepare(job.spec.options(self.settings), model=job.spec.model)
         pieces = chunk_audio.pieces_of(record, data, piece_seconds=self.settings.chunk_seconds)
         del data
-        first = next(pieces, None)
-        if first is None:  # pragma: no cover - a stored chunk is never empty
-            raise EmptyAudioError("The chunk contains no audio samples.", param="file")
         active.check()
+        task = self.engine.begin(prepared, pieces, deadline=time.monotonic() + left)
+        active.attach(task)
         info: TranscriptionInfo | None = None
         segments: list[Segment] = []
-        for item in self.engine.stream(
-            itertools.chain([first], pieces),
-            options,
-            model=model.name,
-            deadline=time.monotonic() + left,
-            on_task=active.attach,
-        ):
+        for item in items(task):
             if isinstance(item, TranscriptionInfo):
                 info = info or item
             else:

@@ -7,6 +7,7 @@ queue consumer (this server's own, or a ``whisperd worker``), its result is kept
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -180,9 +181,11 @@ async def _check_url(url: str, settings: Settings, param: str) -> str:
 
 
 async def _check_options(engine: Transcriber, spec: JobSpec, settings: Settings) -> None:
-    """Refuse a model or options the engine cannot honour before the job is queued."""
-    loaded = await anyio.to_thread.run_sync(engine.model_for, spec.model)
-    engine.check(loaded, spec.options(settings))
+    """Refuse a model or options the engine cannot honour before the job is queued (without
+    loading a model: the job may run on another machine)."""
+    await anyio.to_thread.run_sync(
+        functools.partial(engine.validate, spec.options(settings), model=spec.model)
+    )
 
 
 def _too_large(limit: int, param: str) -> PayloadTooLargeError:
