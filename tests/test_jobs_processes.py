@@ -151,7 +151,7 @@ def test_distributed_worker_killed_mid_job_loses_nothing(
             "serve",
             {**env, "WHISPERD_PORT": str(api_port), "WHISPERD_QUEUE_CONSUMERS": "false"},
         )
-        worker_env = {**env, "WHISPERD_CPU_THREADS": "1"}
+        worker_env = {**env, "WHISPERD_JOB_WORKERS": "2", "WHISPERD_CPU_THREADS": "1"}
         metrics_ports = [free_port() for _ in range(2)]
         workers = [
             procs.whisperd(

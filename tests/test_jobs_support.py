@@ -332,7 +332,7 @@ def whisperd_env(tmp_path: Path, model_cache: Path) -> dict[str, str]:
         "WHISPERD_TMP_DIR": str(tmp_path / "tmp"),
         "WHISPERD_MODEL_CACHE_DIR": str(model_cache),
         "WHISPERD_OFFLINE": "true",
-        "WHISPERD_SLOTS": "1",
+        "WHISPERD_JOB_WORKERS": "1",
         "WHISPERD_JOB_POLL_INTERVAL": "0.1",
         "WHISPERD_JOB_HEARTBEAT_TIMEOUT": "1.5",
         "WHISPERD_JOB_RETRY_BACKOFF": "0.2",

@@ -126,7 +126,7 @@ def test_an_hour_fans_out_across_workers_in_bounded_memory_and_survives_a_killed
         "WHISPERD_JOB_CHUNK_SECONDS": "300",
     }
     # One job (or chunk) at a time per worker, so each one's peak memory is one piece of work's.
-    worker_env = {**env, "WHISPERD_SLOTS": "1", "WHISPERD_CPU_THREADS": "2"}
+    worker_env = {**env, "WHISPERD_JOB_WORKERS": "1", "WHISPERD_CPU_THREADS": "2"}
     minute = tmp_path / "minute.flac"
     speech_and_silence(minute, seconds=60, blocks=1)
     with (

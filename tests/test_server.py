@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
     speech = speech_flac(60)
-    env = {"WHISPERD_SLOTS": "1", "WHISPERD_DRAIN_TIMEOUT": "120"}
+    env = {"WHISPERD_DRAIN_TIMEOUT": "120"}
     with server_process(tmp_path, env) as server, concurrent.futures.ThreadPoolExecutor() as pool:
         in_flight = pool.submit(
             httpx.post,
@@ -46,7 +46,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
 
 def test_drain_timeout_bounds_the_wait(tmp_path: Path) -> None:
     speech = speech_flac(300)
-    env = {"WHISPERD_SLOTS": "1", "WHISPERD_DRAIN_TIMEOUT": "1"}
+    env = {"WHISPERD_DRAIN_TIMEOUT": "1"}
     with server_process(tmp_path, env) as server, concurrent.futures.ThreadPoolExecutor() as pool:
         in_flight = pool.submit(
             httpx.post,
