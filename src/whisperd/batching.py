@@ -114,8 +114,6 @@ class Batcher:
         self._taken = 0
         self._cv = threading.Condition()
         self._closed = False
-        self.batches = 0
-        self.windows = 0
         self._thread = threading.Thread(
             target=self._loop, name=f"whisperd-batch-{name}", daemon=True
         )
@@ -258,8 +256,6 @@ class Batcher:
                 self._fail(item, exc)
             return
         share = (time.perf_counter() - started) / len(batch)
-        self.batches += 1
-        self.windows += len(batch)
         for item, result in zip(batch, results, strict=True):
             item.owner.busy_seconds += share
             item.result = result

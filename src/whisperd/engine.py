@@ -42,6 +42,8 @@ TaskName = Literal["transcribe", "translate"]
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # How often a task's driver looks at its cancel flag and deadline while its streams run.
 _POLL_SECONDS = 0.05
+# Pieces of one request decoded at once, per window of the batch: enough that the pending calls
+# of one kind fill a batch while others are between calls.
 PARALLEL = 2
 
 
@@ -283,19 +285,6 @@ def _cuda_free_bytes() -> int | None:
         if cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) == 0:
             return int(free.value)
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    """One stream of a transcription: a run of speech and where it starts in the file."""
-
-    index: int
-    offset: float
-    samples: Audio
-
-    @property
-    def end(self) -> float:
-        return self.offset + float(self.samples.shape[0]) / SAMPLE_RATE
 
 
 class Transcriber:
@@ -681,7 +670,7 @@ class _Run:
         self.language = options.language or (None if model.multilingual else "en")
         self.probability = 1.0
         self.duration = 0.0
-        self.events: queue.SimpleQueue[tuple[_Piece, str, Any]] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[tuple[Chunk, str, Any]] = queue.SimpleQueue()
         self._buffers: dict[int, list[Any]] = {}
         self._finished: set[int] = set()
         self._next_piece = 0
@@ -731,17 +720,17 @@ class _Run:
         if self._info is not None and self._info.duration != self.duration:
             self.task.put(self._new_info())
 
-    def _pieces(self) -> Iterator[_Piece]:
+    def _pieces(self) -> Iterator[Chunk]:
         index = 0
         for chunk in self.chunks:
             if index == 0 and chunk.offset == 0 and chunk.duration <= SHORT_SECONDS:
                 self.owner.priority = max(self.owner.priority, SHORT_PRIORITY)
             self.duration = chunk.offset + chunk.duration
             for start, end in plan_pieces(chunk.samples, drop_silence=self.options.vad_filter):
-                yield _Piece(index, chunk.offset + start / SAMPLE_RATE, chunk.samples[start:end])
+                yield Chunk(index, chunk.offset + start / SAMPLE_RATE, chunk.samples[start:end])
                 index += 1
 
-    def _stream(self, piece: _Piece, language: str | None) -> None:
+    def _stream(self, piece: Chunk, language: str | None) -> None:
         """Decode one piece sequentially (in this thread, its calls batched with others')."""
         options = self.options
         try:
@@ -791,12 +780,12 @@ class _Run:
             self._next_piece += 1
 
 
-def _segment(s: Any, index: int, piece: _Piece) -> Segment:
+def _segment(s: Any, index: int, piece: Chunk) -> Segment:
     """faster-whisper's segment as ours, with times shifted to the whole file and kept inside
     the piece (the library can place a last segment past the end of the audio:
     https://github.com/SYSTRAN/faster-whisper/issues/1334).
     """
-    end_of_piece = piece.end
+    end_of_piece = piece.offset + piece.duration
 
     def shift(t: Any) -> float:
         return min(float(t) + piece.offset, end_of_piece)
