@@ -26,7 +26,15 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from whisperd import fetch
-from whisperd.errors import FetchError, ForbiddenURLError, PayloadTooLargeError
+from whisperd.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    FetchError,
+    ForbiddenURLError,
+    PayloadTooLargeError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from whisperd.fetch import check_url, fetch_to_file, guarded_client
 from whisperd.settings import Settings
 
@@ -377,7 +385,9 @@ def test_connects_to_the_address_it_checked(server: str, tmp_path: Path, net: _N
     # the watch, since audio.test is not localhost.
     settings = _settings(tmp_path, fetch_allow_hosts=("127.0.0.0/8",))
     guard = fetch._Guard(settings, resolver=_resolver({"audio.test": ["127.0.0.1"]}))
-    file = fetch._fetch(f"http://audio.test:{_port(server)}/jfk.flac", settings, guard)
+    file = fetch._fetch(
+        f"http://audio.test:{_port(server)}/jfk.flac", guard, fetch._Limits(settings)
+    )
     with file:
         assert file.read() == AUDIO.read_bytes()
     assert net.connects == [("127.0.0.1", _port(server))]
@@ -391,7 +401,7 @@ def test_every_resolved_address_must_be_allowed(tmp_path: Path, net: _NetLog) ->
     with pytest.raises(ForbiddenURLError, match=r"mixed\.test resolves to 10\.0\.0\.7"):
         guard.addresses("mixed.test", 80)
     with pytest.raises(ForbiddenURLError):
-        fetch._fetch("http://mixed.test/a.mp3", settings, guard)
+        fetch._fetch("http://mixed.test/a.mp3", guard, fetch._Limits(settings))
     assert guard.addresses("public.test", 443) == [ipaddress.ip_address("93.184.216.34")]
     assert net.connects == []
 
@@ -406,9 +416,10 @@ def test_a_host_that_does_not_resolve(
     failure = socket.gaierror(errno, "no such name")
     guard = fetch._Guard(settings, resolver=_resolver({"gone.test": failure}))
     with pytest.raises(FetchError, match=r"gone\.test") as caught:
-        fetch._fetch("https://gone.test/a.mp3", settings, guard)
+        fetch._fetch("https://gone.test/a.mp3", guard, fetch._Limits(settings))
     assert not isinstance(caught.value, ForbiddenURLError)
     assert caught.value.retryable is retryable
+    assert caught.value.status_code == (502 if retryable else 400)
     if not retryable:
         assert "does not resolve" in caught.value.message
     assert net.connects == []
@@ -474,48 +485,93 @@ def test_a_declared_length_over_the_cap_is_refused_before_reading(
 
 
 @pytest.mark.parametrize(
-    ("status", "retryable"),
-    [(404, False), (403, False), (410, False), (429, True), (500, True), (503, True)],
+    ("status", "retryable", "answer"),
+    [
+        (404, False, 400),
+        (403, False, 400),
+        (410, False, 400),
+        (429, True, 502),
+        (500, True, 502),
+        (503, True, 502),
+    ],
 )
-def test_upstream_status(server: str, status: int, retryable: bool, tmp_path: Path) -> None:
+def test_upstream_status(
+    server: str, status: int, retryable: bool, answer: int, tmp_path: Path
+) -> None:
+    """A 4xx means the client's URL is wrong (400); the server failing is a 502."""
     with pytest.raises(FetchError, match=f"HTTP {status}") as caught:
         fetch_to_file(f"{server}/status/{status}", _settings(tmp_path))
     assert caught.value.upstream_status == status
     assert caught.value.retryable is retryable
     assert caught.value.transient is retryable
-    assert caught.value.status_code == 400
+    assert caught.value.status_code == answer
 
 
 def test_read_timeout(server: str, tmp_path: Path) -> None:
-    with pytest.raises(FetchError, match="Timed out") as caught:
+    with pytest.raises(UpstreamTimeoutError, match="Timed out") as caught:
         fetch_to_file(f"{server}/slow", _settings(tmp_path, fetch_timeout=0.2))
     assert caught.value.retryable
+    assert caught.value.status_code == 504
 
 
 def test_total_timeout(server: str, tmp_path: Path) -> None:
     # /trickle sends a byte every 20 ms for 30 s, so no read times out.
     settings = _settings(tmp_path, fetch_timeout=5.0, fetch_total_timeout=0.3)
     started = time.monotonic()
-    with pytest.raises(FetchError, match=r"longer than 0\.3 s") as caught:
+    with pytest.raises(UpstreamTimeoutError, match=r"longer than 0\.3 s") as caught:
         fetch_to_file(f"{server}/trickle", settings)
     assert caught.value.retryable
+    assert caught.value.status_code == 504
     assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.parametrize("path", ["/trickle", "/slow"])
+def test_the_callers_deadline_ends_the_fetch(server: str, path: str, tmp_path: Path) -> None:
+    """A trickle and a stall both end at the deadline, not at the (longer) fetch limits."""
+    settings = _settings(tmp_path, fetch_timeout=20.0, fetch_total_timeout=25.0)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError, match="deadline"):
+        fetch_to_file(f"{server}{path}", settings, deadline=started + 0.3)
+    assert time.monotonic() - started < 15.0
+
+
+def test_a_stopped_fetch_ends_at_its_next_chunk(server: str, tmp_path: Path) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    try:
+        with pytest.raises(CancelledError):
+            fetch_to_file(f"{server}/trickle", _settings(tmp_path), stopped=stop.is_set)
+    finally:
+        timer.cancel()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://xn--/", "http://xn--zz/a.mp3", "http://xn--zz.example/a.mp3"]
+)
+def test_a_malformed_international_name_is_refused(url: str, tmp_path: Path, net: _NetLog) -> None:
+    for call in (fetch_to_file, check_url):
+        with pytest.raises(ForbiddenURLError, match="internationalized domain name"):
+            call(url, _settings(tmp_path))
+    assert net.lookups == []
 
 
 def test_connection_refused(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(FetchError, match="Could not connect") as caught:
+    with pytest.raises(UpstreamError, match="Could not connect") as caught:
         fetch_to_file(f"http://127.0.0.1:{port}/a.mp3", _settings(tmp_path))
     assert caught.value.retryable
+    assert caught.value.status_code == 502
 
 
 def test_tls_failure(server: str, tmp_path: Path) -> None:
     url = server.replace("http://", "https://") + "/jfk.flac"
-    with pytest.raises(FetchError, match="TLS") as caught:
+    with pytest.raises(UpstreamError, match="TLS") as caught:
         fetch_to_file(url, _settings(tmp_path))
     assert not caught.value.retryable
+    assert caught.value.status_code == 502
 
 
 # --- check_url and guarded_client ---------------------------------------------------------

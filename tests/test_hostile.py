@@ -7,11 +7,13 @@ generated here, with PyAV and numpy.
 
 from __future__ import annotations
 
+import http.server
 import io
 import logging
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,7 +40,13 @@ SMALL_CAP_SECONDS = 60.0
 SMALL_UPLOAD_BYTES = 1 << 20
 TIMEOUT = 120.0  # per request: a hang fails the test instead of stalling the run
 CHUNK = 1 << 16
-ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+ERROR_TYPES = {
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    502: "server_error",
+    504: "timeout_error",
+}
 
 
 # --- generated media ------------------------------------------------------------------------
@@ -630,6 +638,147 @@ def test_a_client_leaving_mid_upload_leaves_nothing_behind(
     assert getattr(record, "status", None) in (400, 499)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert client.get("/healthz").status_code == 200
+
+
+# --- audio URLs: slow, failing and malformed ----------------------------------------------------
+class _Upstream(http.server.ThreadingHTTPServer):
+    """An audio host that trickles, stalls or fails; counts the fetches it is serving."""
+
+    daemon_threads = True
+    serving = 0
+    lock = threading.Lock()
+    stop = threading.Event()
+
+
+class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
+    server: _Upstream
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.serving += 1
+        try:
+            if self.path == "/fail":
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            if self.path == "/trickle":  # a byte every 0.2 s, for as long as it is read
+                while not self.server.stop.wait(0.2):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+            else:  # /stall: the headers, then nothing
+                self.server.stop.wait(60)
+        except OSError:
+            pass  # the fetch stopped reading
+        finally:
+            with self.server.lock:
+                self.server.serving -= 1
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[_Upstream]:
+    server = _Upstream(("127.0.0.1", 0), _UpstreamHandler)
+    server.stop = threading.Event()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _url(upstream: _Upstream, path: str) -> str:
+    return f"http://127.0.0.1:{upstream.server_address[1]}{path}"
+
+
+FETCHES = 2
+
+
+@pytest.fixture(scope="module")
+def fetching(settings: Settings, engine: Transcriber) -> Iterator[httpx.Client]:
+    """The server fetching from 127.0.0.1, at most FETCHES URLs at once."""
+    local = settings.model_copy(
+        update={
+            "fetch_allow_hosts": ("127.0.0.1",),
+            "fetch_concurrency": FETCHES,
+            "fetch_timeout": 2.0,
+            "fetch_total_timeout": 60.0,
+        }
+    )
+    with (
+        running_app(create_app(local, engine=engine)) as url,
+        httpx.Client(base_url=url, timeout=TIMEOUT) as c,
+    ):
+        yield c
+
+
+def test_slow_urls_cannot_starve_the_server(
+    fetching: httpx.Client, upstream: _Upstream, jfk_flac: bytes
+) -> None:
+    """While FETCHES trickling URLs are being fetched, more URLs get 429 at once, and the
+    server still answers everything else. The fetches stop when their clients leave."""
+    host, port = fetching.base_url.host, fetching.base_url.port
+    assert port is not None
+    slow = _url(upstream, "/trickle").encode()
+    head = (
+        f"POST /function/whisper HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(slow)}\r\n\r\n"
+    ).encode()
+    held = [socket.create_connection((host, port), timeout=TIMEOUT) for _ in range(FETCHES)]
+    try:
+        for sock in held:
+            sock.sendall(head + slow)
+        wait_for(lambda: upstream.serving == FETCHES, 30, "the fetches to start")
+        for _ in range(3):
+            error_of(fetching.post("/function/whisper", content=slow), 429)
+            error_of(fetching.post("/v1/audio/transcriptions", data={"url": slow}), 429)
+        ready = fetching.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "saturated"
+        assert fetching.get("/v1/models").status_code == 200
+        assert_jfk(transcript(fetching, jfk_flac)["text"])
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: upstream.serving == 0, 30, "the abandoned fetches to stop")
+    wait_for(lambda: fetching.get("/readyz").status_code == 200, 30, "readiness to return")
+
+
+def test_a_fetch_ends_with_the_requests_deadline(
+    fetching: httpx.Client, upstream: _Upstream
+) -> None:
+    url = _url(upstream, "/trickle")
+    for response in (
+        fetching.post("/v1/audio/transcriptions", data={"url": url}, headers={"X-Timeout": "1"}),
+        fetching.post("/function/whisper", content=url, headers={"X-Timeout": "1"}),
+    ):
+        error_of(response, 504, "deadline_exceeded")
+    wait_for(lambda: upstream.serving == 0, 30, "the fetches to stop")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [("/fail", 502, "upstream_error"), ("/stall", 504, "upstream_timeout")],
+)
+def test_an_upstream_failure_is_not_the_clients_fault(
+    fetching: httpx.Client, upstream: _Upstream, path: str, status: int, code: str
+) -> None:
+    url = _url(upstream, path)
+    error_of(fetching.post("/v1/audio/transcriptions", data={"url": url}), status, code)
+    error_of(fetching.post("/function/whisper", content=url), status, code)
+
+
+@pytest.mark.parametrize("url", ["http://xn--/", "http://xn--zz/a.mp3"])
+def test_a_malformed_international_hostname_is_a_400(fetching: httpx.Client, url: str) -> None:
+    error_of(fetching.post("/v1/audio/transcriptions", data={"url": url}), 400, "forbidden_url")
+    error_of(fetching.post("/function/whisper", content=url), 400, "forbidden_url")
 
 
 # --- the decoder on its own -------------------------------------------------------------------

@@ -13,8 +13,10 @@
     │   ├── UnsupportedTaskError      400   (translate / a language on an English-only model)
     │   ├── PayloadTooLargeError      413
     │   ├── UnsupportedMediaTypeError 415
-    │   ├── FetchError                400   (the URL could not be fetched)
-    │   │   └── ForbiddenURLError     400   (scheme, private address, redirect to one)
+    │   ├── FetchError                400   (the URL is wrong: no such host, HTTP 4xx)
+    │   │   ├── ForbiddenURLError     400   (scheme, private address, redirect to one)
+    │   │   ├── UpstreamError         502 server_error  (HTTP 5xx, refused, TLS, broken)
+    │   │   └── UpstreamTimeoutError  504 timeout_error (the URL's server too slow)
     │   ├── ValidationError           422
     │   └── ConflictError             409   (e.g. cancelling a job that has finished)
     ├── AuthenticationError           401 authentication_error
@@ -140,6 +142,22 @@ class FetchError(InvalidRequestError):
 
 class ForbiddenURLError(FetchError):
     default_code = "forbidden_url"
+
+
+class UpstreamError(FetchError):
+    """The URL's server failed: an HTTP 5xx, a refused connection, a broken TLS or HTTP."""
+
+    status_code = 502
+    error_type = "server_error"
+    default_code = "upstream_error"
+
+
+class UpstreamTimeoutError(FetchError):
+    """The URL's server did not send the file in time."""
+
+    status_code = 504
+    error_type = "timeout_error"
+    default_code = "upstream_timeout"
 
 
 class ValidationError(InvalidRequestError):

@@ -28,12 +28,21 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import httpcore
 import httpx
 
 from whisperd import __version__
-from whisperd.errors import FetchError, ForbiddenURLError, PayloadTooLargeError
+from whisperd.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    FetchError,
+    ForbiddenURLError,
+    PayloadTooLargeError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,22 +60,74 @@ _SPOOL_BYTES = 8 * 1024 * 1024
 _ALLOW_HINT = "if the host is trusted, add it to WHISPERD_FETCH_ALLOW_HOSTS"
 
 
-def fetch_to_file(url: str, settings: Settings) -> tempfile.SpooledTemporaryFile[bytes]:
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class _Limits:
+    """When one download must end: the fetch time limit, or the caller's deadline if sooner."""
+
+    settings: Settings
+    deadline: float | None = None
+    stopped: Callable[[], bool] = _never
+    started: float = field(default_factory=time.monotonic)
+
+    def _end(self) -> float:
+        end = self.started + self.settings.fetch_total_timeout
+        return end if self.deadline is None else min(end, self.deadline)
+
+    def read_timeout(self) -> float:
+        """The longest one connect or read may wait."""
+        return max(0.0, min(self.settings.fetch_timeout, self._end() - time.monotonic()))
+
+    def check(self) -> None:
+        """Raise if the download must stop now."""
+        if self.stopped():
+            raise CancelledError("The client went away while the URL was being fetched.")
+        if time.monotonic() >= self._end():
+            raise self.expired()
+
+    def expired(self) -> DeadlineExceededError | UpstreamTimeoutError:
+        """The error for a download that ran out of time."""
+        total = self.settings.fetch_total_timeout
+        if self.deadline is not None and self.deadline < self.started + total:
+            return DeadlineExceededError(
+                "The request's deadline passed while the URL was being fetched; "
+                "try a faster host, or a longer X-Timeout."
+            )
+        return UpstreamTimeoutError(
+            f"Fetching the URL took longer than {total:g} s "
+            "(WHISPERD_FETCH_TOTAL_TIMEOUT); try a faster host or a smaller file.",
+            retryable=True,
+        )
+
+
+def fetch_to_file(
+    url: str,
+    settings: Settings,
+    *,
+    deadline: float | None = None,
+    stopped: Callable[[], bool] | None = None,
+) -> tempfile.SpooledTemporaryFile[bytes]:
     """Download url into a spooled temp file (in settings.tmp_dir), positioned at 0.
 
     The caller closes the file. Redirects are followed up to
     ``settings.fetch_max_redirects``, each hop checked like the first URL. The body may be
-    at most ``settings.max_upload_bytes`` and the whole download may take at most
-    ``settings.fetch_total_timeout`` (checked between chunks, so it can overrun by up to
-    one ``fetch_timeout``). An empty body is returned as an empty file: whether that is
-    usable audio is for the decoder to say. Name resolution (getaddrinfo) has no timeout
-    of its own.
+    at most ``settings.max_upload_bytes``. The whole download may take at most
+    ``settings.fetch_total_timeout``, and must end by ``deadline`` (a monotonic instant, the
+    caller's); no read waits past either. ``stopped`` is asked between chunks: once it says
+    yes, the download ends with CancelledError. An empty body is returned as an empty
+    file: whether that is usable audio is for the decoder to say. Name resolution
+    (getaddrinfo) has no timeout of its own.
 
     Raises ForbiddenURLError (a URL or address that may not be fetched),
-    PayloadTooLargeError (over the size cap), or FetchError (any other failure, with
-    ``retryable`` and ``upstream_status`` set). No httpx exception escapes.
+    PayloadTooLargeError (over the size cap), UpstreamError (the server failed: 502),
+    UpstreamTimeoutError (it was too slow: 504), DeadlineExceededError (the caller's
+    deadline passed), CancelledError, or FetchError (the URL is wrong: no such host, an
+    HTTP 4xx), with ``retryable`` and ``upstream_status`` set. No httpx exception escapes.
     """
-    return _fetch(url, settings, _Guard(settings))
+    return _fetch(url, _Guard(settings), _Limits(settings, deadline, stopped or _never))
 
 
 def check_url(url: str, settings: Settings) -> None:
@@ -239,6 +300,12 @@ class _Guard:
                 f"Only http and https URLs can be fetched, not {parsed.scheme}: URLs."
             )
         host = _ascii_host(parsed)
+        try:
+            parsed.host  # noqa: B018  (decodes the IDNA labels, which may be malformed)
+        except UnicodeError as exc:
+            raise ForbiddenURLError(
+                f"The URL's host {host} is not a valid internationalized domain name ({exc})."
+            ) from exc
         if not host:
             raise ForbiddenURLError("The URL has no host; give a full http(s)://host/path URL.")
         if not self._name_allowed(host):
@@ -269,7 +336,8 @@ class _Guard:
                     if temporary
                     else f"The URL's host {host} does not resolve ({detail}); check the URL."
                 )
-                raise FetchError(message, retryable=temporary) from exc
+                error = UpstreamError if temporary else FetchError
+                raise error(message, retryable=temporary) from exc
             if not found:
                 raise FetchError(f"The URL's host {host} does not resolve to any IP address.")
         if not self._name_allowed(host):
@@ -341,23 +409,23 @@ def _client(guard: _Guard, settings: Settings, timeout: float) -> httpx.Client:
 # --- downloading --------------------------------------------------------------------------
 
 
-def _fetch(url: str, settings: Settings, guard: _Guard) -> tempfile.SpooledTemporaryFile[bytes]:
+def _fetch(url: str, guard: _Guard, limits: _Limits) -> tempfile.SpooledTemporaryFile[bytes]:
+    settings = limits.settings
     target = guard.check_static(url)
-    started = time.monotonic()
     logger.info("Fetching %s", _shown(target))
     # Not a with block: on success the open file is handed to the caller.
     file: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
         max_size=_SPOOL_BYTES, mode="w+b", dir=str(settings.tmp_dir)
     )
     try:
-        timeout = min(settings.fetch_timeout, settings.fetch_total_timeout)
-        with _client(guard, settings, timeout) as client:
-            size = _download(client, target, file, settings, started)
+        with _client(guard, settings, limits.read_timeout()) as client:
+            size = _download(client, target, file, limits)
         file.seek(0)
     except BaseException:
         file.close()
         raise
-    logger.info("Fetched %s: %d bytes in %.2f s", _shown(target), size, time.monotonic() - started)
+    elapsed = time.monotonic() - limits.started
+    logger.info("Fetched %s: %d bytes in %.2f s", _shown(target), size, elapsed)
     return file
 
 
@@ -365,27 +433,28 @@ def _download(
     client: httpx.Client,
     url: httpx.URL,
     file: tempfile.SpooledTemporaryFile[bytes],
-    settings: Settings,
-    started: float,
+    limits: _Limits,
 ) -> int:
     """GET url into file, following redirects by hand; the number of bytes written."""
+    settings = limits.settings
     request = client.build_request("GET", url)
     redirects = 0
     while True:
-        _check_elapsed(started, settings)
+        limits.check()
         try:
             # Redirects are followed here rather than by httpx, which reads each redirect's
-            # body into memory with no size limit.
+            # body into memory with no size limit. Each hop's waits end with the limits.
+            request.extensions["timeout"] = httpx.Timeout(limits.read_timeout()).as_dict()
             response = client.send(request, stream=True)
             try:
                 next_request = response.next_request
                 if next_request is None:
                     _check_status(response)
-                    return _read_body(response, file, settings, started)
+                    return _read_body(response, file, limits)
             finally:
                 response.close()
         except httpx.HTTPError as exc:
-            raise _translate(exc, request.url, settings) from exc
+            raise _translate(exc, request.url, limits) from exc
         if redirects >= settings.fetch_max_redirects:
             raise FetchError(
                 f"The URL redirected more than {settings.fetch_max_redirects} times "
@@ -396,32 +465,26 @@ def _download(
         request = next_request
 
 
-def _check_elapsed(started: float, settings: Settings) -> None:
-    if time.monotonic() - started > settings.fetch_total_timeout:
-        raise FetchError(
-            f"Fetching the URL took longer than {settings.fetch_total_timeout:g} s "
-            "(WHISPERD_FETCH_TOTAL_TIMEOUT); try a faster host or a smaller file.",
-            retryable=True,
-        )
-
-
 def _check_status(response: httpx.Response) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
     said = f"HTTP {status} {response.reason_phrase}".rstrip()
-    retryable = status >= 500 or status in (408, 425, 429)
-    if retryable:
-        message = f"The URL's server answered {said}; try again later."
-    elif 400 <= status < 500:
+    logger.info("Fetch of %s failed: %s", _shown(response.url), said)
+    if status >= 500 or status in (408, 425, 429):
+        raise UpstreamError(
+            f"The URL's server answered {said}; try again later.",
+            upstream_status=status,
+            retryable=True,
+        )
+    if 400 <= status < 500:
         message = (
             f"The URL answered {said}; check that it is correct and that the file "
             "can be downloaded without logging in."
         )
     else:
         message = f"The URL answered {said} instead of the file."
-    logger.info("Fetch of %s failed: %s", _shown(response.url), said)
-    raise FetchError(message, upstream_status=status, retryable=retryable)
+    raise FetchError(message, upstream_status=status)
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:
@@ -432,25 +495,22 @@ def _too_large(limit: int) -> PayloadTooLargeError:
 
 
 def _read_body(
-    response: httpx.Response,
-    file: tempfile.SpooledTemporaryFile[bytes],
-    settings: Settings,
-    started: float,
+    response: httpx.Response, file: tempfile.SpooledTemporaryFile[bytes], limits: _Limits
 ) -> int:
-    limit = settings.max_upload_bytes
+    limit = limits.settings.max_upload_bytes
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     size = 0
     # Decoded bytes are counted, so a compressed body cannot expand past the limit. No
     # chunk_size: with one, httpx holds data back until a chunk fills, so a server
-    # trickling bytes would never reach the elapsed-time check.
+    # trickling bytes would never reach the checks.
     for chunk in response.iter_bytes():
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
         file.write(chunk)
-        _check_elapsed(started, settings)
+        limits.check()
     return size
 
 
@@ -464,18 +524,19 @@ def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def _translate(exc: httpx.HTTPError, url: httpx.URL, settings: Settings) -> FetchError:
-    """The FetchError to raise for an httpx error while fetching url."""
+def _translate(exc: httpx.HTTPError, url: httpx.URL, limits: _Limits) -> FetchError:
+    """The error to raise for an httpx error while fetching url."""
     host = _ascii_host(url)
     logger.info("Fetch of %s failed: %r", _shown(url), exc)
     if isinstance(exc, httpx.TimeoutException):
+        limits.check()  # out of time altogether: the deadline's error, not this wait's
         doing = {
             httpx.ConnectTimeout: "connecting to",
             httpx.ReadTimeout: "waiting for data from",
             httpx.WriteTimeout: "sending to",
         }.get(type(exc), "waiting for")
-        return FetchError(
-            f"Timed out {doing} {host} after {settings.fetch_timeout:g} s "
+        return UpstreamTimeoutError(
+            f"Timed out {doing} {host} after {limits.settings.fetch_timeout:g} s "
             "(WHISPERD_FETCH_TIMEOUT); try again later.",
             retryable=True,
         )
@@ -484,16 +545,16 @@ def _translate(exc: httpx.HTTPError, url: httpx.URL, settings: Settings) -> Fetc
     tls = _ssl_error(exc)
     if tls is not None:
         if isinstance(tls, ssl.SSLCertVerificationError):
-            return FetchError(
+            return UpstreamError(
                 f"The TLS certificate of {host} could not be verified ({tls.verify_message})."
             )
-        return FetchError(f"The TLS handshake with {host} failed ({tls.reason or tls}).")
+        return UpstreamError(f"The TLS handshake with {host} failed ({tls.reason or tls}).")
     if isinstance(exc, httpx.ConnectError):
-        return FetchError(f"Could not connect to {host}: {exc}", retryable=True)
+        return UpstreamError(f"Could not connect to {host}: {exc}", retryable=True)
     if isinstance(exc, httpx.DecodingError):
-        return FetchError(f"{host} sent a body that could not be decoded: {exc}")
+        return UpstreamError(f"{host} sent a body that could not be decoded: {exc}")
     if isinstance(exc, httpx.RemoteProtocolError) and "location header" in str(exc).lower():
-        return FetchError(f"{host} redirected to an invalid URL: {exc}")
+        return UpstreamError(f"{host} redirected to an invalid URL: {exc}")
     if isinstance(exc, httpx.TransportError):
-        return FetchError(f"The connection to {host} failed: {exc}", retryable=True)
-    return FetchError(f"Fetching from {host} failed: {exc}")
+        return UpstreamError(f"The connection to {host} failed: {exc}", retryable=True)
+    return UpstreamError(f"Fetching from {host} failed: {exc}")

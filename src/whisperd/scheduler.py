@@ -132,6 +132,11 @@ class Admission:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def saturated(self) -> bool:
+        """Whether a new request would get 429: every active and queue place is taken."""
+        return len(self._active) >= self.max_active and len(self._waiting) >= self.max_queue
+
     def retry_after(self) -> int:
         """Seconds until a queue place is likely free: the queued audio over the measured speed.
 

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     """Largest accepted upload or fetched file, in bytes (default 200 MiB)."""
     max_audio_seconds: float = Field(4 * 3600.0, gt=0)
     """Longest audio accepted, in seconds; longer input is refused before inference."""
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    """Largest request line and headers together, in bytes; larger requests get 431."""
     request_timeout: float = Field(600.0, gt=0)
     """Execution deadline for a synchronous request, in seconds (504 beyond it)."""
     drain_timeout: float = Field(30.0, ge=0)
@@ -118,6 +120,8 @@ class Settings(BaseSettings):
     """Redirects followed when fetching a URL."""
     fetch_enabled: bool = True
     """Accept audio and callback URLs; false refuses them (400) before any DNS lookup."""
+    fetch_concurrency: int = Field(16, ge=1)
+    """Audio URLs the API fetches at once, on threads of their own; more get 429."""
 
     # --- security ---------------------------------------------------------------------
     api_keys: StrList = ()

@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from whisperd import __version__
+from whisperd.api.fetching import Fetcher
 from whisperd.api.middleware import (
     PUBLIC_PATHS,
     ApiKeyMiddleware,
@@ -124,7 +125,7 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
         admission = Admission(running.plan.max_active, settings.max_queue, running.speed)
         app.state.engine = running
         app.state.admission = admission
-        app.state.pipeline = Pipeline(settings, running, admission)
+        app.state.pipeline = Pipeline(settings, running, admission, Fetcher(settings))
         jobs_runtime: JobsRuntime | None = None
         try:
             if settings.jobs_enabled:

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from whisperd.api.pipeline import Pipeline
 from whisperd.engine import Transcriber
-from whisperd.errors import ServiceUnavailableError
+from whisperd.errors import ServiceUnavailableError, ValidationError
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.settings import Settings
 from whisperd.timings import Timings
@@ -49,8 +49,28 @@ def get_timings(request: Request) -> Timings:
     return timings
 
 
+def get_deadline(request: Request) -> float:
+    """The monotonic instant the request must finish by: the setting, shortened by X-Timeout."""
+    timeout = get_settings(request).request_timeout
+    header = request.headers.get("x-timeout")
+    if header:
+        try:
+            asked = float(header.removesuffix("s"))
+        except ValueError:
+            raise ValidationError(
+                f"X-Timeout must be a number of seconds, not {header!r}.", param="X-Timeout"
+            ) from None
+        if not 0 < asked < float("inf"):
+            raise ValidationError(
+                "X-Timeout must be a positive number of seconds.", param="X-Timeout"
+            )
+        timeout = min(timeout, asked)
+    return time.monotonic() + timeout
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Transcriber, Depends(get_engine)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 JobsDep = Annotated[JobsRuntime, Depends(get_jobs)]
 TimingsDep = Annotated[Timings, Depends(get_timings)]
+DeadlineDep = Annotated[float, Depends(get_deadline)]

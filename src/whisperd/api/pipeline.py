@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from starlette.requests import Request
@@ -27,34 +27,18 @@ from whisperd.engine import (
     TranscriptionInfo,
     collect,
 )
-from whisperd.errors import ValidationError
 from whisperd.scheduler import Admission, Task
 from whisperd.settings import Settings
 from whisperd.timings import Timings
 
+if TYPE_CHECKING:
+    from whisperd.api.fetching import Fetcher
+
 logger = logging.getLogger(__name__)
 
 Item = TranscriptionInfo | Segment
+T = TypeVar("T")
 _DISCONNECT_POLL_S = 0.25
-
-
-def deadline_for(request: Request, settings: Settings) -> float:
-    """The monotonic instant a request must finish by: the setting, shortened by X-Timeout."""
-    timeout = settings.request_timeout
-    header = request.headers.get("x-timeout")
-    if header:
-        try:
-            asked = float(header.removesuffix("s"))
-        except ValueError:
-            raise ValidationError(
-                f"X-Timeout must be a number of seconds, not {header!r}.", param="X-Timeout"
-            ) from None
-        if not 0 < asked < float("inf"):
-            raise ValidationError(
-                "X-Timeout must be a positive number of seconds.", param="X-Timeout"
-            )
-        timeout = min(timeout, asked)
-    return time.monotonic() + timeout
 
 
 class Run:
@@ -74,12 +58,16 @@ class Run:
 
 
 class Pipeline:
-    """Runs transcriptions for the routes: one per app, holding the engine and admission."""
+    """Runs transcriptions for the routes: one per app, holding the engine, admission and the
+    URL fetcher."""
 
-    def __init__(self, settings: Settings, engine: Transcriber, admission: Admission) -> None:
+    def __init__(
+        self, settings: Settings, engine: Transcriber, admission: Admission, fetcher: Fetcher
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.admission = admission
+        self.fetcher = fetcher
 
     @asynccontextmanager
     async def started(
@@ -126,24 +114,16 @@ class Pipeline:
         options: TranscribeOptions,
         *,
         model: str | None,
+        deadline: float,
         timings: Timings,
     ) -> Transcription:
         """Transcribe completely, stopping the work if the client disconnects."""
-        deadline = deadline_for(request, self.settings)
         async with self.started(
             source, options, model=model, deadline=deadline, timings=timings
         ) as run:
-            try:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(_cancel_on_disconnect, request, run.task)
-                    try:
-                        result = await anyio.to_thread.run_sync(collect, run)
-                    finally:
-                        group.cancel_scope.cancel()
-            except BaseExceptionGroup as grouped:
-                # the watcher never fails, so the group holds the transcription's one error
-                raise grouped.exceptions[0] from None
-        return result
+            return await watch_disconnect(
+                request, run.task.cancel, lambda: anyio.to_thread.run_sync(collect, run)
+            )
 
     async def stream(
         self,
@@ -152,6 +132,7 @@ class Pipeline:
         options: TranscribeOptions,
         *,
         model: str | None,
+        deadline: float,
         timings: Timings,
     ) -> tuple[AsyncIterator[Item], Callable[[], Awaitable[None]]]:
         """Start a transcription of the source ``opened`` gives; return its items as an async
@@ -161,7 +142,6 @@ class Pipeline:
         Errors before the first item (admission, decoding the first piece) raise here, so the
         route can still answer with a proper status.
         """
-        deadline = deadline_for(request, self.settings)
         stack = AsyncExitStack()
         try:
             source = await stack.enter_async_context(opened)
@@ -188,9 +168,27 @@ def _next_or_none(iterator: Any) -> Item | None:
     return item
 
 
-async def _cancel_on_disconnect(request: Request, task: Task[Item]) -> None:
+async def watch_disconnect(
+    request: Request, on_disconnect: Callable[[], None], work: Callable[[], Awaitable[T]]
+) -> T:
+    """Await ``work()``; if the client goes away meanwhile, call ``on_disconnect`` (which
+    should make the work end soon)."""
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(_watch, request, on_disconnect)
+            try:
+                result = await work()
+            finally:
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as grouped:
+        # the watcher never fails, so the group holds the work's one error
+        raise grouped.exceptions[0] from None
+    return result
+
+
+async def _watch(request: Request, on_disconnect: Callable[[], None]) -> None:
     # Starlette offers no disconnect event once the body is read: poll for it.
     while not await request.is_disconnected():  # noqa: ASYNC110
         await anyio.sleep(_DISCONNECT_POLL_S)
-    logger.info("Client went away; stopping its transcription")
-    task.cancel()
+    logger.info("Client went away; stopping its work")
+    on_disconnect()

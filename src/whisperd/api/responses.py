@@ -11,18 +11,25 @@ from typing import IO, Any
 import anyio
 from fastapi import UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from whisperd import fetch, formats
+from whisperd import formats
+from whisperd.api.fetching import Fetcher
 from whisperd.engine import Segment, Transcription, TranscriptionInfo
 from whisperd.errors import EmptyAudioError, InvalidRequestError, WhisperdError
-from whisperd.settings import Settings
 from whisperd.timings import Timings
 
 
 @asynccontextmanager
 async def audio_input(
-    file: UploadFile | None, url: str | None, settings: Settings, timings: Timings
+    file: UploadFile | None,
+    url: str | None,
+    fetcher: Fetcher,
+    *,
+    request: Request,
+    deadline: float,
+    timings: Timings,
 ) -> AsyncIterator[IO[bytes]]:
     """The request's audio as a file object: the spooled upload, or the URL fetched safely."""
     if file is not None and url:
@@ -39,7 +46,7 @@ async def audio_input(
             code="missing_field",
         )
     with timings.measure("fetch"):
-        fetched = await anyio.to_thread.run_sync(fetch.fetch_to_file, url.strip(), settings)
+        fetched = await fetcher.fetch(url.strip(), request=request, deadline=deadline)
     try:
         yield fetched
     finally:

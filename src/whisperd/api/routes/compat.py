@@ -12,13 +12,13 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from whisperd import audio, formats
-from whisperd.api.deps import EngineDep, PipelineDep, TimingsDep
+from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, TimingsDep
+from whisperd.api.fetching import Fetcher
 from whisperd.api.pipeline import Item
 from whisperd.api.responses import CleanupStreamingResponse, audio_input, render
 from whisperd.api.schemas import FfmpegCheck, GpuCheck, ModelCheck, TranslateResult, error_responses
 from whisperd.engine import TranscribeOptions, TranscriptionInfo, cuda_device_count
 from whisperd.errors import InvalidRequestError, PayloadTooLargeError
-from whisperd.settings import Settings
 from whisperd.timings import Timings
 
 router = APIRouter()
@@ -80,12 +80,20 @@ async def _read_function_body(request: Request, limit: int) -> tuple[str | None,
 
 @asynccontextmanager
 async def _function_source(
-    url: str | None, raw: bytes | None, settings: Settings, timings: Timings
+    url: str | None,
+    raw: bytes | None,
+    fetcher: Fetcher,
+    *,
+    request: Request,
+    deadline: float,
+    timings: Timings,
 ) -> AsyncIterator[IO[bytes]]:
     """The function's audio as a file: the raw body spooled (to disk past 1 MiB), or the URL
     fetched safely; closed when the block ends (for a stream: when the response ends)."""
     if raw is None:
-        async with audio_input(None, url, settings, timings) as fetched:
+        async with audio_input(
+            None, url, fetcher, request=request, deadline=deadline, timings=timings
+        ) as fetched:
             yield fetched
         return
     with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spooled:
@@ -153,6 +161,7 @@ async def function_whisper(
     request: Request,
     pipeline: PipelineDep,
     timings: TimingsDep,
+    deadline: DeadlineDep,
     format: Annotated[FUNCTION_FORMATS, Query(description="Output format.")] = "text",
 ) -> Response:
     """The body is an audio URL (or raw audio); the answer is the transcript as text,
@@ -160,18 +169,22 @@ async def function_whisper(
     with timings.measure("receive"):  # the body is read here, after the dependencies
         url, raw = await _read_function_body(request, pipeline.settings.max_upload_bytes)
     options = TranscribeOptions.asked(pipeline.settings)
-    opened = _function_source(url, raw, pipeline.settings, timings)
+    opened = _function_source(
+        url, raw, pipeline.fetcher, request=request, deadline=deadline, timings=timings
+    )
     del raw  # the source owns it now (and spools it)
     if format in STREAMED_FORMATS:
         # Bad input (decoding the first piece, admission) raises here: still a proper 4xx.
         items, cleanup = await pipeline.stream(
-            request, opened, options, model=None, timings=timings
+            request, opened, options, model=None, deadline=deadline, timings=timings
         )
         return CleanupStreamingResponse(
             _text_stream(items, format), cleanup, media_type=formats.MEDIA_TYPES[format]
         )
     async with opened as source:
-        result = await pipeline.transcribe(request, source, options, model=None, timings=timings)
+        result = await pipeline.transcribe(
+            request, source, options, model=None, deadline=deadline, timings=timings
+        )
     return render(result, format, timings)
 
 
@@ -186,12 +199,21 @@ async def translate_upload(
     request: Request,
     pipeline: PipelineDep,
     timings: TimingsDep,
+    deadline: DeadlineDep,
     file: Annotated[UploadFile, File(description="The audio or video file.")],
 ) -> TranslateResult:
     """Transcribes the file in its own language (the name is the original service's)."""
-    async with audio_input(file, None, pipeline.settings, timings) as source:
+    fetcher = pipeline.fetcher
+    async with audio_input(
+        file, None, fetcher, request=request, deadline=deadline, timings=timings
+    ) as source:
         result = await pipeline.transcribe(
-            request, source, TranscribeOptions.asked(pipeline.settings), model=None, timings=timings
+            request,
+            source,
+            TranscribeOptions.asked(pipeline.settings),
+            model=None,
+            deadline=deadline,
+            timings=timings,
         )
     return TranslateResult(text=result.text, language=result.language)
 

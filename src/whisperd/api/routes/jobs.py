@@ -37,7 +37,6 @@ from whisperd.errors import (
     ConflictError,
     EmptyAudioError,
     FetchError,
-    ForbiddenURLError,
     InvalidRequestError,
     JobNotFoundError,
     PayloadTooLargeError,
@@ -173,10 +172,9 @@ async def _check_url(url: str, settings: Settings, param: str) -> str:
     url = url.strip()
     try:
         await anyio.to_thread.run_sync(fetch.check_url, url, settings)
-    except ForbiddenURLError as exc:
-        raise ForbiddenURLError(exc.message, param=param) from exc
-    except FetchError as exc:
-        raise FetchError(exc.message, param=param) from exc
+    except FetchError as exc:  # forbidden, or the host does not resolve
+        exc.param = param
+        raise
     return url
 
 

@@ -12,7 +12,7 @@ from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from whisperd import models
-from whisperd.api.deps import EngineDep, PipelineDep, SettingsDep, TimingsDep
+from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, SettingsDep, TimingsDep
 from whisperd.api.responses import CleanupStreamingResponse, audio_input, render, sse_events
 from whisperd.api.schemas import (
     ModelList,
@@ -104,6 +104,7 @@ async def _respond(
     request: Request,
     pipeline: PipelineDep,
     timings: TimingsDep,
+    deadline: float,
     *,
     file: UploadFile | None,
     url: str | None,
@@ -113,10 +114,12 @@ async def _respond(
     stream: bool,
     granularities: Sequence[str],
 ) -> Response:
-    opened = audio_input(file, url, pipeline.settings, timings)
+    opened = audio_input(
+        file, url, pipeline.fetcher, request=request, deadline=deadline, timings=timings
+    )
     if stream:
         items, cleanup = await pipeline.stream(
-            request, opened, options, model=model, timings=timings
+            request, opened, options, model=model, deadline=deadline, timings=timings
         )
         return CleanupStreamingResponse(
             sse_events(items),
@@ -125,7 +128,9 @@ async def _respond(
             headers={"Cache-Control": "no-cache"},
         )
     async with opened as source:
-        result = await pipeline.transcribe(request, source, options, model=model, timings=timings)
+        result = await pipeline.transcribe(
+            request, source, options, model=model, deadline=deadline, timings=timings
+        )
     return render(
         result,
         response_format,
@@ -145,6 +150,7 @@ async def create_transcription(
     request: Request,
     pipeline: PipelineDep,
     timings: TimingsDep,
+    deadline: DeadlineDep,
     file: FileField = None,
     url: UrlField = None,
     model: ModelField = "whisper-1",
@@ -178,6 +184,7 @@ async def create_transcription(
         request,
         pipeline,
         timings,
+        deadline,
         file=file,
         url=url,
         model=model,
@@ -198,6 +205,7 @@ async def create_translation(
     request: Request,
     pipeline: PipelineDep,
     timings: TimingsDep,
+    deadline: DeadlineDep,
     file: FileField = None,
     url: UrlField = None,
     model: ModelField = "whisper-1",
@@ -224,6 +232,7 @@ async def create_translation(
         request,
         pipeline,
         timings,
+        deadline,
         file=file,
         url=url,
         model=model,

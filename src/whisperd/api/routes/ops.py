@@ -20,13 +20,16 @@ async def healthz() -> Health:
 @router.get("/readyz", summary="Readiness", response_model=Health, responses=error_responses(503))
 @router.get("/_/ready", include_in_schema=False)
 async def readyz(request: Request) -> JSONResponse:
-    """200 when the model is loaded and the server is not draining; else 503."""
+    """200 when the model is loaded, the server is not draining and it has room for another
+    request (a transcription place or a URL fetch); else 503."""
     state = request.app.state
-    admission = getattr(state, "admission", None)
-    if not state.ready or admission is None:
+    pipeline = getattr(state, "pipeline", None)
+    if not state.ready or pipeline is None:
         status = "starting"
-    elif admission.draining:
+    elif pipeline.admission.draining:
         status = "draining"
+    elif pipeline.admission.saturated or pipeline.fetcher.saturated:
+        status = "saturated"
     else:
         return JSONResponse({"status": "ready"})
     body = {

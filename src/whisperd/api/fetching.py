@@ -1,0 +1,59 @@
+"""Audio URLs fetched for API requests: on threads of their own, a bounded number at once.
+
+A slow or stalled URL must not hold the threads that every other request needs, so fetches
+run under their own limit (``fetch_concurrency``), and a fetch beyond it is refused with 429
+at once rather than queued. Each fetch ends by its request's deadline, and at its next chunk
+after the client goes away.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import threading
+
+import anyio
+from starlette.requests import Request
+
+from whisperd import fetch
+from whisperd.api.pipeline import watch_disconnect
+from whisperd.errors import RateLimitError
+from whisperd.settings import Settings
+
+_RETRY_AFTER_S = 5
+
+
+class Fetcher:
+    """The API's URL fetches, at most ``settings.fetch_concurrency`` at a time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.active = 0
+        self._threads = anyio.CapacityLimiter(settings.fetch_concurrency)
+
+    @property
+    def saturated(self) -> bool:
+        """Whether every fetch place is taken (a new fetch would get 429)."""
+        return self.active >= self.settings.fetch_concurrency
+
+    async def fetch(
+        self, url: str, *, request: Request, deadline: float
+    ) -> tempfile.SpooledTemporaryFile[bytes]:
+        """The file at url, positioned at 0; the caller closes it."""
+        if self.saturated:
+            raise RateLimitError(
+                f"The server is already fetching {self.settings.fetch_concurrency} audio URLs "
+                f"(WHISPERD_FETCH_CONCURRENCY); retry in {_RETRY_AFTER_S} s, or upload the file.",
+                retry_after=_RETRY_AFTER_S,
+            )
+        left = threading.Event()
+        download = functools.partial(
+            fetch.fetch_to_file, url, self.settings, deadline=deadline, stopped=left.is_set
+        )
+        self.active += 1
+        try:
+            return await watch_disconnect(
+                request, left.set, lambda: anyio.to_thread.run_sync(download, limiter=self._threads)
+            )
+        finally:
+            self.active -= 1
