@@ -150,7 +150,14 @@ def test_api_keys(tmp_path: Path) -> None:
         api_keys_file=keys_file,
     )
     with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
-        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic k1"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer nope"},
+            {"Authorization": "Basic k1"},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer "},
+            {"Authorization": ""},
+        ):
             r = httpx.get(f"{url}/v1/models", headers=headers)
             assert r.status_code == 401
             assert r.json()["error"]["type"] == "authentication_error"

@@ -82,3 +82,36 @@ def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "compute_type" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (("--api-key", ""), {}, "it is empty"),
+        (("--api-key", " "), {}, "it is empty"),
+        ((), {"WHISPERD_API_KEYS": ", ,"}, "it is empty"),
+        ((), {"WHISPERD_API_KEYS_FILE": "KEYS"}, "holds no key"),
+    ],
+)
+def test_an_empty_api_key_is_refused_at_start(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], said: str
+) -> None:
+    """``--api-key "$KEY"`` with KEY unset must not start a server that looks protected."""
+    import subprocess
+    import sys
+
+    keys = tmp_path / "keys"
+    keys.write_text("# no keys yet\n\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "whisperd", "serve", "--port", "9", *args],
+        env={
+            "PATH": "/usr/bin:/bin",
+            **{k: str(keys) if v == "KEYS" else v for k, v in env.items()},
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr

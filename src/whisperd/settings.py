@@ -171,11 +171,29 @@ class Settings(BaseSettings):
     callback_retry_backoff: float = Field(2.0, gt=0)
     """Delay before the first retry of a failed callback, in seconds; doubles each retry."""
 
-    @field_validator("preload_models", "fetch_allow_hosts", "api_keys", mode="before")
+    @field_validator("preload_models", "fetch_allow_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        """Keys without the empty entries; keys given but all empty are an error (an unset
+        variable in ``--api-key "$KEY"`` must not leave the server open). An empty
+        WHISPERD_API_KEYS is the same as leaving it unset."""
+        if isinstance(value, str):
+            if not value.strip():
+                return ()
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            keys = tuple(str(key).strip() for key in value if str(key).strip())
+            if value and not keys:
+                msg = "an API key was given, but it is empty; give a key, or none"
+                raise ValueError(msg)
+            return keys
         return value
 
     @model_validator(mode="after")
@@ -194,20 +212,24 @@ class Settings(BaseSettings):
                 "WHISPERD_JOB_POLL_INTERVAL"
             )
             raise ValueError(msg)
-        if self.api_keys_file is not None and not self.api_keys_file.is_file():
-            msg = f"api_keys_file: {self.api_keys_file} does not exist; create it or unset it"
-            raise ValueError(msg)
+        if self.api_keys_file is not None:
+            if not self.api_keys_file.is_file():
+                msg = f"api_keys_file: {self.api_keys_file} does not exist; create it or unset it"
+                raise ValueError(msg)
+            if not self._file_keys():
+                msg = f"api_keys_file: {self.api_keys_file} holds no key (one key per line)"
+                raise ValueError(msg)
         return self
+
+    def _file_keys(self) -> set[str]:
+        if self.api_keys_file is None:
+            return set()
+        lines = (line.strip() for line in self.api_keys_file.read_text().splitlines())
+        return {line for line in lines if line and not line.startswith("#")}
 
     def all_api_keys(self) -> frozenset[str]:
         """The configured keys, from the setting and the key file."""
-        keys = set(self.api_keys)
-        if self.api_keys_file is not None:
-            for line in self.api_keys_file.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    keys.add(line)
-        return frozenset(keys)
+        return frozenset({*self.api_keys, *self._file_keys()})
 
     def is_loopback_host(self) -> bool:
         """Whether `host` only accepts connections from this machine."""

@@ -127,6 +127,8 @@ class ApiKeyMiddleware:
                 if scheme.lower() != b"bearer":
                     return False
                 token = token.strip()
+                if not token:
+                    return False
                 # compare against every key so the time taken does not depend on which matched
                 return any([hmac.compare_digest(token, key) for key in self._keys])
         return False
