@@ -20,6 +20,8 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 import uvicorn
 
+from whisperd.server import uvicorn_config
+
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 JFK = AUDIO / "jfk.flac"
 HOTWORDS = AUDIO / "hotwords.mp3"
@@ -80,7 +82,7 @@ def poll(
 def running_app(app: Any) -> Iterator[str]:
     """Serve ``app`` with a real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    config = uvicorn_config(app, app.state.settings, host="127.0.0.1", port=port)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

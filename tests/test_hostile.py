@@ -7,6 +7,7 @@ generated here, with PyAV and numpy.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import logging
@@ -457,6 +458,16 @@ def test_a_body_over_the_upload_limit_is_a_413(small: httpx.Client) -> None:
         assert "WHISPERD_MAX_UPLOAD_BYTES" in error["message"]
 
 
+@pytest.mark.parametrize("route", ["openai", "upload"])
+def test_the_upload_limit_is_exact_for_a_multipart_file(small: httpx.Client, route: str) -> None:
+    """The form's envelope has an allowance of its own; the file itself may not pass the
+    limit by a byte, and the 413 quotes the limit as configured."""
+    noise = np.random.default_rng(8).bytes(SMALL_UPLOAD_BYTES + 1)
+    error = error_of(post(small, route, noise), 413, "payload_too_large")
+    assert f"limit of {SMALL_UPLOAD_BYTES} bytes" in error["message"]
+    error_of(post(small, route, noise[:SMALL_UPLOAD_BYTES]), 415, "unsupported_audio")
+
+
 # --- odd but valid audio: the right transcript ----------------------------------------------
 def test_a_truncated_mp3_gives_the_part_that_is_there(client: httpx.Client, jfk_mp3: bytes) -> None:
     result = transcript(client, jfk_mp3[: int(len(jfk_mp3) * 0.4)])
@@ -596,6 +607,42 @@ def test_hostile_field_values(
     files = None if "url" in fields else {"file": ("a.flac", JFK.read_bytes())}
     response = client.post("/v1/audio/transcriptions", files=files, data=fields)
     assert error_of(response, status)["param"] == param
+
+
+@pytest.mark.parametrize("where", ["language", "X-Timeout"])
+def test_an_error_quotes_only_a_prefix_of_a_long_value(client: httpx.Client, where: str) -> None:
+    value = "q" * (900_000 if where == "language" else 10_000)
+    files = {"file": ("a.flac", JFK.read_bytes())}
+    if where == "language":
+        response = client.post("/v1/audio/transcriptions", files=files, data={"language": value})
+    else:
+        response = client.post("/v1/audio/transcriptions", files=files, headers={where: value})
+    error = error_of(response, 422)
+    assert error["param"] == where
+    assert "qqqqqqqqqq" in error["message"]
+    assert len(error["message"]) < 300
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"stream": "true", "response_format": "srt"}, "response_format"),
+        ({"stream": "true", "response_format": "verbose_json"}, "response_format"),
+        (
+            {"timestamp_granularities[]": "word", "response_format": "json"},
+            "timestamp_granularities",
+        ),
+        ({"timestamp_granularities[]": "segment"}, "timestamp_granularities"),
+    ],
+    ids=["stream-srt", "stream-verbose", "words-in-json", "segments-by-default"],
+)
+def test_options_the_format_cannot_carry_are_a_400(
+    client: httpx.Client, fields: dict[str, str], param: str
+) -> None:
+    """As OpenAI answers them, rather than silently ignored."""
+    files = {"file": ("a.flac", JFK.read_bytes())}
+    response = client.post("/v1/audio/transcriptions", files=files, data=fields)
+    assert error_of(response, 400)["param"] == param
 
 
 def test_text_where_the_file_belongs_is_a_422(client: httpx.Client) -> None:
@@ -779,6 +826,43 @@ def test_an_upstream_failure_is_not_the_clients_fault(
 def test_a_malformed_international_hostname_is_a_400(fetching: httpx.Client, url: str) -> None:
     error_of(fetching.post("/v1/audio/transcriptions", data={"url": url}), 400, "forbidden_url")
     error_of(fetching.post("/function/whisper", content=url), 400, "forbidden_url")
+
+
+# --- request heads and forms past their limits ------------------------------------------------
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Big": "a" * 20_000}, {f"X-Many-{i}": "1" for i in range(150)}],
+    ids=["20-kB-header", "150-headers"],
+)
+def test_an_oversized_head_is_a_431(client: httpx.Client, headers: dict[str, str]) -> None:
+    error_of(client.get("/v1/models", headers=headers), 431, "headers_too_large")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_a_10_mb_header_is_refused_before_it_is_read(client: httpx.Client) -> None:
+    host, port = client.base_url.host, client.base_url.port
+    assert port is not None
+    with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nX-Big: ".encode())
+        with contextlib.suppress(OSError):  # the server may stop reading: that is the point
+            for _ in range(160):
+                sock.sendall(b"a" * CHUNK)
+        answer = sock.recv(CHUNK)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+    assert b'"headers_too_large"' in answer
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("parts", ["fields", "files"])
+def test_a_form_with_too_many_parts_is_a_400(
+    client: httpx.Client, jfk_flac: bytes, parts: str
+) -> None:
+    if parts == "fields":
+        files: Any = {"file": ("a.flac", jfk_flac)}
+        data: dict[str, Any] = {"model": "whisper-1", "extra": ["x"] * 100}
+    else:
+        files, data = [("file", (f"{n}.flac", jfk_flac)) for n in range(5)], {}
+    error_of(client.post("/v1/audio/transcriptions", files=files, data=data), 400)
 
 
 # --- the decoder on its own -------------------------------------------------------------------

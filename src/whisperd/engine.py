@@ -32,6 +32,7 @@ from whisperd.errors import (
     UnsupportedTaskError,
     ValidationError,
     WhisperdError,
+    shown,
 )
 from whisperd.scheduler import Speedometer, Task
 from whisperd.settings import Settings
@@ -442,7 +443,7 @@ class Transcriber:
         language = options.language
         if language is not None and language not in self._languages:
             raise ValidationError(
-                f"Unknown language {language!r}; use an ISO-639-1 code such as 'en' or 'de'.",
+                f"Unknown language {shown(language)}; use an ISO-639-1 code such as 'en' or 'de'.",
                 param="language",
             )
         if multilingual is False:
@@ -454,7 +455,7 @@ class Transcriber:
                 )
             if language not in (None, "en"):
                 raise UnsupportedTaskError(
-                    f"Model {name} is English-only; language {language!r} needs a "
+                    f"Model {name} is English-only; language {shown(language)} needs a "
                     "multilingual model such as 'base'.",
                     param="language",
                 )

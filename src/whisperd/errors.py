@@ -12,6 +12,7 @@
     │   │   └── AudioTooLongError     413
     │   ├── UnsupportedTaskError      400   (translate / a language on an English-only model)
     │   ├── PayloadTooLargeError      413
+    │   ├── HeadersTooLargeError      431   (request line and headers over the limit)
     │   ├── UnsupportedMediaTypeError 415
     │   ├── FetchError                400   (the URL is wrong: no such host, HTTP 4xx)
     │   │   ├── ForbiddenURLError     400   (scheme, private address, redirect to one)
@@ -39,6 +40,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+MAX_MESSAGE = 1000
+"""Longest error message; a longer one (quoting some input at length) is cut."""
+_SHOWN = 40
+
+
+def shown(value: str) -> str:
+    """A client's value as an error message quotes it: repr'd, and cut to a short prefix."""
+    if len(value) <= _SHOWN:
+        return repr(value)
+    return f"{value[:_SHOWN]!r}... ({len(value)} characters)"
+
 
 class WhisperdError(Exception):
     """Base of every error whisperd raises on purpose."""
@@ -48,6 +60,8 @@ class WhisperdError(Exception):
     default_code: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + "..."
         super().__init__(message)
         self.message = message
         self.param = param
@@ -110,6 +124,11 @@ class UnsupportedTaskError(InvalidRequestError):
 class PayloadTooLargeError(InvalidRequestError):
     status_code = 413
     default_code = "payload_too_large"
+
+
+class HeadersTooLargeError(InvalidRequestError):
+    status_code = 431
+    default_code = "headers_too_large"
 
 
 class UnsupportedMediaTypeError(InvalidRequestError):

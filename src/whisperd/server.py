@@ -9,6 +9,8 @@ so the server here captures signals its own way.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import signal
 import threading
@@ -16,15 +18,21 @@ import time
 from collections.abc import Generator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from whisperd.errors import HeadersTooLargeError
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+MAX_HEADERS = 100
+"""Most header lines in one request; more get 431."""
+_REFUSED_LINGER_S = 2.0
 # Once the drain is over, time left for responses already being written.
 _FINAL_GRACE_S = 2.0
 
@@ -83,6 +91,100 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+class _HeadLimitedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing with 431 a request whose line and headers pass
+    ``max_head_bytes`` or ``MAX_HEADERS`` lines, before it buffers more of them."""
+
+    max_head_bytes = 16 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = False
+        self._parsed = 0  # bytes of the head's URL and header lines parsed so far
+        self._received = 0  # bytes received while the head is still incomplete
+        self._lines = 0
+        self._refused: HeadersTooLargeError | None = None
+
+    def _refuse(self, message: str) -> None:
+        self._refused = HeadersTooLargeError(message)
+        raise self._refused  # the parser stops; uvicorn answers through send_400_response
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_head_bytes:
+            self._refuse(
+                f"The request line and headers are larger than {self.max_head_bytes} bytes "
+                "(WHISPERD_MAX_HEADER_BYTES)."
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._parsed, self._received, self._lines = True, 0, 0, 0
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed += len(url)
+        self._check_size(self._parsed)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._lines += 1
+        if self._lines > MAX_HEADERS:
+            self._refuse(f"The request has more than {MAX_HEADERS} headers.")
+        self._parsed += len(name) + len(value) + 4
+        self._check_size(self._parsed)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused is not None:
+            return
+        super().data_received(data)
+        if self._in_head and self._refused is None:
+            # The head is still incomplete, so all of this was head, held by the parser.
+            self._received += len(data)
+            try:
+                self._check_size(self._received)
+            except HeadersTooLargeError:
+                self.send_400_response("")
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refused is None:
+            super().send_400_response(msg)
+            return
+        body = json.dumps(self._refused.to_dict()).encode()
+        head = (
+            "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        # Half-close and keep discarding what the client still sends for a moment: closing
+        # at once, with its data unread, would reset the connection before it reads the 431.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(_REFUSED_LINGER_S, self.transport.close)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.Config:
+    """How uvicorn serves the app: httptools with the header limits; ``options`` add to it."""
+    protocol = type(
+        "HeadLimitedProtocol",
+        (_HeadLimitedProtocol,),
+        {"max_head_bytes": settings.max_header_bytes},
+    )
+    values: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "http": protocol,
+        "log_config": None,
+        "access_log": False,
+        **options,
+    }
+    return uvicorn.Config(app, **values)
+
+
 def serve(settings: Settings) -> int:
     """Run the server until it is stopped; returns the process exit status."""
     from whisperd.api import create_app
@@ -94,14 +196,8 @@ def serve(settings: Settings) -> int:
             settings.host,
         )
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(_FINAL_GRACE_S),
-        proxy_headers=True,
+    config = uvicorn_config(
+        app, settings, timeout_graceful_shutdown=int(_FINAL_GRACE_S), proxy_headers=True
     )
     server = DrainingServer(config, app, settings.drain_timeout)
     server.run()

@@ -52,8 +52,10 @@ Every error is OpenAI's JSON: `{"error": {"message", "type", "param", "code"}}`.
 When API keys are configured, send `Authorization: Bearer KEY` (health probes are open).
 """
 
-# Allowance for the multipart envelope and form fields around the file itself.
-_FORM_OVERHEAD = 1 << 20
+MAX_FORM_FIELDS = 64
+"""Most text fields in one form (OpenAI's requests send about a dozen); more get 400."""
+MAX_FORM_FILES = 2
+"""Most files in one form (every route takes one); more get 400."""
 
 
 def _error_response(error: WhisperdError) -> JSONResponse:
@@ -150,6 +152,7 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        form_limits={"max_fields": MAX_FORM_FIELDS, "max_files": MAX_FORM_FILES},
     )
     app.state.settings = settings
     app.state.ready = False
@@ -166,7 +169,7 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     app.include_router(metrics.router)
     app.include_router(ui.router)
     # Added last = outermost: context first, then keys, then the body limit.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + _FORM_OVERHEAD)
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     keys = settings.all_api_keys()
     if keys:
         public = PUBLIC_PATHS | {"/metrics"} if settings.metrics_public else PUBLIC_PATHS

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from whisperd.api.pipeline import Pipeline
 from whisperd.engine import Transcriber
-from whisperd.errors import ServiceUnavailableError, ValidationError
+from whisperd.errors import ServiceUnavailableError, ValidationError, shown
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.settings import Settings
 from whisperd.timings import Timings
@@ -58,7 +58,7 @@ def get_deadline(request: Request) -> float:
             asked = float(header.removesuffix("s"))
         except ValueError:
             raise ValidationError(
-                f"X-Timeout must be a number of seconds, not {header!r}.", param="X-Timeout"
+                f"X-Timeout must be a number of seconds, not {shown(header)}.", param="X-Timeout"
             ) from None
         if not 0 < asked < float("inf"):
             raise ValidationError(

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from whisperd.errors import AuthenticationError, WhisperdError
+from whisperd.errors import AuthenticationError, PayloadTooLargeError, WhisperdError
 from whisperd.metrics import Metrics
 from whisperd.timings import Timings
 
@@ -151,28 +151,38 @@ class ApiKeyMiddleware:
         )
 
 
+FORM_OVERHEAD = 1 << 20
+"""What a multipart body may carry beyond its file: the envelope and the other fields."""
+
+
+def upload_too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The upload is larger than the limit of {limit} bytes; send a smaller file (or "
+        "compress it) or raise WHISPERD_MAX_UPLOAD_BYTES.",
+        param="file",
+    )
+
+
 class BodyLimitMiddleware:
-    """Refuses request bodies over ``limit`` bytes with 413, by Content-Length or while reading."""
+    """Refuses request bodies over ``max_upload_bytes`` with 413, by Content-Length or while
+    reading. A multipart body may be FORM_OVERHEAD larger: the file in it is held to the
+    limit exactly once the form is parsed (``responses.audio_input``)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
         self.app = app
-        self.limit = limit
-
-    def _message(self) -> str:
-        return (
-            f"The request body is larger than the limit of {self.limit} bytes; send a smaller "
-            "file (or compress it) or raise WHISPERD_MAX_UPLOAD_BYTES."
-        )
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_upload_bytes
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                from whisperd.errors import PayloadTooLargeError
-
-                await send_error(send, PayloadTooLargeError(self._message(), param="file"))
+            if name == b"content-type" and value.lower().startswith(b"multipart/"):
+                limit += FORM_OVERHEAD
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await send_error(send, upload_too_large(self.max_upload_bytes))
                 return
         received = 0
 
@@ -181,9 +191,9 @@ class BodyLimitMiddleware:
             message: dict[str, Any] = dict(await receive())
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     # FastAPI re-raises HTTPException from body parsing; the handler maps it.
-                    raise HTTPException(413, detail=self._message())
+                    raise HTTPException(413, detail=upload_too_large(self.max_upload_bytes).message)
             return message
 
         await self.app(scope, limited_receive, send)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import IO, Any
 
@@ -16,9 +16,12 @@ from starlette.types import Receive, Scope, Send
 
 from whisperd import formats
 from whisperd.api.fetching import Fetcher
+from whisperd.api.middleware import upload_too_large
 from whisperd.engine import Segment, Transcription, TranscriptionInfo
 from whisperd.errors import EmptyAudioError, InvalidRequestError, WhisperdError
 from whisperd.timings import Timings
+
+_STREAMED_FORMATS = ("json", "text")
 
 
 @asynccontextmanager
@@ -37,6 +40,9 @@ async def audio_input(
     if file is not None:
         if file.size == 0:
             raise EmptyAudioError("The uploaded file is empty (0 bytes).", param="file")
+        limit = fetcher.settings.max_upload_bytes
+        if file.size is not None and file.size > limit:
+            raise upload_too_large(limit)
         yield file.file
         return
     if not url:
@@ -51,6 +57,23 @@ async def audio_input(
         yield fetched
     finally:
         fetched.close()
+
+
+def check_format(
+    response_format: str, *, stream: bool = False, granularities: Sequence[str] = ()
+) -> None:
+    """Refuse, as OpenAI does, options the response format cannot carry."""
+    if stream and response_format not in _STREAMED_FORMATS:
+        raise InvalidRequestError(
+            f"stream=true sends server-sent events of text; response_format {response_format} "
+            "cannot be streamed (use json or text, or stream=false).",
+            param="response_format",
+        )
+    if granularities and response_format != "verbose_json":
+        raise InvalidRequestError(
+            f"timestamp_granularities[] needs response_format=verbose_json, not {response_format}.",
+            param="timestamp_granularities",
+        )
 
 
 def render(

@@ -13,7 +13,13 @@ from pydantic.json_schema import SkipJsonSchema
 
 from whisperd import models
 from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, SettingsDep, TimingsDep
-from whisperd.api.responses import CleanupStreamingResponse, audio_input, render, sse_events
+from whisperd.api.responses import (
+    CleanupStreamingResponse,
+    audio_input,
+    check_format,
+    render,
+    sse_events,
+)
 from whisperd.api.schemas import (
     ModelList,
     ModelObject,
@@ -114,6 +120,7 @@ async def _respond(
     stream: bool,
     granularities: Sequence[str],
 ) -> Response:
+    check_format(response_format, stream=stream, granularities=granularities)
     opened = audio_input(
         file, url, pipeline.fetcher, request=request, deadline=deadline, timings=timings
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from whisperd.errors import NotFoundError
+from whisperd.errors import NotFoundError, shown
 
 router = APIRouter(include_in_schema=False)
 
@@ -41,7 +41,7 @@ def _file(name: str) -> FileResponse:
     path = _static_dir() / name
     media_type = _TYPES.get(path.suffix)
     if name.startswith(".") or media_type is None or not path.is_file():
-        raise NotFoundError(f"No file {name!r} in the web page's assets.")
+        raise NotFoundError(f"No file {shown(name)} in the web page's assets.")
     return FileResponse(path, media_type=media_type, headers=_HEADERS)
 
 
