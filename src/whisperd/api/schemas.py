@@ -30,9 +30,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "The upload, fetched file or audio duration is over the limit.",
         415: "Not audio or video FFmpeg can read, or no audio stream.",
         422: "A field has an invalid value.",
-        429: "At capacity: the active requests and the queue are full; see Retry-After.",
+        429: "At capacity: the active requests and the queue, or the URL fetches, are full; "
+        "see Retry-After.",
+        502: "The audio URL's server failed (HTTP 5xx, refused, broken TLS).",
         503: "Not ready yet, or shutting down.",
-        504: "The request ran past its deadline (setting or X-Timeout).",
+        504: "The request ran past its deadline (setting or X-Timeout), or the audio URL's "
+        "server was too slow.",
     }
     return {
         status: {"model": ErrorResponse, "description": descriptions.get(status, "Error")}

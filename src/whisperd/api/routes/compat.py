@@ -150,9 +150,15 @@ async def _text_stream(items: AsyncIterator[Item], fmt: str) -> AsyncIterator[by
             "description": "The transcript (text/plain by default). The text formats (text, "
             "srt, vtt, tsv) stream a segment at a time as they are transcribed (chunked); "
             "json and verbose_json come whole at the end.",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "content": {
+                **{
+                    formats.MEDIA_TYPES[fmt].split(";")[0]: {"schema": {"type": "string"}}
+                    for fmt in STREAMED_FORMATS
+                },
+                "application/json": {"schema": {"type": "object"}},
+            },
         },
-        **error_responses(400, 401, 413, 415, 422, 429, 503, 504),
+        **error_responses(400, 401, 413, 415, 422, 429, 502, 503, 504),
     },
     response_model=None,
 )

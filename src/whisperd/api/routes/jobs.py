@@ -286,6 +286,7 @@ async def create_job(
     status_code=202,
     openapi_extra={"requestBody": FUNCTION_BODY},
     response_model=None,
+    response_class=Response,  # an empty body, as OpenFaaS answers
     responses={
         202: {
             "description": "Queued. `X-Call-Id` is the job id: `GET /v1/jobs/{X-Call-Id}`; "

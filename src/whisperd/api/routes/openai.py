@@ -34,7 +34,7 @@ from whisperd.settings import ResponseFormat
 
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
 
-ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504)
+ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503, 504)
 TEXT_TYPES = ("text/plain", "application/x-subrip", "text/vtt", "text/tab-separated-values")
 SUCCESS: dict[int | str, dict[str, Any]] = {
     200: {
