@@ -10,10 +10,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
+import typer
 
 import whisperd
+from whisperd import cli
 from whisperd.bench import words
+from whisperd.settings import Settings
+
+from support import server_process
 
 Result = subprocess.CompletedProcess[str]
 Run = Callable[..., Result]
@@ -176,3 +182,100 @@ def test_bad_format_is_a_usage_error(whisperd_cli: Run, jfk_path: Path) -> None:
     assert_clean_failure(result)
     assert result.returncode == 2
     assert "srt" in result.stderr
+
+
+def parsed_settings(command: str, argv: list[str]) -> Settings:
+    """The settings ``whisperd COMMAND ARGV`` runs with, parsed by the real command line."""
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    context = group.commands[command].make_context(command, argv)
+    settings: Settings = cli._settings(**context.params)
+    return settings
+
+
+def flag_settings(command: str) -> set[str]:
+    """The settings that ``whisperd COMMAND`` has flags for."""
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    return {str(p.name) for p in group.commands[command].params if p.name != "help"}
+
+
+def test_every_serve_and_worker_flag_reaches_the_settings(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("k3\n")
+    given = {
+        "serve": [
+            (["--host", "0.0.0.0"], "host", "0.0.0.0"),
+            (["--port", "9001"], "port", 9001),
+            (["-m", "base"], "model", "base"),
+            (
+                ["--preload-model", "tiny", "--preload-model", "small,medium"],
+                "preload_models",
+                ("tiny", "small", "medium"),
+            ),
+            (["--device", "cpu"], "device", "cpu"),
+            (["--compute-type", "float32"], "compute_type", "float32"),
+            (["--batch-size", "3"], "batch_size", 3),
+            (["--cpu-threads", "2"], "cpu_threads", 2),
+            (["--max-active", "5"], "max_active", 5),
+            (["--max-queue", "7"], "max_queue", 7),
+            (["--request-timeout", "12.5"], "request_timeout", 12.5),
+            (["--max-upload-bytes", "1000"], "max_upload_bytes", 1000),
+            (["--max-audio-seconds", "60"], "max_audio_seconds", 60.0),
+            (["--job-max-upload-bytes", "2000"], "job_max_upload_bytes", 2000),
+            (["--api-key", "k1", "--api-key", "k2"], "api_keys", ("k1", "k2")),
+            (["--api-keys-file", str(keys_file)], "api_keys_file", keys_file),
+            (
+                ["--fetch-allow-host", "10.0.0.0/8", "--fetch-allow-host", "redis"],
+                "fetch_allow_hosts",
+                ("10.0.0.0/8", "redis"),
+            ),
+            (["--no-fetch-enabled"], "fetch_enabled", False),
+            (["--drain-timeout", "3"], "drain_timeout", 3.0),
+            (["--data-dir", str(tmp_path / "data")], "data_dir", tmp_path / "data"),
+            (["--redis-url", "redis://r:6379/0"], "redis_url", "redis://r:6379/0"),
+            (["--no-queue-consumers"], "queue_consumers", False),
+            (["--metrics-public"], "metrics_public", True),
+            (["--no-vad-filter"], "vad_filter", False),
+            (["--log-level", "debug"], "log_level", "debug"),
+            (["--log-format", "json"], "log_format", "json"),
+        ],
+        "worker": [
+            (["--redis-url", "redis://r:6379/0"], "redis_url", "redis://r:6379/0"),
+            (["-m", "base"], "model", "base"),
+            (["--device", "cpu"], "device", "cpu"),
+            (["--compute-type", "float32"], "compute_type", "float32"),
+            (["--batch-size", "3"], "batch_size", 3),
+            (["--cpu-threads", "2"], "cpu_threads", 2),
+            (["--metrics-port", "9100"], "metrics_port", 9100),
+            (["--log-level", "debug"], "log_level", "debug"),
+            (["--log-format", "json"], "log_format", "json"),
+        ],
+    }
+    for command, flags in given.items():
+        settings = parsed_settings(command, [arg for argv, _, _ in flags for arg in argv])
+        assert {(name, getattr(settings, name)) for _, name, _ in flags} == {
+            (name, value) for _, name, value in flags
+        }
+        assert flag_settings(command) == {name for _, name, _ in flags}
+
+
+def test_a_bad_flag_value_is_a_usage_error(whisperd_cli: Run) -> None:
+    result = whisperd_cli("serve", "--device", "tpu")
+    assert result.returncode == 2
+    assert "tpu" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_serve_flags_configure_the_running_server(tmp_path: Path, jfk_path: Path) -> None:
+    data = tmp_path / "flag-data"
+    args = ("serve", "--max-upload-bytes", "100000", "--api-key", "k1", "--data-dir", str(data))
+    with server_process(tmp_path, args=args) as server:
+        url = f"{server.url}/v1/audio/transcriptions"
+        files = {"file": ("jfk.flac", jfk_path.read_bytes())}
+        assert httpx.post(url, files=files, timeout=60).status_code == 401
+        too_big = httpx.post(url, files=files, headers={"Authorization": "Bearer k1"}, timeout=60)
+        assert too_big.status_code == 413, too_big.text
+        assert (data / "redis").is_dir()

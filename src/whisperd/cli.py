@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
 from rich.console import Console
@@ -27,21 +29,89 @@ err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
 
 FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv")
+Command = TypeVar("Command", bound=Callable[..., None])
 
 
-# Options that serve and worker share; each is also a WHISPERD_ setting.
-ModelOption = Annotated[
-    str | None, typer.Option("-m", "--model", help="Default model [WHISPERD_MODEL].")
-]
-DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda [WHISPERD_DEVICE].")]
-ComputeOption = Annotated[
-    str | None, typer.Option(help="auto, int8, float16, ... [WHISPERD_COMPUTE_TYPE].")
-]
-BatchOption = Annotated[
-    int | None, typer.Option(help="Most windows decoded in one batch [WHISPERD_BATCH_SIZE].")
-]
-LogLevelOption = Annotated[str | None, typer.Option(help="[WHISPERD_LOG_LEVEL]")]
-LogFormatOption = Annotated[str | None, typer.Option(help="text or json [WHISPERD_LOG_FORMAT].")]
+# The settings each command takes as flags; every flag is named, typed and documented by its
+# field in Settings. A list setting takes a repeatable flag in the singular (--api-key).
+SERVE_FLAGS = (
+    "host",
+    "port",
+    "model",
+    "preload_models",
+    "device",
+    "compute_type",
+    "batch_size",
+    "cpu_threads",
+    "max_active",
+    "max_queue",
+    "request_timeout",
+    "max_upload_bytes",
+    "max_audio_seconds",
+    "job_max_upload_bytes",
+    "api_keys",
+    "api_keys_file",
+    "fetch_allow_hosts",
+    "fetch_enabled",
+    "drain_timeout",
+    "data_dir",
+    "redis_url",
+    "queue_consumers",
+    "metrics_public",
+    "vad_filter",
+    "log_level",
+    "log_format",
+)
+WORKER_FLAGS = (
+    "redis_url",
+    "model",
+    "device",
+    "compute_type",
+    "batch_size",
+    "cpu_threads",
+    "metrics_port",
+    "log_level",
+    "log_format",
+)
+_SHORT_FLAGS = {"model": ("-m",)}
+
+
+def _setting_flag(name: str) -> inspect.Parameter:
+    """The option for setting ``name``: its type, help and variable from the Settings field."""
+    from whisperd.settings import Settings
+
+    field = Settings.model_fields[name]
+    kind: Any = field.annotation
+    words = name
+    if get_origin(kind) is tuple:  # a list setting: a repeatable flag, in the singular
+        kind, words = list[str], name.removesuffix("s")
+    elif type(None) in get_args(kind):  # the flag's None already means "not given"
+        kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    flag = "--" + words.replace("_", "-")
+    option = typer.Option(
+        f"{flag}/--no-{flag[2:]}" if kind is bool else flag,
+        *_SHORT_FLAGS.get(name, ()),
+        help=f"{field.description} [WHISPERD_{name.upper()}]",
+        show_default=False,
+    )
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[kind | None, option],
+    )
+
+
+def _setting_flags(*names: str) -> Callable[[Command], Command]:
+    """Give a command taking ``**flags`` one flag per named setting."""
+
+    def add(command: Command) -> Command:
+        # typer reads a command's options from its signature
+        flags = [_setting_flag(name) for name in names]
+        command.__signature__ = inspect.Signature(flags)  # type: ignore[attr-defined]
+        return command
+
+    return add
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -55,8 +125,12 @@ def _settings(**overrides: Any) -> Any:
 
     from whisperd.settings import Settings
 
+    # a repeated flag gives a list; joined, it splits as the variable does (commas work too)
+    given: dict[str, Any] = {
+        k: ",".join(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None
+    }
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
@@ -86,60 +160,19 @@ def _main(
 
 
 @app.command()
-def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Interface to listen on [WHISPERD_HOST].")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port [WHISPERD_PORT].")] = None,
-    model: ModelOption = None,
-    device: DeviceOption = None,
-    compute_type: ComputeOption = None,
-    batch_size: BatchOption = None,
-    max_queue: Annotated[
-        int | None, typer.Option(help="Waiting requests before 429 [WHISPERD_MAX_QUEUE].")
-    ] = None,
-    api_key: Annotated[
-        list[str] | None, typer.Option(help="Accepted API key; repeatable [WHISPERD_API_KEYS].")
-    ] = None,
-    redis_url: Annotated[
-        str | None, typer.Option(help="External Redis for jobs [WHISPERD_REDIS_URL].")
-    ] = None,
-    log_level: LogLevelOption = None,
-    log_format: LogFormatOption = None,
-) -> None:
+@_setting_flags(*SERVE_FLAGS)
+def serve(**flags: Any) -> None:
     """Run the HTTP server (OpenAI API, function and upload endpoints, jobs)."""
     from whisperd.server import serve as run_server
 
-    settings = _settings(
-        host=host,
-        port=port,
-        model=model,
-        device=device,
-        compute_type=compute_type,
-        batch_size=batch_size,
-        max_queue=max_queue,
-        api_keys=tuple(api_key) if api_key else None,
-        redis_url=redis_url,
-        log_level=log_level,
-        log_format=log_format,
-    )
+    settings = _settings(**flags)
     _setup_logging(settings.log_level, settings.log_format)
     raise typer.Exit(run_server(settings))
 
 
 @app.command()
-def worker(
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="The Redis the API servers use [WHISPERD_REDIS_URL]; required."),
-    ] = None,
-    model: ModelOption = None,
-    device: DeviceOption = None,
-    compute_type: ComputeOption = None,
-    batch_size: BatchOption = None,
-    log_level: LogLevelOption = None,
-    log_format: LogFormatOption = None,
-) -> None:
+@_setting_flags(*WORKER_FLAGS)
+def worker(**flags: Any) -> None:
     """Run job consumers only (no HTTP): load the model once, take jobs from Redis.
 
     One worker per GPU. SIGTERM drains: no new jobs; running ones get WHISPERD_DRAIN_TIMEOUT s.
@@ -148,15 +181,7 @@ def worker(
     """
     from whisperd.jobs.runtime import run_worker
 
-    settings = _settings(
-        redis_url=redis_url,
-        model=model,
-        device=device,
-        compute_type=compute_type,
-        batch_size=batch_size,
-        log_level=log_level,
-        log_format=log_format,
-    )
+    settings = _settings(**flags)
     _setup_logging(settings.log_level, settings.log_format)
     if settings.redis_url is None:
         raise _fail(
