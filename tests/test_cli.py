@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -44,15 +45,18 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def whisperd_cli(cli_env: dict[str, str]) -> Run:
-    def run(*args: str | Path, cwd: Path | None = None) -> Result:
-        return subprocess.run(
-            [sys.executable, "-m", "whisperd", *map(str, args)],
-            capture_output=True,
-            text=True,
-            env=cli_env,
-            cwd=cwd,
-            timeout=240,
-        )
+    def run(*args: str | Path, cwd: Path | None = None, stdin: Path | None = None) -> Result:
+        with contextlib.ExitStack() as stack:
+            source = None if stdin is None else stack.enter_context(stdin.open("rb"))
+            return subprocess.run(
+                [sys.executable, "-m", "whisperd", *map(str, args)],
+                capture_output=True,
+                text=True,
+                env=cli_env,
+                cwd=cwd,
+                stdin=source,
+                timeout=240,
+            )
 
     return run
 
@@ -170,11 +174,11 @@ def test_non_audio_file_error_is_one_line(not_audio_result: tuple[Path, Result])
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-@pytest.mark.slow
 def test_english_only_model_refuses_another_language(whisperd_cli: Run, jfk_path: Path) -> None:
-    result = whisperd_cli("transcribe", "--language", "de", jfk_path)
+    result = whisperd_cli("transcribe", "--language", "DE", jfk_path)
     assert_clean_failure(result)
-    assert "English-only" in " ".join(result.stderr.split())
+    assert result.returncode == 2
+    assert "English-only; language 'de'" in " ".join(result.stderr.split())
 
 
 def test_bad_format_is_a_usage_error(whisperd_cli: Run, jfk_path: Path) -> None:
@@ -182,6 +186,96 @@ def test_bad_format_is_a_usage_error(whisperd_cli: Run, jfk_path: Path) -> None:
     assert_clean_failure(result)
     assert result.returncode == 2
     assert "srt" in result.stderr
+
+
+@pytest.mark.slow
+def test_language_is_read_as_the_api_reads_it(
+    whisperd_cli: Run, jfk_path: Path, jfk_text: str
+) -> None:
+    result = whisperd_cli("transcribe", "--language", " EN ", jfk_path)
+    assert result.returncode == 0, result.stderr
+    assert words(result.stdout) == words(jfk_text)
+
+
+def test_unknown_language_is_a_usage_error_before_any_file(
+    whisperd_cli: Run, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.pdf"
+    notes.write_bytes(b"%PDF-1.4\n")
+    result = whisperd_cli("transcribe", "--language", "xx", notes)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Unknown language 'xx'; use an ISO-639-1 code such as 'en' or 'de'."
+    ]
+
+
+def test_a_directory_is_named_as_one(whisperd_cli: Run, tmp_path: Path) -> None:
+    (tmp_path / "talks").mkdir()
+    result = whisperd_cli("transcribe", "talks", cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: talks is a directory; pass the audio files in it, e.g. talks/*"
+    ]
+
+
+def test_inputs_that_would_write_the_same_output_are_refused(
+    whisperd_cli: Run, jfk_path: Path, hotwords_path: Path, tmp_path: Path
+) -> None:
+    for folder, source in (("a", jfk_path), ("b", hotwords_path)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.flac").write_bytes(source.read_bytes())
+    result = whisperd_cli("transcribe", "-o", "out", "a/x.flac", "b/x.flac", cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: a/x.flac and b/x.flac would both be written to {Path('out', 'x.txt')}; "
+        "transcribe them into different -o directories"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["taken", "taken/sub"])
+def test_output_dir_that_cannot_be_made_fails_in_one_line(
+    whisperd_cli: Run, jfk_path: Path, tmp_path: Path, target: str
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a directory")
+    result = whisperd_cli("transcribe", "-o", target, jfk_path, cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot make the output directory {target}: ")
+
+
+@pytest.mark.slow
+def test_an_output_that_cannot_be_written_fails_that_input_only(
+    whisperd_cli: Run, jfk_path: Path, hotwords_path: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "jfk.txt").mkdir()  # where jfk's transcript would go
+    result = whisperd_cli("transcribe", "-o", tmp_path, jfk_path, hotwords_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"error: cannot write {tmp_path / 'jfk.txt'}: " in result.stderr
+    assert f"wrote {tmp_path / 'hotwords.txt'}" in result.stderr
+    assert {"folder", "again"} <= set(words((tmp_path / "hotwords.txt").read_text("utf-8")))
+
+
+@pytest.mark.slow
+def test_dash_reads_audio_from_stdin(whisperd_cli: Run, jfk_path: Path, jfk_text: str) -> None:
+    result = whisperd_cli("transcribe", "-", stdin=jfk_path)
+    assert result.returncode == 0, result.stderr
+    assert words(result.stdout) == words(jfk_text)
+
+
+@pytest.mark.slow
+def test_stdin_into_an_output_dir_is_named_stdin(
+    whisperd_cli: Run, jfk_path: Path, hotwords_path: Path, jfk_text: str, tmp_path: Path
+) -> None:
+    result = whisperd_cli("transcribe", "-o", tmp_path, "-", hotwords_path, stdin=jfk_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hotwords.txt", "stdin.txt"]
+    assert words((tmp_path / "stdin.txt").read_text(encoding="utf-8")) == words(jfk_text)
 
 
 def parsed_settings(command: str, argv: list[str]) -> Settings:

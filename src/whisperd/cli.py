@@ -30,6 +30,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv")
 Command = TypeVar("Command", bound=Callable[..., None])
+STDIN = Path("-")  # the input name that reads audio from standard input
 
 
 # The settings each command takes as flags; every flag is named, typed and documented by its
@@ -198,7 +199,10 @@ def worker(**flags: Any) -> None:
 
 @app.command()
 def transcribe(
-    files: Annotated[list[Path], typer.Argument(help="Audio or video files.", show_default=False)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Audio or video files; - reads one from stdin.", show_default=False),
+    ],
     model: Annotated[str | None, typer.Option("-m", "--model", help="Model name or dir.")] = None,
     fmt: Annotated[
         str, typer.Option("-f", "--format", help=f"One of: {', '.join(FORMAT_CHOICES)}.")
@@ -219,6 +223,9 @@ def transcribe(
     compute_type: Annotated[str | None, typer.Option(help="auto, int8, float16, ...")] = None,
 ) -> None:
     """Transcribe files: print to stdout (one file) or write one output per input into -o DIR."""
+    import contextlib
+    import shutil
+    import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
     from whisperd import formats
@@ -228,58 +235,112 @@ def transcribe(
         raise _fail(f"unknown format {fmt!r}; use one of {', '.join(FORMAT_CHOICES)}", 2)
     if task not in ("transcribe", "translate"):
         raise _fail(f"unknown task {task!r}; use transcribe or translate", 2)
-    if len(files) > 1 and output_dir is None:
-        raise _fail("several files need -o DIR (one output file per input)", 2)
-    for path in files:
-        if not path.is_file():
-            raise _fail(f"{path}: no such file", 2)
-    _setup_logging("warning")
-    single = len(files) == 1
-    settings = _settings(model=model, device=device, compute_type=compute_type, preload_models=())
-    options = TranscribeOptions(
-        language=language,
-        task=task,  # type: ignore[arg-type]
-        beam_size=beam_size or settings.beam_size,
-        initial_prompt=prompt,
-        hotwords=hotwords,
-        word_timestamps=word_timestamps,
-        vad_filter=settings.vad_filter if vad is None else vad,
-    )
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    try:
-        with Transcriber(settings) as engine:
+    with contextlib.ExitStack() as stack:
+        paths = list(files)
+        inputs = _inputs(paths, output_dir, formats.EXTENSIONS[fmt])
+        _setup_logging("warning")
+        single = len(paths) == 1
+        settings = _settings(
+            model=model, device=device, compute_type=compute_type, preload_models=()
+        )
+        options = TranscribeOptions.asked(
+            settings,
+            language=language,
+            task=task,  # type: ignore[arg-type]
+            prompt=prompt,
+            hotwords=hotwords,
+            vad_filter=vad,
+            beam_size=beam_size,
+            word_timestamps=word_timestamps,
+        )
+        engine = Transcriber(settings)
+        try:
+            engine.validate(options)  # a bad language is the command's mistake, not a file's
+        except WhisperdError as exc:
+            raise _fail(exc.message, 2) from None
+        if output_dir is not None:
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                msg = f"cannot make the output directory {output_dir}: {exc.strerror}"
+                raise _fail(msg, 2) from None
+        if STDIN in paths:
+            spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="whisperd-stdin-"))
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            spool.flush()
+            paths = [Path(spool.name) if path == STDIN else path for path in paths]
 
-            def run(path: Path) -> str:
-                with path.open("rb") as source:
-                    prepared = engine.prepare(options, source=source)
-                    task = engine.begin(prepared, engine.chunks(source))
-                    result = _collect_with_progress(task, prepared.estimate, path, single)
-                return formats.render(result, fmt)
+        def run(path: Path, name: str) -> str:
+            with path.open("rb") as source:
+                prepared = engine.prepare(options, source=source)
+                task = engine.begin(prepared, engine.chunks(source))
+                result = _collect_with_progress(task, prepared.estimate, name, single)
+            return formats.render(result, fmt)
 
+        failures = 0
+        try:
             # several files run side by side, their windows batched; outputs keep input order
-            with ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
-                for path, future in [(p, pool.submit(run, p)) for p in files]:
+            with engine, ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
+                runs = [
+                    (name, target, pool.submit(run, path, name))
+                    for path, (name, target) in zip(paths, inputs, strict=True)
+                ]
+                for name, target, future in runs:
                     try:
                         text = future.result()
                     except WhisperdError as exc:
-                        err.print(f"[bold red]error:[/] {path}: {exc.message}")
+                        err.print(f"[bold red]error:[/] {name}: {exc.message}")
                         failures += 1
                         continue
-                    if output_dir is None:
-                        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-                    else:
-                        target = output_dir / f"{path.stem}.{formats.EXTENSIONS[fmt]}"
-                        target.write_text(text, encoding="utf-8")
-                        err.print(f"wrote {target}")
-    except WhisperdError as exc:
-        raise _fail(exc.message) from None
+                    if not _deliver(text, target):
+                        failures += 1
+        except WhisperdError as exc:
+            raise _fail(exc.message) from None
     if failures:
         raise typer.Exit(1)
 
 
-def _collect_with_progress(task: Any, total: float | None, path: Path, show: bool) -> Any:
+def _inputs(
+    paths: list[Path], output_dir: Path | None, extension: str
+) -> list[tuple[str, Path | None]]:
+    """Each input's name in messages (``stdin`` for ``-``) and the file its output goes to
+    (None: stdout), once the command line is known to be usable: every input a file, and no
+    two of them writing the same output file."""
+    if len(paths) > 1 and output_dir is None:
+        raise _fail("several files need -o DIR (one output file per input)", 2)
+    writers: dict[Path | None, str] = {}
+    for path in paths:
+        if path.is_dir():
+            raise _fail(f"{path} is a directory; pass the audio files in it, e.g. {path}/*", 2)
+        if path != STDIN and not path.is_file():
+            raise _fail(f"{path}: no such file", 2)
+        name = "stdin" if path == STDIN else str(path)
+        target = None if output_dir is None else output_dir / f"{Path(name).stem}.{extension}"
+        if target in writers:
+            raise _fail(
+                f"{writers[target]} and {name} would both be written to {target}; "
+                "transcribe them into different -o directories",
+                2,
+            )
+        writers[target] = name
+    return [(name, target) for target, name in writers.items()]
+
+
+def _deliver(text: str, target: Path | None) -> bool:
+    """Print ``text``, or write it to ``target``; False when it could not be written."""
+    if target is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return True
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] cannot write {target}: {exc.strerror}")
+        return False
+    err.print(f"wrote {target}")
+    return True
+
+
+def _collect_with_progress(task: Any, total: float | None, name: str, show: bool) -> Any:
     """The transcription, with a progress bar by audio position for a long file on a
     terminal."""
     from whisperd.engine import collect, items
@@ -294,7 +355,7 @@ def _collect_with_progress(task: Any, total: float | None, path: Path, show: boo
         console=err,
         transient=True,
     ) as progress:
-        bar = progress.add_task(path.name, total=total)
+        bar = progress.add_task(Path(name).name, total=total)
         return collect(items(task), on_segment=lambda s: progress.update(bar, completed=s.end))
 
 
