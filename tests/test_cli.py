@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -276,6 +277,21 @@ def test_stdin_into_an_output_dir_is_named_stdin(
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hotwords.txt", "stdin.txt"]
     assert words((tmp_path / "stdin.txt").read_text(encoding="utf-8")) == words(jfk_text)
+
+
+@pytest.mark.slow
+def test_readme_first_command_transcribes_in_a_plain_clone(
+    whisperd_cli: Run, jfk_text: str, tmp_path: Path
+) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    first = re.search(r"```sh\n(.*)\n```", readme)
+    assert first is not None
+    commands = [c.strip() for c in first.group(1).split("&&")]
+    [transcribe] = [c for c in commands if c.startswith("whisperd transcribe")]
+    # from any directory: nothing outside the installed package is needed
+    result = whisperd_cli(*shlex.split(transcribe)[1:], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert words(result.stdout) == words(jfk_text)
 
 
 def parsed_settings(command: str, argv: list[str]) -> Settings:

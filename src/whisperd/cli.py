@@ -200,9 +200,12 @@ def worker(**flags: Any) -> None:
 @app.command()
 def transcribe(
     files: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(help="Audio or video files; - reads one from stdin.", show_default=False),
-    ],
+    ] = None,
+    sample: Annotated[
+        bool, typer.Option("--sample", help="Also transcribe the 11 s recording whisperd ships.")
+    ] = False,
     model: Annotated[str | None, typer.Option("-m", "--model", help="Model name or dir.")] = None,
     fmt: Annotated[
         str, typer.Option("-f", "--format", help=f"One of: {', '.join(FORMAT_CHOICES)}.")
@@ -227,6 +230,7 @@ def transcribe(
     import shutil
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
+    from importlib import resources
 
     from whisperd import formats
     from whisperd.engine import TranscribeOptions, Transcriber
@@ -236,7 +240,10 @@ def transcribe(
     if task not in ("transcribe", "translate"):
         raise _fail(f"unknown task {task!r}; use transcribe or translate", 2)
     with contextlib.ExitStack() as stack:
-        paths = list(files)
+        paths = list(files or [])
+        if sample:
+            shipped = resources.files("whisperd") / "samples" / "jfk.flac"
+            paths.append(stack.enter_context(resources.as_file(shipped)))
         inputs = _inputs(paths, output_dir, formats.EXTENSIONS[fmt])
         _setup_logging("warning")
         single = len(paths) == 1
@@ -306,6 +313,8 @@ def _inputs(
     """Each input's name in messages (``stdin`` for ``-``) and the file its output goes to
     (None: stdout), once the command line is known to be usable: every input a file, and no
     two of them writing the same output file."""
+    if not paths:
+        raise _fail("give audio files, - to read one from stdin, or --sample", 2)
     if len(paths) > 1 and output_dir is None:
         raise _fail("several files need -o DIR (one output file per input)", 2)
     writers: dict[Path | None, str] = {}
