@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
+import typer
 
 import whisperd
+from whisperd import cli
 from whisperd.bench import words
+from whisperd.settings import Settings
+
+from support import server_process
 
 Result = subprocess.CompletedProcess[str]
 Run = Callable[..., Result]
@@ -38,15 +46,18 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def whisperd_cli(cli_env: dict[str, str]) -> Run:
-    def run(*args: str | Path, cwd: Path | None = None) -> Result:
-        return subprocess.run(
-            [sys.executable, "-m", "whisperd", *map(str, args)],
-            capture_output=True,
-            text=True,
-            env=cli_env,
-            cwd=cwd,
-            timeout=240,
-        )
+    def run(*args: str | Path, cwd: Path | None = None, stdin: Path | None = None) -> Result:
+        with contextlib.ExitStack() as stack:
+            source = None if stdin is None else stack.enter_context(stdin.open("rb"))
+            return subprocess.run(
+                [sys.executable, "-m", "whisperd", *map(str, args)],
+                capture_output=True,
+                text=True,
+                env=cli_env,
+                cwd=cwd,
+                stdin=source,
+                timeout=240,
+            )
 
     return run
 
@@ -164,11 +175,11 @@ def test_non_audio_file_error_is_one_line(not_audio_result: tuple[Path, Result])
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-@pytest.mark.slow
 def test_english_only_model_refuses_another_language(whisperd_cli: Run, jfk_path: Path) -> None:
-    result = whisperd_cli("transcribe", "--language", "de", jfk_path)
+    result = whisperd_cli("transcribe", "--language", "DE", jfk_path)
     assert_clean_failure(result)
-    assert "English-only" in " ".join(result.stderr.split())
+    assert result.returncode == 2
+    assert "English-only; language 'de'" in " ".join(result.stderr.split())
 
 
 def test_bad_format_is_a_usage_error(whisperd_cli: Run, jfk_path: Path) -> None:
@@ -176,3 +187,205 @@ def test_bad_format_is_a_usage_error(whisperd_cli: Run, jfk_path: Path) -> None:
     assert_clean_failure(result)
     assert result.returncode == 2
     assert "srt" in result.stderr
+
+
+@pytest.mark.slow
+def test_language_is_read_as_the_api_reads_it(
+    whisperd_cli: Run, jfk_path: Path, jfk_text: str
+) -> None:
+    result = whisperd_cli("transcribe", "--language", " EN ", jfk_path)
+    assert result.returncode == 0, result.stderr
+    assert words(result.stdout) == words(jfk_text)
+
+
+def test_unknown_language_is_a_usage_error_before_any_file(
+    whisperd_cli: Run, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.pdf"
+    notes.write_bytes(b"%PDF-1.4\n")
+    result = whisperd_cli("transcribe", "--language", "xx", notes)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Unknown language 'xx'; use an ISO-639-1 code such as 'en' or 'de'."
+    ]
+
+
+def test_a_directory_is_named_as_one(whisperd_cli: Run, tmp_path: Path) -> None:
+    (tmp_path / "talks").mkdir()
+    result = whisperd_cli("transcribe", "talks", cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: talks is a directory; pass the audio files in it, e.g. talks/*"
+    ]
+
+
+def test_inputs_that_would_write_the_same_output_are_refused(
+    whisperd_cli: Run, jfk_path: Path, hotwords_path: Path, tmp_path: Path
+) -> None:
+    for folder, source in (("a", jfk_path), ("b", hotwords_path)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.flac").write_bytes(source.read_bytes())
+    result = whisperd_cli("transcribe", "-o", "out", "a/x.flac", "b/x.flac", cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: a/x.flac and b/x.flac would both be written to {Path('out', 'x.txt')}; "
+        "transcribe them into different -o directories"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["taken", "taken/sub"])
+def test_output_dir_that_cannot_be_made_fails_in_one_line(
+    whisperd_cli: Run, jfk_path: Path, tmp_path: Path, target: str
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a directory")
+    result = whisperd_cli("transcribe", "-o", target, jfk_path, cwd=tmp_path)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot make the output directory {target}: ")
+
+
+@pytest.mark.slow
+def test_an_output_that_cannot_be_written_fails_that_input_only(
+    whisperd_cli: Run, jfk_path: Path, hotwords_path: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "jfk.txt").mkdir()  # where jfk's transcript would go
+    result = whisperd_cli("transcribe", "-o", tmp_path, jfk_path, hotwords_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"error: cannot write {tmp_path / 'jfk.txt'}: " in result.stderr
+    assert f"wrote {tmp_path / 'hotwords.txt'}" in result.stderr
+    assert {"folder", "again"} <= set(words((tmp_path / "hotwords.txt").read_text("utf-8")))
+
+
+@pytest.mark.slow
+def test_dash_reads_audio_from_stdin(whisperd_cli: Run, jfk_path: Path, jfk_text: str) -> None:
+    result = whisperd_cli("transcribe", "-", stdin=jfk_path)
+    assert result.returncode == 0, result.stderr
+    assert words(result.stdout) == words(jfk_text)
+
+
+@pytest.mark.slow
+def test_stdin_into_an_output_dir_is_named_stdin(
+    whisperd_cli: Run, jfk_path: Path, hotwords_path: Path, jfk_text: str, tmp_path: Path
+) -> None:
+    result = whisperd_cli("transcribe", "-o", tmp_path, "-", hotwords_path, stdin=jfk_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hotwords.txt", "stdin.txt"]
+    assert words((tmp_path / "stdin.txt").read_text(encoding="utf-8")) == words(jfk_text)
+
+
+@pytest.mark.slow
+def test_readme_first_command_transcribes_in_a_plain_clone(
+    whisperd_cli: Run, jfk_text: str, tmp_path: Path
+) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    first = re.search(r"```sh\n(.*)\n```", readme)
+    assert first is not None
+    commands = [c.strip() for c in first.group(1).split("&&")]
+    [transcribe] = [c for c in commands if c.startswith("whisperd transcribe")]
+    # from any directory: nothing outside the installed package is needed
+    result = whisperd_cli(*shlex.split(transcribe)[1:], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert words(result.stdout) == words(jfk_text)
+
+
+def parsed_settings(command: str, argv: list[str]) -> Settings:
+    """The settings ``whisperd COMMAND ARGV`` runs with, parsed by the real command line."""
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    context = group.commands[command].make_context(command, argv)
+    settings: Settings = cli._settings(**context.params)
+    return settings
+
+
+def flag_settings(command: str) -> set[str]:
+    """The settings that ``whisperd COMMAND`` has flags for."""
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    return {str(p.name) for p in group.commands[command].params if p.name != "help"}
+
+
+def test_every_serve_and_worker_flag_reaches_the_settings(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("k3\n")
+    given = {
+        "serve": [
+            (["--host", "0.0.0.0"], "host", "0.0.0.0"),
+            (["--port", "9001"], "port", 9001),
+            (["-m", "base"], "model", "base"),
+            (
+                ["--preload-model", "tiny", "--preload-model", "small,medium"],
+                "preload_models",
+                ("tiny", "small", "medium"),
+            ),
+            (["--device", "cpu"], "device", "cpu"),
+            (["--compute-type", "float32"], "compute_type", "float32"),
+            (["--batch-size", "3"], "batch_size", 3),
+            (["--cpu-threads", "2"], "cpu_threads", 2),
+            (["--max-active", "5"], "max_active", 5),
+            (["--max-queue", "7"], "max_queue", 7),
+            (["--request-timeout", "12.5"], "request_timeout", 12.5),
+            (["--max-upload-bytes", "1000"], "max_upload_bytes", 1000),
+            (["--max-audio-seconds", "60"], "max_audio_seconds", 60.0),
+            (["--job-max-upload-bytes", "2000"], "job_max_upload_bytes", 2000),
+            (["--api-key", "k1", "--api-key", "k2"], "api_keys", ("k1", "k2")),
+            (["--api-keys-file", str(keys_file)], "api_keys_file", keys_file),
+            (
+                ["--fetch-allow-host", "10.0.0.0/8", "--fetch-allow-host", "redis"],
+                "fetch_allow_hosts",
+                ("10.0.0.0/8", "redis"),
+            ),
+            (["--no-fetch-enabled"], "fetch_enabled", False),
+            (["--drain-timeout", "3"], "drain_timeout", 3.0),
+            (["--data-dir", str(tmp_path / "data")], "data_dir", tmp_path / "data"),
+            (["--redis-url", "redis://r:6379/0"], "redis_url", "redis://r:6379/0"),
+            (["--no-queue-consumers"], "queue_consumers", False),
+            (["--metrics-public"], "metrics_public", True),
+            (["--no-vad-filter"], "vad_filter", False),
+            (["--log-level", "debug"], "log_level", "debug"),
+            (["--log-format", "json"], "log_format", "json"),
+        ],
+        "worker": [
+            (["--redis-url", "redis://r:6379/0"], "redis_url", "redis://r:6379/0"),
+            (["-m", "base"], "model", "base"),
+            (["--device", "cpu"], "device", "cpu"),
+            (["--compute-type", "float32"], "compute_type", "float32"),
+            (["--batch-size", "3"], "batch_size", 3),
+            (["--cpu-threads", "2"], "cpu_threads", 2),
+            (["--metrics-port", "9100"], "metrics_port", 9100),
+            (["--log-level", "debug"], "log_level", "debug"),
+            (["--log-format", "json"], "log_format", "json"),
+        ],
+    }
+    for command, flags in given.items():
+        settings = parsed_settings(command, [arg for argv, _, _ in flags for arg in argv])
+        assert {(name, getattr(settings, name)) for _, name, _ in flags} == {
+            (name, value) for _, name, value in flags
+        }
+        assert flag_settings(command) == {name for _, name, _ in flags}
+
+
+def test_a_bad_flag_value_is_a_usage_error(whisperd_cli: Run) -> None:
+    result = whisperd_cli("serve", "--device", "tpu")
+    assert result.returncode == 2
+    assert "tpu" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_serve_flags_configure_the_running_server(tmp_path: Path, jfk_path: Path) -> None:
+    data = tmp_path / "flag-data"
+    args = ("serve", "--max-upload-bytes", "100000", "--api-key", "k1", "--data-dir", str(data))
+    with server_process(tmp_path, args=args) as server:
+        url = f"{server.url}/v1/audio/transcriptions"
+        files = {"file": ("jfk.flac", jfk_path.read_bytes())}
+        assert httpx.post(url, files=files, timeout=60).status_code == 401
+        too_big = httpx.post(url, files=files, headers={"Authorization": "Bearer k1"}, timeout=60)
+        assert too_big.status_code == 413, too_big.text
+        assert (data / "redis").is_dir()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
 from rich.console import Console
@@ -27,21 +29,90 @@ err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
 
 FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv")
+Command = TypeVar("Command", bound=Callable[..., None])
+STDIN = Path("-")  # the input name that reads audio from standard input
 
 
-# Options that serve and worker share; each is also a WHISPERD_ setting.
-ModelOption = Annotated[
-    str | None, typer.Option("-m", "--model", help="Default model [WHISPERD_MODEL].")
-]
-DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda [WHISPERD_DEVICE].")]
-ComputeOption = Annotated[
-    str | None, typer.Option(help="auto, int8, float16, ... [WHISPERD_COMPUTE_TYPE].")
-]
-BatchOption = Annotated[
-    int | None, typer.Option(help="Most windows decoded in one batch [WHISPERD_BATCH_SIZE].")
-]
-LogLevelOption = Annotated[str | None, typer.Option(help="[WHISPERD_LOG_LEVEL]")]
-LogFormatOption = Annotated[str | None, typer.Option(help="text or json [WHISPERD_LOG_FORMAT].")]
+# The settings each command takes as flags; every flag is named, typed and documented by its
+# field in Settings. A list setting takes a repeatable flag in the singular (--api-key).
+SERVE_FLAGS = (
+    "host",
+    "port",
+    "model",
+    "preload_models",
+    "device",
+    "compute_type",
+    "batch_size",
+    "cpu_threads",
+    "max_active",
+    "max_queue",
+    "request_timeout",
+    "max_upload_bytes",
+    "max_audio_seconds",
+    "job_max_upload_bytes",
+    "api_keys",
+    "api_keys_file",
+    "fetch_allow_hosts",
+    "fetch_enabled",
+    "drain_timeout",
+    "data_dir",
+    "redis_url",
+    "queue_consumers",
+    "metrics_public",
+    "vad_filter",
+    "log_level",
+    "log_format",
+)
+WORKER_FLAGS = (
+    "redis_url",
+    "model",
+    "device",
+    "compute_type",
+    "batch_size",
+    "cpu_threads",
+    "metrics_port",
+    "log_level",
+    "log_format",
+)
+_SHORT_FLAGS = {"model": ("-m",)}
+
+
+def _setting_flag(name: str) -> inspect.Parameter:
+    """The option for setting ``name``: its type, help and variable from the Settings field."""
+    from whisperd.settings import Settings
+
+    field = Settings.model_fields[name]
+    kind: Any = field.annotation
+    words = name
+    if get_origin(kind) is tuple:  # a list setting: a repeatable flag, in the singular
+        kind, words = list[str], name.removesuffix("s")
+    elif type(None) in get_args(kind):  # the flag's None already means "not given"
+        kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    flag = "--" + words.replace("_", "-")
+    option = typer.Option(
+        f"{flag}/--no-{flag[2:]}" if kind is bool else flag,
+        *_SHORT_FLAGS.get(name, ()),
+        help=f"{field.description} [WHISPERD_{name.upper()}]",
+        show_default=False,
+    )
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[kind | None, option],
+    )
+
+
+def _setting_flags(*names: str) -> Callable[[Command], Command]:
+    """Give a command taking ``**flags`` one flag per named setting."""
+
+    def add(command: Command) -> Command:
+        # typer reads a command's options from its signature
+        flags = [_setting_flag(name) for name in names]
+        command.__signature__ = inspect.Signature(flags)  # type: ignore[attr-defined]
+        return command
+
+    return add
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -55,8 +126,12 @@ def _settings(**overrides: Any) -> Any:
 
     from whisperd.settings import Settings
 
+    # a repeated flag gives a list; joined, it splits as the variable does (commas work too)
+    given: dict[str, Any] = {
+        k: ",".join(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None
+    }
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
@@ -86,60 +161,19 @@ def _main(
 
 
 @app.command()
-def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Interface to listen on [WHISPERD_HOST].")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port [WHISPERD_PORT].")] = None,
-    model: ModelOption = None,
-    device: DeviceOption = None,
-    compute_type: ComputeOption = None,
-    batch_size: BatchOption = None,
-    max_queue: Annotated[
-        int | None, typer.Option(help="Waiting requests before 429 [WHISPERD_MAX_QUEUE].")
-    ] = None,
-    api_key: Annotated[
-        list[str] | None, typer.Option(help="Accepted API key; repeatable [WHISPERD_API_KEYS].")
-    ] = None,
-    redis_url: Annotated[
-        str | None, typer.Option(help="External Redis for jobs [WHISPERD_REDIS_URL].")
-    ] = None,
-    log_level: LogLevelOption = None,
-    log_format: LogFormatOption = None,
-) -> None:
+@_setting_flags(*SERVE_FLAGS)
+def serve(**flags: Any) -> None:
     """Run the HTTP server (OpenAI API, function and upload endpoints, jobs)."""
     from whisperd.server import serve as run_server
 
-    settings = _settings(
-        host=host,
-        port=port,
-        model=model,
-        device=device,
-        compute_type=compute_type,
-        batch_size=batch_size,
-        max_queue=max_queue,
-        api_keys=tuple(api_key) if api_key else None,
-        redis_url=redis_url,
-        log_level=log_level,
-        log_format=log_format,
-    )
+    settings = _settings(**flags)
     _setup_logging(settings.log_level, settings.log_format)
     raise typer.Exit(run_server(settings))
 
 
 @app.command()
-def worker(
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="The Redis the API servers use [WHISPERD_REDIS_URL]; required."),
-    ] = None,
-    model: ModelOption = None,
-    device: DeviceOption = None,
-    compute_type: ComputeOption = None,
-    batch_size: BatchOption = None,
-    log_level: LogLevelOption = None,
-    log_format: LogFormatOption = None,
-) -> None:
+@_setting_flags(*WORKER_FLAGS)
+def worker(**flags: Any) -> None:
     """Run job consumers only (no HTTP): load the model once, take jobs from Redis.
 
     One worker per GPU. SIGTERM drains: no new jobs; running ones get WHISPERD_DRAIN_TIMEOUT s.
@@ -148,15 +182,7 @@ def worker(
     """
     from whisperd.jobs.runtime import run_worker
 
-    settings = _settings(
-        redis_url=redis_url,
-        model=model,
-        device=device,
-        compute_type=compute_type,
-        batch_size=batch_size,
-        log_level=log_level,
-        log_format=log_format,
-    )
+    settings = _settings(**flags)
     _setup_logging(settings.log_level, settings.log_format)
     if settings.redis_url is None:
         raise _fail(
@@ -173,7 +199,13 @@ def worker(
 
 @app.command()
 def transcribe(
-    files: Annotated[list[Path], typer.Argument(help="Audio or video files.", show_default=False)],
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Audio or video files; - reads one from stdin.", show_default=False),
+    ] = None,
+    sample: Annotated[
+        bool, typer.Option("--sample", help="Also transcribe the 11 s recording whisperd ships.")
+    ] = False,
     model: Annotated[str | None, typer.Option("-m", "--model", help="Model name or dir.")] = None,
     fmt: Annotated[
         str, typer.Option("-f", "--format", help=f"One of: {', '.join(FORMAT_CHOICES)}.")
@@ -194,7 +226,11 @@ def transcribe(
     compute_type: Annotated[str | None, typer.Option(help="auto, int8, float16, ...")] = None,
 ) -> None:
     """Transcribe files: print to stdout (one file) or write one output per input into -o DIR."""
+    import contextlib
+    import shutil
+    import tempfile
     from concurrent.futures import ThreadPoolExecutor
+    from importlib import resources
 
     from whisperd import formats
     from whisperd.engine import TranscribeOptions, Transcriber
@@ -203,58 +239,117 @@ def transcribe(
         raise _fail(f"unknown format {fmt!r}; use one of {', '.join(FORMAT_CHOICES)}", 2)
     if task not in ("transcribe", "translate"):
         raise _fail(f"unknown task {task!r}; use transcribe or translate", 2)
-    if len(files) > 1 and output_dir is None:
-        raise _fail("several files need -o DIR (one output file per input)", 2)
-    for path in files:
-        if not path.is_file():
-            raise _fail(f"{path}: no such file", 2)
-    _setup_logging("warning")
-    single = len(files) == 1
-    settings = _settings(model=model, device=device, compute_type=compute_type, preload_models=())
-    options = TranscribeOptions(
-        language=language,
-        task=task,  # type: ignore[arg-type]
-        beam_size=beam_size or settings.beam_size,
-        initial_prompt=prompt,
-        hotwords=hotwords,
-        word_timestamps=word_timestamps,
-        vad_filter=settings.vad_filter if vad is None else vad,
-    )
-    if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    try:
-        with Transcriber(settings) as engine:
+    with contextlib.ExitStack() as stack:
+        paths = list(files or [])
+        if sample:
+            shipped = resources.files("whisperd") / "samples" / "jfk.flac"
+            paths.append(stack.enter_context(resources.as_file(shipped)))
+        inputs = _inputs(paths, output_dir, formats.EXTENSIONS[fmt])
+        _setup_logging("warning")
+        single = len(paths) == 1
+        settings = _settings(
+            model=model, device=device, compute_type=compute_type, preload_models=()
+        )
+        options = TranscribeOptions.asked(
+            settings,
+            language=language,
+            task=task,  # type: ignore[arg-type]
+            prompt=prompt,
+            hotwords=hotwords,
+            vad_filter=vad,
+            beam_size=beam_size,
+            word_timestamps=word_timestamps,
+        )
+        engine = Transcriber(settings)
+        try:
+            engine.validate(options)  # a bad language is the command's mistake, not a file's
+        except WhisperdError as exc:
+            raise _fail(exc.message, 2) from None
+        if output_dir is not None:
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                msg = f"cannot make the output directory {output_dir}: {exc.strerror}"
+                raise _fail(msg, 2) from None
+        if STDIN in paths:
+            spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="whisperd-stdin-"))
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            spool.flush()
+            paths = [Path(spool.name) if path == STDIN else path for path in paths]
 
-            def run(path: Path) -> str:
-                with path.open("rb") as source:
-                    prepared = engine.prepare(options, source=source)
-                    task = engine.begin(prepared, engine.chunks(source))
-                    result = _collect_with_progress(task, prepared.estimate, path, single)
-                return formats.render(result, fmt)
+        def run(path: Path, name: str) -> str:
+            with path.open("rb") as source:
+                prepared = engine.prepare(options, source=source)
+                task = engine.begin(prepared, engine.chunks(source))
+                result = _collect_with_progress(task, prepared.estimate, name, single)
+            return formats.render(result, fmt)
 
+        failures = 0
+        try:
             # several files run side by side, their windows batched; outputs keep input order
-            with ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
-                for path, future in [(p, pool.submit(run, p)) for p in files]:
+            with engine, ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
+                runs = [
+                    (name, target, pool.submit(run, path, name))
+                    for path, (name, target) in zip(paths, inputs, strict=True)
+                ]
+                for name, target, future in runs:
                     try:
                         text = future.result()
                     except WhisperdError as exc:
-                        err.print(f"[bold red]error:[/] {path}: {exc.message}")
+                        err.print(f"[bold red]error:[/] {name}: {exc.message}")
                         failures += 1
                         continue
-                    if output_dir is None:
-                        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-                    else:
-                        target = output_dir / f"{path.stem}.{formats.EXTENSIONS[fmt]}"
-                        target.write_text(text, encoding="utf-8")
-                        err.print(f"wrote {target}")
-    except WhisperdError as exc:
-        raise _fail(exc.message) from None
+                    if not _deliver(text, target):
+                        failures += 1
+        except WhisperdError as exc:
+            raise _fail(exc.message) from None
     if failures:
         raise typer.Exit(1)
 
 
-def _collect_with_progress(task: Any, total: float | None, path: Path, show: bool) -> Any:
+def _inputs(
+    paths: list[Path], output_dir: Path | None, extension: str
+) -> list[tuple[str, Path | None]]:
+    """Each input's name in messages (``stdin`` for ``-``) and the file its output goes to
+    (None: stdout), once the command line is known to be usable: every input a file, and no
+    two of them writing the same output file."""
+    if not paths:
+        raise _fail("give audio files, - to read one from stdin, or --sample", 2)
+    if len(paths) > 1 and output_dir is None:
+        raise _fail("several files need -o DIR (one output file per input)", 2)
+    writers: dict[Path | None, str] = {}
+    for path in paths:
+        if path.is_dir():
+            raise _fail(f"{path} is a directory; pass the audio files in it, e.g. {path}/*", 2)
+        if path != STDIN and not path.is_file():
+            raise _fail(f"{path}: no such file", 2)
+        name = "stdin" if path == STDIN else str(path)
+        target = None if output_dir is None else output_dir / f"{Path(name).stem}.{extension}"
+        if target in writers:
+            raise _fail(
+                f"{writers[target]} and {name} would both be written to {target}; "
+                "transcribe them into different -o directories",
+                2,
+            )
+        writers[target] = name
+    return [(name, target) for target, name in writers.items()]
+
+
+def _deliver(text: str, target: Path | None) -> bool:
+    """Print ``text``, or write it to ``target``; False when it could not be written."""
+    if target is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return True
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] cannot write {target}: {exc.strerror}")
+        return False
+    err.print(f"wrote {target}")
+    return True
+
+
+def _collect_with_progress(task: Any, total: float | None, name: str, show: bool) -> Any:
     """The transcription, with a progress bar by audio position for a long file on a
     terminal."""
     from whisperd.engine import collect, items
@@ -269,7 +364,7 @@ def _collect_with_progress(task: Any, total: float | None, path: Path, show: boo
         console=err,
         transient=True,
     ) as progress:
-        bar = progress.add_task(path.name, total=total)
+        bar = progress.add_task(Path(name).name, total=total)
         return collect(items(task), on_segment=lambda s: progress.update(bar, completed=s.end))
 
 

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(0, ge=0)
     """CPU threads of the engine's batches; 0 means every available core."""
     batch_size: int = Field(0, ge=0, le=64)
-    """Most 30 s windows decoded together in one batch, across all requests; 0 means 4 on CPU
+    """Most 30 s windows decoded together in one batch, across all requests; 0 means 8 on CPU
     and, on a GPU, what half its free memory holds (at most 32)."""
     max_active: int = Field(0, ge=0)
     """Requests decoded and batched at once; 0 means twice the batch size."""
@@ -137,7 +137,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     """Where the embedded Redis keeps its append-only file."""
     redis_url: str | None = None
-    """An external Redis (redis://...); unset runs an embedded Redis in the data dir."""
+    """The Redis (redis://...) API servers and workers share; unset, `serve` runs an embedded
+    Redis in the data dir (a worker needs one set)."""
     queue_consumers: bool = True
     """Run job consumers in this server process (false: API only; jobs run on workers)."""
     job_ttl: float = Field(24 * 3600.0, gt=0)
