@@ -218,6 +218,9 @@ def test_permanent_failures_fail_at_once_with_the_error(
         conflict = client.get(f"/v1/jobs/{missing['id']}/result")
         assert conflict.status_code == 409
         assert error_of(conflict)["code"] == "job_failed"
+        ended = client.delete(f"/v1/jobs/{missing['id']}")
+        assert ended.status_code == 409
+        assert error_of(ended)["code"] == "job_finished"
 
         callback = poll(lambda: local.received("bad"), timeout=30, what="the callback")[0]
         assert callback.headers["x-function-status"] == "415"
@@ -258,7 +261,9 @@ def test_cancel_a_queued_job_and_it_never_runs(
         cancelled = client.delete(f"/v1/jobs/{waiting['id']}")
         assert cancelled.status_code == 200
         assert cancelled.json()["status"] == "cancelled"
-        assert client.delete(f"/v1/jobs/{waiting['id']}").json()["status"] == "cancelled"
+        again = client.delete(f"/v1/jobs/{waiting['id']}")
+        assert again.status_code == 409, "a cancelled job has ended: nothing to cancel"
+        assert error_of(again)["code"] == "job_finished"
 
         callback = poll(lambda: local.received("cancelled"), timeout=30, what="the callback")[0]
         assert callback.headers["x-function-status"] == "499"

@@ -309,15 +309,15 @@ class JobsRuntime:
     def cancel(self, job_id: str) -> Job:
         """Cancel: a queued job never runs; a running one stops at its next window. A job
         split into chunks ends at once: its chunks stop at their next window, wherever they
-        run, and those not started never do."""
+        run, and those not started never do. ConflictError once it has ended (cancelled
+        included)."""
         with redis_errors():
             for _ in range(5):
                 job = self.get(job_id, with_result=False)
-                if job.state is JobState.CANCELLED:
-                    return job
                 if job.state.final:
                     raise ConflictError(
-                        f"Job {job_id} has already {job.state}; there is nothing to cancel.",
+                        f"Job {job_id} has already ended ({job.state}); there is nothing to "
+                        "cancel.",
                         param="job_id",
                         code="job_finished",
                     )

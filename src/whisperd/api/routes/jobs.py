@@ -420,7 +420,8 @@ async def get_job_result(job_id: str, jobs: JobsDep) -> Response:
 async def cancel_job(job_id: str, jobs: JobsDep) -> JSONResponse:
     """A queued job is cancelled at once and never runs; a running one stops at its next
     30-second window (`cancel_requested` is true until then); a long job split into chunks
-    is cancelled at once, and its chunks stop at their next window. 409 if it already ended."""
+    is cancelled at once, and its chunks stop at their next window. 409 if it has already
+    ended (succeeded, failed or cancelled)."""
     job_id = _check_job_id(job_id)
     job = await anyio.to_thread.run_sync(jobs.cancel, job_id)
     return JSONResponse(_public(job, jobs, with_result=False))
