@@ -7,7 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,11 @@ from test_jobs_support import (
 )
 from whisperd.api import create_app
 from whisperd.engine import Transcriber
-from whisperd.errors import InvalidTransitionError, ServiceUnavailableError
+from whisperd.errors import InvalidTransitionError, RateLimitError, ServiceUnavailableError
 from whisperd.jobs.embedded import EmbeddedRedis
+from whisperd.jobs.owners import Owner
+from whisperd.jobs.records import JobSpec
+from whisperd.jobs.runtime import JobsRuntime
 from whisperd.jobs.states import TRANSITIONS, JobState, check_transition
 from whisperd.settings import Settings
 
@@ -51,9 +56,15 @@ def api(settings: Settings, engine: Transcriber) -> Iterator[TestClient]:
         yield client
 
 
-def submit(client: TestClient, *, upload: bytes | None = None, **form: Any) -> dict[str, Any]:
+def submit(
+    client: TestClient,
+    *,
+    upload: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    **form: Any,
+) -> dict[str, Any]:
     files = {"file": ("audio.flac", upload)} if upload is not None else None
-    response = client.post("/v1/jobs", files=files, data=form)
+    response = client.post("/v1/jobs", files=files, data=form, headers=headers)
     assert response.status_code == 202, response.text
     body: dict[str, Any] = response.json()
     assert response.headers["x-call-id"] == body["id"]
@@ -63,10 +74,14 @@ def submit(client: TestClient, *, upload: bytes | None = None, **form: Any) -> d
 
 
 def wait_job(
-    client: TestClient, job_id: str, statuses: tuple[str, ...] = FINAL, timeout: float = 60
+    client: TestClient,
+    job_id: str,
+    statuses: tuple[str, ...] = FINAL,
+    timeout: float = 60,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
         return body if body["status"] in statuses else None
 
     return poll(check, timeout=timeout, what=f"job {job_id} to be {'/'.join(statuses)}")
@@ -218,6 +233,9 @@ def test_permanent_failures_fail_at_once_with_the_error(
         conflict = client.get(f"/v1/jobs/{missing['id']}/result")
         assert conflict.status_code == 409
         assert error_of(conflict)["code"] == "job_failed"
+        ended = client.delete(f"/v1/jobs/{missing['id']}")
+        assert ended.status_code == 409
+        assert error_of(ended)["code"] == "job_finished"
 
         callback = poll(lambda: local.received("bad"), timeout=30, what="the callback")[0]
         assert callback.headers["x-function-status"] == "415"
@@ -258,7 +276,9 @@ def test_cancel_a_queued_job_and_it_never_runs(
         cancelled = client.delete(f"/v1/jobs/{waiting['id']}")
         assert cancelled.status_code == 200
         assert cancelled.json()["status"] == "cancelled"
-        assert client.delete(f"/v1/jobs/{waiting['id']}").json()["status"] == "cancelled"
+        again = client.delete(f"/v1/jobs/{waiting['id']}")
+        assert again.status_code == 409, "a cancelled job has ended: nothing to cancel"
+        assert error_of(again)["code"] == "job_finished"
 
         callback = poll(lambda: local.received("cancelled"), timeout=30, what="the callback")[0]
         assert callback.headers["x-function-status"] == "499"
@@ -301,6 +321,239 @@ def test_cancel_a_running_job_stops_it_at_the_next_window(
         assert stopped["progress"]["seconds"] < stopped["progress"]["duration"] == 150.0
 
 
+# --- keys: whose jobs, and how many --------------------------------------------------------
+ALICE, BOB, ROOT = "alice-key-4b1f", "bob-key-93ce", "root-key-07da"
+UNKNOWN_JOB = "0b9a7f2e-5d43-4b8e-9d3c-1f0e2a6b7c8d"
+
+
+def key(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+def redis_values(settings: Settings) -> Iterator[bytes]:
+    """Every name and value in the embedded Redis of ``settings``."""
+    with redis.Redis(unix_socket_path=str(settings.data_dir / "redis" / "redis.sock")) as store:
+        for name in store.scan_iter():
+            yield name
+            kind = store.type(name)
+            if kind == b"hash":
+                yield from (b"%s=%s" % pair for pair in store.hgetall(name).items())
+            elif kind == b"string":
+                yield store.get(name) or b""
+            elif kind == b"zset":
+                yield from store.zrange(name, 0, -1)
+            elif kind == b"list":
+                yield from store.lrange(name, 0, -1)
+            elif kind == b"set":
+                yield from store.smembers(name)
+
+
+def test_jobs_belong_to_the_key_that_made_them(
+    tmp_path: Path, engine: Transcriber, local: LocalServer
+) -> None:
+    settings = job_settings(tmp_path, api_keys=(ALICE, BOB), admin_api_keys=(ROOT,))
+    alice, bob, root = key(ALICE), key(BOB), key(ROOT)
+    with api(settings, engine) as client:
+        upload = client.post(
+            "/v1/jobs", files={"file": ("board-call.flac", JFK.read_bytes())}, headers=alice
+        )
+        assert upload.status_code == 202, upload.text
+        function = client.post(
+            "/async-function/whisper", content=f"{local.base}/audio/jfk.flac", headers=alice
+        )
+        assert function.status_code == 202, function.text
+        alices = [function.headers["x-call-id"], upload.json()["id"]]  # newest first
+        bobs = submit(client, headers=bob, url=f"{local.base}/audio/jfk.flac")["id"]
+        for job_id in alices:
+            assert wait_job(client, job_id, headers=alice)["status"] == "succeeded"
+        assert wait_job(client, bobs, headers=bob)["status"] == "succeeded"
+
+        # Another key's job looks exactly like one that does not exist, on every route.
+        for job_id in alices:
+            for method, path in (
+                ("GET", "/v1/jobs/{}"),
+                ("GET", "/v1/jobs/{}/result"),
+                ("DELETE", "/v1/jobs/{}"),
+            ):
+                theirs = client.request(method, path.format(job_id), headers=bob)
+                missing = client.request(method, path.format(UNKNOWN_JOB), headers=bob)
+                assert theirs.status_code == missing.status_code == 404
+                expected = error_of(missing)
+                expected["message"] = expected["message"].replace(UNKNOWN_JOB, job_id)
+                assert error_of(theirs) == expected
+        cursor = client.get("/v1/jobs", params={"after": alices[0]}, headers=bob)
+        unknown = client.get("/v1/jobs", params={"after": UNKNOWN_JOB}, headers=bob)
+        assert cursor.status_code == unknown.status_code == 422
+        assert error_of(cursor)["message"] == error_of(unknown)["message"].replace(
+            UNKNOWN_JOB, alices[0]
+        )
+
+        # Each key lists its own jobs, and counts only those; the admin key sees them all.
+        def listed(headers: dict[str, str], **params: str) -> tuple[list[str], int]:
+            body = client.get("/v1/jobs", params=params, headers=headers).json()
+            return [job["id"] for job in body["data"]], body["queue"]["succeeded"]
+
+        assert listed(bob) == ([bobs], 1)
+        assert listed(bob, status="succeeded") == ([bobs], 1)
+        assert listed(alice) == (alices, 2)
+        assert listed(alice, limit="1", after=alices[0]) == (alices[1:], 2)
+        assert listed(root) == ([bobs, *alices], 3)
+        seen = client.get(f"/v1/jobs/{alices[1]}", headers=root).json()
+        assert seen["input"]["filename"] == "board-call.flac"
+        assert JFK_WORDS in seen["result"]["text"].lower()
+        assert client.get(f"/v1/jobs/{alices[1]}/result", headers=alice).status_code == 200
+        assert client.delete(f"/v1/jobs/{bobs}", headers=root).status_code == 409
+
+        # The owner is kept as a fingerprint: no key is stored in Redis.
+        stored = b"\n".join(redis_values(settings))
+        assert alices[1].encode() in stored
+        for secret in (ALICE, BOB, ROOT):
+            assert secret.encode() not in stored
+
+
+def rate_limited(response: Any, setting: str) -> None:
+    """A 429 in OpenAI's shape, with Retry-After, that names the setting reached."""
+    assert response.status_code == 429, response.text
+    error = error_of(response)
+    assert error["type"] == "rate_limit_error"
+    assert error["code"] == "rate_limit_exceeded"
+    assert f"({setting})" in error["message"], error["message"]
+    assert int(response.headers["retry-after"]) > 0
+
+
+def test_jobs_not_yet_ended_are_capped_per_key_and_in_total(
+    tmp_path: Path, engine: Transcriber
+) -> None:
+    settings = job_settings(
+        tmp_path,
+        api_keys=(ALICE, BOB),
+        queue_consumers=False,  # nothing runs: the jobs stay queued
+        job_max_queued_per_key=2,
+        job_max_queued=3,
+    )
+    alice, bob = key(ALICE), key(BOB)
+    url = "http://127.0.0.1:9/audio.flac"
+    with api(settings, engine) as client:
+        first = [submit(client, headers=alice, url=url)["id"] for _ in range(2)]
+        rate_limited(
+            client.post("/v1/jobs", data={"url": url}, headers=alice),
+            "WHISPERD_JOB_MAX_QUEUED_PER_KEY",
+        )
+        rate_limited(
+            client.post("/async-function/whisper", content=url, headers=alice),
+            "WHISPERD_JOB_MAX_QUEUED_PER_KEY",
+        )
+        submit(client, headers=bob, url=url)
+        rate_limited(
+            client.post("/v1/jobs", data={"url": url}, headers=bob), "WHISPERD_JOB_MAX_QUEUED"
+        )
+
+        # A job that ends (here: cancelled) gives its place back.
+        assert client.delete(f"/v1/jobs/{first[0]}", headers=alice).status_code == 200
+        submit(client, headers=bob, url=url)
+        rate_limited(
+            client.post("/v1/jobs", data={"url": url}, headers=alice), "WHISPERD_JOB_MAX_QUEUED"
+        )
+        assert client.get("/v1/jobs", headers=alice).json()["queue"]["queued"] == 1
+        assert client.get("/v1/jobs", headers=bob).json()["queue"]["queued"] == 2
+
+
+def test_queued_uploads_are_capped_in_bytes_until_their_jobs_end(
+    tmp_path: Path, engine: Transcriber, local: LocalServer
+) -> None:
+    size = JFK.stat().st_size
+    with pytest.raises(ValueError, match="WHISPERD_JOB_MAX_QUEUED_BYTES_PER_KEY"):
+        job_settings(tmp_path, job_max_upload_bytes=size, job_max_queued_bytes_per_key=size - 1)
+    settings = job_settings(
+        tmp_path,
+        api_keys=(ALICE, BOB),
+        job_workers=1,
+        job_max_upload_bytes=size,
+        job_max_queued_bytes_per_key=2 * size,
+        job_max_queued_bytes=2 * size + size // 2,
+    )
+    alice, bob = key(ALICE), key(BOB)
+    data = JFK.read_bytes()
+    with api(settings, engine) as client:
+        blocker = submit(client, headers=alice, url=f"{local.base}/audio/gated/jfk.flac")
+        assert local.gate_entered.wait(30), "the only consumer should be fetching"
+        uploads = [submit(client, headers=alice, upload=data)["id"] for _ in range(2)]
+        rate_limited(
+            client.post("/v1/jobs", files={"file": ("a.flac", data)}, headers=alice),
+            "WHISPERD_JOB_MAX_QUEUED_BYTES_PER_KEY",
+        )
+        rate_limited(
+            client.post(
+                "/async-function/whisper",
+                content=data,
+                headers={**alice, "Content-Type": "audio/flac"},
+            ),
+            "WHISPERD_JOB_MAX_QUEUED_BYTES_PER_KEY",
+        )
+        fetched = submit(client, headers=alice, url=f"{local.base}/audio/jfk.flac")["id"]
+        rate_limited(
+            client.post("/v1/jobs", files={"file": ("b.flac", data)}, headers=bob),
+            "WHISPERD_JOB_MAX_QUEUED_BYTES",
+        )
+
+        # Once the jobs have run, their bytes are free again: for both keys.
+        local.open_gate()
+        for job_id in (blocker["id"], *uploads, fetched):
+            assert wait_job(client, job_id, headers=alice)["status"] == "succeeded"
+        submit(client, headers=bob, upload=data)
+        submit(client, headers=alice, upload=data)
+
+
+def test_two_api_processes_racing_never_go_past_the_caps(tmp_path: Path) -> None:
+    settings = job_settings(
+        tmp_path,
+        api_keys=(ALICE, BOB),
+        job_max_queued_per_key=5,
+        job_max_upload_bytes=1000,
+        job_max_queued_bytes_per_key=3000,
+    )
+    first = JobsRuntime(settings, consumers=False).start()
+    try:
+        assert first.embedded is not None
+        # another API process on the same Redis
+        other = settings.model_copy(update={"redis_url": first.embedded.url})
+        second = JobsRuntime(other, consumers=False).start()
+        try:
+            racers = 32
+            barrier = threading.Barrier(racers)
+
+            def race(index: int) -> str | None:
+                runtime = (first, second)[index % 2]
+                barrier.wait(30)
+                try:
+                    if index % 4 < 2:  # Alice's jobs are URLs: her cap is 5 jobs
+                        owner = Owner.of(ALICE, settings)
+                        job = runtime.submit(
+                            JobSpec(), source="url", url="http://a.test/", owner=owner
+                        )
+                    else:  # Bob uploads 1000 bytes a job: his cap is 3000 bytes
+                        owner = Owner.of(BOB, settings)
+                        job = runtime.submit(
+                            JobSpec(), source="upload", audio=b"x" * 1000, owner=owner
+                        )
+                except RateLimitError:
+                    return None
+                return job.id
+
+            with ThreadPoolExecutor(racers) as pool:
+                accepted = [job_id for job_id in pool.map(race, range(racers)) if job_id]
+            assert len(accepted) == 5 + 3
+            for name, count in ((ALICE, 5), (BOB, 3)):
+                jobs, _ = second.list_jobs(
+                    None, owner=Owner.of(name, settings), limit=100, after=None
+                )
+                assert len(jobs) == count
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
 # --- sharing the engine -------------------------------------------------------------------
 def test_a_job_backlog_does_not_starve_synchronous_requests(
     tmp_path: Path, engine: Transcriber
@@ -334,8 +587,9 @@ def test_a_job_backlog_does_not_starve_synchronous_requests(
 
 # --- expiry -------------------------------------------------------------------------------
 def test_results_expire_after_the_ttl_with_their_audio(tmp_path: Path, engine: Transcriber) -> None:
-    settings = job_settings(tmp_path, job_ttl=1.0)
+    settings = job_settings(tmp_path, job_ttl=1.0, api_keys=(ALICE,))
     with api(settings, engine) as client:
+        client.headers.update(key(ALICE))
         job = submit(client, upload=JFK.read_bytes())
         assert wait_job(client, job["id"])["status"] == "succeeded"
 
@@ -350,11 +604,19 @@ def test_results_expire_after_the_ttl_with_their_audio(tmp_path: Path, engine: T
 
         store = redis.Redis(unix_socket_path=str(settings.data_dir / "redis" / "redis.sock"))
         with store:
-            poll(
-                lambda: not store.keys("whisperd:job:*") and not store.zcard("whisperd:index:all"),
-                timeout=15,
-                what="the record, its audio and its index entries to be purged",
-            )
+
+            def purged() -> bool:
+                owners = store.keys("whisperd:owner:*:index:*")
+                return not (
+                    store.keys("whisperd:job:*")
+                    or store.zcard("whisperd:index:all")
+                    or any(store.zcard(index) for index in owners)
+                    or store.hlen("whisperd:owners")
+                )
+
+            poll(purged, timeout=15, what="the record, its audio and its index entries to go")
+            for held in (b"whisperd:queued_bytes", *store.keys("whisperd:owner:*:queued_bytes")):
+                assert int(store.get(held) or 0) == 0, "the upload's bytes were given back"
 
 
 # --- the API's refusals -------------------------------------------------------------------

@@ -166,6 +166,36 @@ def test_a_long_file_runs_as_a_job_that_can_be_reopened_and_cancelled(
         assert errors == []
 
 
+def test_with_several_keys_the_page_lists_only_its_own_jobs(
+    tmp_path: Path, engine: Transcriber
+) -> None:
+    other = "ui-test-other-key"
+    # No consumers: the jobs stay queued, listed until the test ends.
+    settings = app_settings(tmp_path, api_keys=(KEY, other), queue_consumers=False)
+    with running_app(create_app(settings, engine=engine)) as url:
+        ids = {}
+        for key, name in ((KEY, "mine.flac"), (other, "theirs.flac")):
+            response = httpx.post(
+                f"{url}/v1/jobs",
+                files={"file": (name, JFK.read_bytes())},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert response.status_code == 202, response.text
+            ids[name] = response.json()["id"]
+        with offline_page() as (page, blocked):
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            page.locator("#key-dialog").wait_for(timeout=10_000)
+            page.fill("#key", KEY)
+            page.keyboard.press("Enter")
+            page.wait_for_selector(f'.job[data-job="{ids["mine.flac"]}"]', timeout=10_000)
+            assert page.locator(".job").count() == 1
+            assert "theirs.flac" not in page.inner_text("#jobs")
+            assert blocked == []
+            assert errors == []
+
+
 def test_errors_are_explained_in_plain_words(base_url: str, tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("These are meeting notes, not a recording.\n" * 20)

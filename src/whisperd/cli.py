@@ -52,6 +52,7 @@ SERVE_FLAGS = (
     "job_max_upload_bytes",
     "api_keys",
     "api_keys_file",
+    "admin_api_keys",
     "fetch_allow_hosts",
     "fetch_enabled",
     "drain_timeout",

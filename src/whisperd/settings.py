@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     """API keys accepted as `Authorization: Bearer KEY`; none configured means no auth."""
     api_keys_file: Path | None = None
     """A file with one API key per line (blank lines and # comments ignored)."""
+    admin_api_keys: StrList = ()
+    """API keys accepted like `api_keys` that also see and cancel every key's jobs (each other
+    key sees only its own)."""
     metrics_public: bool = False
     """Serve /metrics without an API key (for a Prometheus that cannot send a bearer token)."""
     metrics_port: int = Field(0, ge=0, le=65535)
@@ -147,6 +150,16 @@ class Settings(BaseSettings):
     """Retries of a transient job failure, with exponential backoff."""
     job_max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
     """Largest file stored in Redis for an uploaded job, in bytes."""
+    job_max_queued: int = Field(1000, ge=1)
+    """Jobs accepted and not yet ended (queued or running), all keys together; more get 429."""
+    job_max_queued_per_key: int = Field(100, ge=1)
+    """Jobs accepted and not yet ended for one API key; more get 429 (no keys: only the total)."""
+    job_max_queued_bytes: int = Field(0, ge=0)
+    """Uploaded bytes held in Redis by jobs not yet ended, all keys together; more get 429.
+    0 means 3 x job_max_upload_bytes (300 MiB by default)."""
+    job_max_queued_bytes_per_key: int = Field(0, ge=0)
+    """Uploaded bytes held in Redis by one API key's jobs not yet ended; more get 429.
+    0 means 2 x job_max_upload_bytes (200 MiB by default), at most the total."""
     callback_secret: str | None = None
     """Secret for the HMAC-SHA256 signature header on job callbacks."""
     callback_max_retries: int = Field(8, ge=0)
@@ -179,7 +192,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _keys(cls, value: object) -> object:
         """Keys without the empty entries; keys given but all empty are an error (an unset
@@ -220,7 +233,29 @@ class Settings(BaseSettings):
             if not self._file_keys():
                 msg = f"api_keys_file: {self.api_keys_file} holds no key (one key per line)"
                 raise ValueError(msg)
+        for name in ("job_max_queued_bytes", "job_max_queued_bytes_per_key"):
+            value = getattr(self, name)
+            if 0 < value < self.job_max_upload_bytes:
+                msg = (
+                    f"{name} ({value}) is below job_max_upload_bytes "
+                    f"({self.job_max_upload_bytes}): an upload of the largest size could never "
+                    f"be queued; raise WHISPERD_{name.upper()} (or 0 for the default) or lower "
+                    "WHISPERD_JOB_MAX_UPLOAD_BYTES"
+                )
+                raise ValueError(msg)
         return self
+
+    @property
+    def job_queued_bytes_limit(self) -> int:
+        """Uploaded bytes that jobs not yet ended may hold in Redis, all keys together."""
+        return self.job_max_queued_bytes or 3 * self.job_max_upload_bytes
+
+    @property
+    def job_queued_bytes_per_key_limit(self) -> int:
+        """Uploaded bytes that one key's jobs not yet ended may hold in Redis."""
+        if self.job_max_queued_bytes_per_key:
+            return self.job_max_queued_bytes_per_key
+        return min(2 * self.job_max_upload_bytes, self.job_queued_bytes_limit)
 
     def _file_keys(self) -> set[str]:
         if self.api_keys_file is None:
@@ -229,8 +264,8 @@ class Settings(BaseSettings):
         return {line for line in lines if line and not line.startswith("#")}
 
     def all_api_keys(self) -> frozenset[str]:
-        """The configured keys, from the setting and the key file."""
-        return frozenset({*self.api_keys, *self._file_keys()})
+        """The configured keys, from the settings (admin keys too) and the key file."""
+        return frozenset({*self.api_keys, *self.admin_api_keys, *self._file_keys()})
 
     def is_loopback_host(self) -> bool:
         """Whether `host` only accepts connections from this machine."""

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from whisperd.api.pipeline import Pipeline
 from whisperd.engine import Transcriber
 from whisperd.errors import ServiceUnavailableError, ValidationError, shown
+from whisperd.jobs.owners import Owner
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.settings import Settings
 from whisperd.timings import Timings
@@ -39,6 +40,13 @@ def get_jobs(request: Request) -> JobsRuntime:
             code="jobs_disabled",
         )
     return jobs
+
+
+def get_owner(request: Request) -> Owner:
+    """Whose jobs the request may see: those of the key it was let in with (see
+    ``ApiKeyMiddleware``), or, on a server with no keys, every job."""
+    key: str | None = getattr(request.state, "api_key", None)
+    return Owner.of(key, get_settings(request))
 
 
 def get_timings(request: Request) -> Timings:
@@ -72,5 +80,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Transcriber, Depends(get_engine)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 JobsDep = Annotated[JobsRuntime, Depends(get_jobs)]
+OwnerDep = Annotated[Owner, Depends(get_owner)]
 TimingsDep = Annotated[Timings, Depends(get_timings)]
 DeadlineDep = Annotated[float, Depends(get_deadline)]

@@ -111,7 +111,8 @@ class RequestContextMiddleware:
 
 
 class ApiKeyMiddleware:
-    """When keys are configured, every route except the health probes needs a Bearer key."""
+    """When keys are configured, every route except the health probes needs a Bearer key;
+    the key a request was let in with is its ``request.state.api_key``."""
 
     def __init__(
         self, app: ASGIApp, keys: frozenset[str], public: frozenset[str] = PUBLIC_PATHS
@@ -120,26 +121,29 @@ class ApiKeyMiddleware:
         self._keys = tuple(k.encode() for k in keys)
         self._public = public
 
-    def _allowed(self, scope: Scope) -> bool:
+    def _key(self, scope: Scope) -> str | None:
+        """The request's Bearer key, if it is one of ours."""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
                 if scheme.lower() != b"bearer":
-                    return False
+                    return None
                 token = token.strip()
                 if not token:
-                    return False
+                    return None
                 # compare against every key so the time taken does not depend on which matched
-                return any([hmac.compare_digest(token, key) for key in self._keys])
-        return False
+                if any([hmac.compare_digest(token, key) for key in self._keys]):
+                    return bytes(token).decode()
+                return None
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] in self._public
-            or is_public_page(scope)
-            or self._allowed(scope)
-        ):
+        if scope["type"] != "http" or scope["path"] in self._public or is_public_page(scope):
+            await self.app(scope, receive, send)
+            return
+        key = self._key(scope)
+        if key is not None:
+            scope.setdefault("state", {})["api_key"] = key
             await self.app(scope, receive, send)
             return
         await send_error(

@@ -106,6 +106,8 @@ class Job:
     spec: JobSpec
     source: Source
     created_at: float
+    owner: str = ""
+    """The fingerprint of the API key that submitted it ("" on a server with no keys)."""
     url: str | None = None
     filename: str | None = None
     size: int | None = None
@@ -157,6 +159,7 @@ class Job:
             spec=JobSpec.from_json(h["spec"]),
             source="upload" if h.get("source") == "upload" else "url",
             created_at=float(h["created_at"]),
+            owner=h.get("owner", ""),
             url=h.get("url") or None,
             filename=h.get("filename") or None,
             size=int(h["size"]) if h.get("size") else None,

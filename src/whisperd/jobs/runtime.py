@@ -45,6 +45,7 @@ from whisperd.jobs import actors as actors_module
 from whisperd.jobs.broker import CALLBACKS_QUEUE, JOBS_QUEUE, Broker, connect
 from whisperd.jobs.callbacks import CallbackSender
 from whisperd.jobs.embedded import EmbeddedRedis
+from whisperd.jobs.owners import Owner
 from whisperd.jobs.records import CallbackState, Job, JobSpec, Source
 from whisperd.jobs.runner import JobRunner
 from whisperd.jobs.states import JobState
@@ -265,13 +266,15 @@ class JobsRuntime:
         self,
         spec: JobSpec,
         *,
+        owner: Owner,
         source: Source,
         url: str | None = None,
         audio: bytes | None = None,
         filename: str | None = None,
         callback_url: str | None = None,
     ) -> Job:
-        """Store a new job and put it on the queue; both are durable when this returns."""
+        """Store a new job of ``owner`` and put it on the queue; both are durable when this
+        returns. RateLimitError (nothing stored) if it would pass a cap on queued jobs."""
         job_id = str(uuid.uuid4())
         fields: dict[str, str | int | float] = {
             "id": job_id,
@@ -285,7 +288,7 @@ class JobsRuntime:
             "callback_url": callback_url or "",
         }
         with redis_errors():
-            self.store.create(job_id, fields, audio)
+            self.store.create(job_id, fields, audio, owner=owner.fingerprint)
             try:
                 self.actors.send_job(job_id)
             except BaseException:
@@ -296,28 +299,30 @@ class JobsRuntime:
         logger.info("Job %s queued (%s)", job_id, source)
         return job
 
-    def get(self, job_id: str, *, with_result: bool = True) -> Job:
+    def get(self, job_id: str, *, owner: Owner, with_result: bool = True) -> Job:
+        """The job, if ``owner`` may see it; another key's job is missing just as an unknown
+        one is (the same 404), so ids tell nothing."""
         with redis_errors():
             job = self.store.get(job_id, with_result=with_result)
-        if job is None:
+        if job is None or not owner.sees(job.owner):
             raise JobNotFoundError(
                 f"No job {job_id!r}: it never existed, or it ended more than "
                 f"{self.settings.job_ttl:g} s ago and was purged (WHISPERD_JOB_TTL)."
             )
         return job
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, *, owner: Owner) -> Job:
         """Cancel: a queued job never runs; a running one stops at its next window. A job
         split into chunks ends at once: its chunks stop at their next window, wherever they
-        run, and those not started never do."""
+        run, and those not started never do. ConflictError once it has ended (cancelled
+        included)."""
         with redis_errors():
             for _ in range(5):
-                job = self.get(job_id, with_result=False)
-                if job.state is JobState.CANCELLED:
-                    return job
+                job = self.get(job_id, owner=owner, with_result=False)
                 if job.state.final:
                     raise ConflictError(
-                        f"Job {job_id} has already {job.state}; there is nothing to cancel.",
+                        f"Job {job_id} has already ended ({job.state}); there is nothing to "
+                        "cancel.",
                         param="job_id",
                         code="job_finished",
                     )
@@ -351,18 +356,20 @@ class JobsRuntime:
         raise ServiceUnavailableError("The job kept changing state; retry the cancel.")
 
     def list_jobs(
-        self, state: JobState | None, *, limit: int, after: str | None
+        self, state: JobState | None, *, owner: Owner, limit: int, after: str | None
     ) -> tuple[list[Job], bool]:
+        """The jobs ``owner`` sees, newest first; and whether there are more."""
         with redis_errors():
-            return self.store.list(state, limit=limit, after=after)
+            return self.store.list(state, owner=owner.scope, limit=limit, after=after)
 
-    def queue_stats(self) -> dict[str, Any]:
-        """Jobs per state, and the messages waiting on the queue (what autoscaling watches)."""
+    def queue_stats(self, owner: Owner | None = None) -> dict[str, Any]:
+        """Jobs per state (those ``owner`` sees; None: all), and the messages waiting on the
+        queue, everyone's (what autoscaling watches)."""
         if self._brokers is None:
             raise ServiceUnavailableError("The job queue is not started.")
         broker = self._brokers[0]
         with redis_errors():
-            counts = self.store.counts()
+            counts = self.store.counts(None if owner is None else owner.scope)
             return {
                 **counts,
                 "waiting_messages": broker.queue_length(),

@@ -13,10 +13,21 @@ Keys (all under ``whisperd:``)::
     index:all          zset    every job, scored by creation time (ms), for listing
     index:{state}      zset    the jobs in one state, same scores
     index:expiry       zset    ended jobs, scored by when they expire; the janitor purges them
+    queued_bytes       string  the upload bytes held by jobs not yet ended
+    owners             hash    job id -> its owner's key fingerprint (see owners.py), for
+                               the purge to find its owner's indexes once the record expired
+    owner:{fp}:index:all, owner:{fp}:index:{state}, owner:{fp}:queued_bytes
+                               the same, for the jobs of one API key (by its fingerprint)
+
+A new job is created by a Lua script that first checks the caps (jobs queued or running,
+upload bytes held, in total and for its key) and writes nothing past one, so concurrent
+submissions from any number of processes never go over. A job's upload counts in
+``queued_bytes`` (its record's ``queued_bytes`` field says how much) until the job ends.
 
 A state change is one optimistic transaction (WATCH the record, check the table in
-states.py, then MULTI: the fields, the indexes and, for a final state, the TTLs and the
-deletion of its audio and chunks), so two processes racing for one job cannot both win.
+states.py, then MULTI: the fields, the indexes and, for a final state, the TTLs, the
+deletion of its audio and chunks and the release of its bytes), so two processes racing for
+one job cannot both win.
 
 A chunk's changes are Lua scripts that check the job's state in the same step: a chunk is
 stored only while its job runs and by the worker splitting it, and never re-created once the
@@ -37,7 +48,12 @@ from typing import Any
 
 import redis
 
-from whisperd.errors import ServiceUnavailableError, ValidationError, WhisperdError
+from whisperd.errors import (
+    RateLimitError,
+    ServiceUnavailableError,
+    ValidationError,
+    WhisperdError,
+)
 from whisperd.jobs.records import CallbackState, ChunkRecord, Job
 from whisperd.jobs.states import ChunkState, JobState, check_chunk_transition, check_transition
 from whisperd.settings import Settings
@@ -46,6 +62,39 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "whisperd"
 Fields = Mapping[str, str | int | float]
+# Retry-After of a submission past a cap: jobs end at no knowable time; a short while.
+QUEUE_FULL_RETRY_AFTER = 30
+
+# Create a queued job (and its audio, with ARGV[8] = '1') unless that would take its owner
+# (KEYS[8..11], when given) or everyone (KEYS[4..7]) past a cap: then the cap's name, and
+# nothing is written. KEYS: the record, its audio, the owners hash, then for everyone and
+# the owner: index:all, index:queued, index:running, queued_bytes. ARGV: id, score, bytes,
+# the caps (jobs and bytes, in total then per owner), audio?, audio, owner, the fields.
+_CREATE = """
+local id, score, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local function over(first, max_jobs, max_bytes)
+  local jobs = redis.call('zcard', KEYS[first + 1]) + redis.call('zcard', KEYS[first + 2])
+  if jobs >= tonumber(max_jobs) then return 'jobs' end
+  local held = tonumber(redis.call('get', KEYS[first + 3])) or 0
+  if bytes > 0 and held + bytes > tonumber(max_bytes) then return 'bytes' end
+  return nil
+end
+if #KEYS > 7 then
+  local full = over(8, ARGV[6], ARGV[7])
+  if full then return 'key_' .. full end
+end
+local full = over(4, ARGV[4], ARGV[5])
+if full then return full end
+redis.call('hset', KEYS[1], unpack(ARGV, 11))
+if ARGV[8] == '1' then redis.call('set', KEYS[2], ARGV[9]) end
+if #KEYS > 7 then redis.call('hset', KEYS[3], id, ARGV[10]) end
+for first = 4, #KEYS, 4 do
+  redis.call('zadd', KEYS[first], score, id)
+  redis.call('zadd', KEYS[first + 1], score, id)
+  if bytes > 0 then redis.call('incrby', KEYS[first + 3], bytes) end
+end
+return 'ok'
+"""
 
 # Change fields of a record that still exists (never re-create one that expired).
 _HSET_IF_EXISTS = """
@@ -192,11 +241,27 @@ def chunk_keys(job_id: str, count: int) -> list[str]:
     ]
 
 
-def index_key(state: JobState | None) -> str:
-    return f"{PREFIX}:index:{state or 'all'}"
+def _scope(owner: str | None) -> str:
+    return f"{PREFIX}:owner:{owner}" if owner else PREFIX
+
+
+def _scopes(owner: str) -> tuple[str | None, ...]:
+    """Whose indexes and counts a job of ``owner`` is in: everyone's, and its owner's."""
+    return (None, owner) if owner else (None,)
+
+
+def index_key(state: JobState | None, owner: str | None = None) -> str:
+    """The index of the jobs in ``state`` (None: all), of one owner's or (None) everyone's."""
+    return f"{_scope(owner)}:index:{state or 'all'}"
+
+
+def queued_bytes_key(owner: str | None = None) -> str:
+    """The upload bytes held by one owner's (or everyone's) jobs not yet ended."""
+    return f"{_scope(owner)}:queued_bytes"
 
 
 EXPIRY_KEY = f"{PREFIX}:index:expiry"
+OWNERS_KEY = f"{PREFIX}:owners"
 
 
 def _text(value: object) -> str | None:
@@ -224,6 +289,14 @@ def redis_errors() -> Iterator[None]:
         ) from exc
 
 
+def _release(pipe: Any, job_id: str, owner: str, held: int) -> None:
+    """In a transaction: give back the upload bytes a job held (it ended, or is deleted)."""
+    pipe.decrby(queued_bytes_key(), held)
+    if owner:
+        pipe.decrby(queued_bytes_key(owner), held)
+    pipe.hdel(job_key(job_id), "queued_bytes")
+
+
 def error_fields(error: WhisperdError) -> dict[str, str | int]:
     """A record's ``error`` (OpenAI's error object) and ``error_status`` fields."""
     return {"error": json.dumps(error.to_dict()["error"]), "error_status": error.status_code}
@@ -235,6 +308,13 @@ class JobStore:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.client = client
         self.ttl_ms = max(1, int(settings.job_ttl * 1000))
+        self.caps = (
+            settings.job_max_queued,
+            settings.job_queued_bytes_limit,
+            settings.job_max_queued_per_key,
+            settings.job_queued_bytes_per_key_limit,
+        )
+        self._create = client.register_script(_CREATE)
         self._hset_if_exists = client.register_script(_HSET_IF_EXISTS)
         self._hincrby_if_exists = client.register_script(_HINCRBY_IF_EXISTS)
         self._renew_lease = client.register_script(_RENEW_LEASE)
@@ -246,28 +326,73 @@ class JobStore:
         self._finish_chunk = client.register_script(_FINISH_CHUNK)
 
     # --- create and read --------------------------------------------------------------
-    def create(self, job_id: str, fields: Fields, audio: bytes | None) -> None:
-        """Write a new queued record (and its audio) in one transaction."""
+    def create(self, job_id: str, fields: Fields, audio: bytes | None, *, owner: str) -> None:
+        """Write a new queued record of ``owner`` (a key's fingerprint, or "") and its audio in
+        one step; raises RateLimitError, writing nothing, if that would pass a cap (the
+        per-key caps only with an owner)."""
+        size = len(audio) if audio is not None else 0
+        values: dict[str, str | int | float] = {**fields, "state": str(JobState.QUEUED)}
+        values["owner"] = owner
+        if size:
+            values["queued_bytes"] = size
+        keys = [job_key(job_id), audio_key(job_id), OWNERS_KEY]
+        for scope in _scopes(owner):
+            keys += [index_key(None, scope), index_key(JobState.QUEUED, scope)]
+            keys += [index_key(JobState.RUNNING, scope), queued_bytes_key(scope)]
         score = int(float(fields["created_at"]) * 1000)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(job_key(job_id), mapping=_mapping({**fields, "state": str(JobState.QUEUED)}))
-            if audio is not None:
-                pipe.set(audio_key(job_id), audio)
-            pipe.zadd(index_key(None), {job_id: score})
-            pipe.zadd(index_key(JobState.QUEUED), {job_id: score})
-            pipe.execute()
+        args: list[str | int | float | bytes] = [job_id, score, size, *self.caps]
+        args += ["1" if audio is not None else "0", audio or b"", owner]
+        for name, value in values.items():
+            args += [name, value]
+        full = _text(self._create(keys=keys, args=args))
+        if full != "ok":
+            raise self._full(full or "", size)
+
+    def _full(self, cap: str, size: int) -> RateLimitError:
+        """The 429 for a submission past ``cap`` (the name the create script answers)."""
+        max_jobs, max_bytes, max_key_jobs, max_key_bytes = self.caps
+        retry = QUEUE_FULL_RETRY_AFTER
+        later = f"retry in {retry} s, once some have ended"
+        messages = {
+            "jobs": f"The queue holds {max_jobs} jobs not yet ended, its limit "
+            f"(WHISPERD_JOB_MAX_QUEUED); {later}.",
+            "key_jobs": f"This API key has {max_key_jobs} jobs queued or running, its limit "
+            f"(WHISPERD_JOB_MAX_QUEUED_PER_KEY); {later}, or cancel some.",
+            "bytes": f"The uploads of the jobs not yet ended leave no room for {size} more "
+            f"bytes under the limit of {max_bytes} (WHISPERD_JOB_MAX_QUEUED_BYTES); {later}, "
+            "or send a URL instead.",
+            "key_bytes": f"This API key's uploads in jobs not yet ended leave no room for {size} "
+            f"more bytes under its limit of {max_key_bytes} "
+            f"(WHISPERD_JOB_MAX_QUEUED_BYTES_PER_KEY); {later}, or send a URL instead.",
+        }
+        return RateLimitError(messages[cap], retry_after=retry)
 
     def delete(self, job_id: str) -> None:
         """Remove a job and everything it holds (when it expired, or its message was not sent)."""
-        stored = _text(self.client.hget(job_key(job_id), "chunks_stored"))
+        key = job_key(job_id)
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(job_key(job_id), audio_key(job_id), result_key(job_id), lease_key(job_id))
-            if stored:
-                pipe.delete(*chunk_keys(job_id, int(stored)))
-            for state in (None, *JobState):
-                pipe.zrem(index_key(state), job_id)
-            pipe.zrem(EXPIRY_KEY, job_id)
-            pipe.execute()
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    stored, held = pipe.hmget(key, "chunks_stored", "queued_bytes")
+                    # from the owners hash (a job's owner never changes), not the record: the
+                    # record of an ended job may have expired already
+                    owner = _text(pipe.hget(OWNERS_KEY, job_id)) or ""
+                    pipe.multi()
+                    pipe.delete(key, audio_key(job_id), result_key(job_id), lease_key(job_id))
+                    if stored:
+                        pipe.delete(*chunk_keys(job_id, int(stored)))
+                    for state in (None, *JobState):
+                        for scope in _scopes(owner):
+                            pipe.zrem(index_key(state, scope), job_id)
+                    if held:
+                        _release(pipe, job_id, owner, int(held))
+                    pipe.zrem(EXPIRY_KEY, job_id)
+                    pipe.hdel(OWNERS_KEY, job_id)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
 
     def get(self, job_id: str, *, with_result: bool = False) -> Job | None:
         """The record, or None if there is none (never created, or expired)."""
@@ -309,8 +434,14 @@ class JobStore:
             while True:
                 try:
                     pipe.watch(key)  # type: ignore[no-untyped-call]
-                    state, created, callback, stored = pipe.hmget(
-                        key, "state", "created_at", "callback_url", "chunks_stored"
+                    state, created, callback, stored, owner, held = pipe.hmget(
+                        key,
+                        "state",
+                        "created_at",
+                        "callback_url",
+                        "chunks_stored",
+                        "owner",
+                        "queued_bytes",
                     )
                     if _text(state) != old:
                         pipe.unwatch()
@@ -330,8 +461,9 @@ class JobStore:
                     pipe.hset(key, mapping=_mapping(values))
                     if attempts_delta:
                         pipe.hincrby(key, "attempts", attempts_delta)
-                    pipe.zrem(index_key(old), job_id)
-                    pipe.zadd(index_key(new), {job_id: score})
+                    for scope in _scopes(_text(owner) or ""):
+                        pipe.zrem(index_key(old, scope), job_id)
+                        pipe.zadd(index_key(new, scope), {job_id: score})
                     if lease is not None:
                         pipe.set(lease_key(job_id), lease[0], px=lease[1])
                     if result is not None:
@@ -341,6 +473,8 @@ class JobStore:
                         pipe.delete(audio_key(job_id), lease_key(job_id))
                         if stored:
                             pipe.delete(*chunk_keys(job_id, int(stored)))
+                        if held:
+                            _release(pipe, job_id, _text(owner) or "", int(held))
                         pipe.zadd(EXPIRY_KEY, {job_id: int(now * 1000) + self.ttl_ms})
                     pipe.execute()
                     break
@@ -510,15 +644,16 @@ class JobStore:
 
     # --- listing and housekeeping -----------------------------------------------------
     def list(
-        self, state: JobState | None, *, limit: int, after: str | None
+        self, state: JobState | None, *, owner: str | None, limit: int, after: str | None
     ) -> tuple[list[Job], bool]:
-        """Jobs newest first (``state`` only, if given) after the job ``after``; and has_more."""
-        key = index_key(state)
+        """Jobs newest first (``state`` only, if given; ``owner``'s only, unless None) after
+        the job ``after``; and has_more."""
+        key = index_key(state, owner)
         rows: list[tuple[bytes, float]]
         if after is None:
             rows = self.client.zrevrange(key, 0, limit, withscores=True)  # type: ignore[assignment]
         else:
-            found = self.client.zscore(index_key(None), after)
+            found = self.client.zscore(index_key(None, owner), after)
             if found is None:
                 raise ValidationError(
                     f"Unknown cursor after={after!r}: that job does not exist (or expired); "
@@ -542,11 +677,11 @@ class JobStore:
         jobs = [Job.from_hash(raw) for raw in raws if raw and b"state" in raw]
         return jobs, has_more
 
-    def counts(self) -> dict[str, int]:
-        """How many jobs are in each state."""
+    def counts(self, owner: str | None = None) -> dict[str, int]:
+        """How many jobs are in each state (``owner``'s only, unless None)."""
         with self.client.pipeline(transaction=False) as pipe:
             for state in JobState:
-                pipe.zcard(index_key(state))
+                pipe.zcard(index_key(state, owner))
             values = pipe.execute()
         return {str(state): int(n) for state, n in zip(JobState, values, strict=True)}
 

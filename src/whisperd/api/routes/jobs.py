@@ -2,7 +2,8 @@
 
 A job is durable in Redis (record and queue message) before the 202 is sent. It runs on a
 queue consumer (this server's own, or a ``whisperd worker``), its result is kept for
-``job_ttl`` seconds, and its callback URL, if any, gets the result POSTed to it.
+``job_ttl`` seconds, and its callback URL, if any, gets the result POSTed to it. A job is
+its API key's: another key gets the 404 of a job that does not exist (see ``jobs.owners``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from whisperd import fetch
-from whisperd.api.deps import EngineDep, JobsDep, SettingsDep
+from whisperd.api.deps import EngineDep, JobsDep, OwnerDep, SettingsDep
 from whisperd.api.routes.openai import (
     BeamField,
     FileField,
@@ -129,13 +130,17 @@ class JobObject(BaseModel):
 
 
 class QueueStats(BaseModel):
+    """The key's jobs per state (an admin key's: everyone's), and the queue's messages."""
+
     queued: int
     running: int
     succeeded: int
     failed: int
     cancelled: int
-    waiting_messages: int = Field(description="Messages on the queue, not yet taken.")
-    delayed_messages: int = Field(description="Retries waiting for their time.")
+    waiting_messages: int = Field(
+        description="Messages on the queue, not yet taken (every key's: how busy it is)."
+    )
+    delayed_messages: int = Field(description="Retries waiting for their time (every key's).")
 
 
 class JobList(BaseModel):
@@ -213,11 +218,12 @@ async def _read_upload(file: UploadFile, limit: int) -> bytes:
     response_model=None,
     responses={
         202: {"model": JobObject, "description": "Queued; poll `GET /v1/jobs/{id}`."},
-        **error_responses(400, 401, 404, 413, 422, 503),
+        **error_responses(400, 401, 404, 413, 422, 429, 503),
     },
 )
 async def create_job(
     jobs: JobsDep,
+    owner: OwnerDep,
     engine: EngineDep,
     settings: SettingsDep,
     file: FileField = None,
@@ -239,7 +245,8 @@ async def create_job(
     stored in Redis until the job ends) or a `url` (fetched by the worker), with the options
     of `/v1/audio/transcriptions` (and `task=translate` for English text, as
     `/v1/audio/translations` gives). Answers 202 with the job; `callback_url`, if given, gets
-    the result POSTed when the job ends."""
+    the result POSTed when the job ends. 429 with Retry-After past the caps on jobs not yet
+    ended (`WHISPERD_JOB_MAX_QUEUED*`)."""
     spec = JobSpec(
         model=model,
         task=task,
@@ -267,14 +274,19 @@ async def create_job(
         data = await _read_upload(file, settings.job_max_upload_bytes)
         job = await anyio.to_thread.run_sync(
             lambda: jobs.submit(
-                spec, source="upload", audio=data, filename=file.filename, callback_url=callback
+                spec,
+                owner=owner,
+                source="upload",
+                audio=data,
+                filename=file.filename,
+                callback_url=callback,
             )
         )
     else:
         assert url is not None
         checked = await _check_url(url, settings, "url")
         job = await anyio.to_thread.run_sync(
-            lambda: jobs.submit(spec, source="url", url=checked, callback_url=callback)
+            lambda: jobs.submit(spec, owner=owner, source="url", url=checked, callback_url=callback)
         )
     return _accepted(job, jobs)
 
@@ -293,12 +305,13 @@ async def create_job(
             "the `X-Callback-Url` gets the transcript POSTed when it ends.",
             "headers": {"X-Call-Id": {"schema": {"type": "string"}}},
         },
-        **error_responses(400, 401, 413, 503),
+        **error_responses(400, 401, 413, 429, 503),
     },
 )
 async def async_function(
     request: Request,
     jobs: JobsDep,
+    owner: OwnerDep,
     settings: SettingsDep,
     format: Annotated[ResponseFormat, Query(description="Output format.")] = "text",
     x_callback_url: Annotated[
@@ -326,7 +339,9 @@ async def async_function(
             raise EmptyAudioError("The body is empty: send the audio or its URL.", param="body")
         data = bytes(body)
         job = await anyio.to_thread.run_sync(
-            lambda: jobs.submit(spec, source="upload", audio=data, callback_url=callback)
+            lambda: jobs.submit(
+                spec, owner=owner, source="upload", audio=data, callback_url=callback
+            )
         )
         return Response(status_code=202, headers={"X-Call-Id": job.id})
     text = body.decode("utf-8", errors="replace").strip() if len(body) <= _MAX_URL_BYTES else ""
@@ -338,7 +353,7 @@ async def async_function(
         )
     url = await _check_url(text, settings, "body")
     job = await anyio.to_thread.run_sync(
-        lambda: jobs.submit(spec, source="url", url=url, callback_url=callback)
+        lambda: jobs.submit(spec, owner=owner, source="url", url=url, callback_url=callback)
     )
     return Response(status_code=202, headers={"X-Call-Id": job.id})
 
@@ -351,17 +366,19 @@ async def async_function(
 )
 async def list_jobs(
     jobs: JobsDep,
+    owner: OwnerDep,
     status: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
     after: Annotated[
         str | None, Query(description="Cursor: the `last_id` of the previous page.")
     ] = None,
 ) -> JSONResponse:
-    """Jobs newest first, a page at a time, with the queue's depth."""
+    """The key's jobs (an admin key: everyone's) newest first, a page at a time, with their
+    count per state and the queue's depth."""
     found, has_more = await anyio.to_thread.run_sync(
-        lambda: jobs.list_jobs(status, limit=limit, after=after)
+        lambda: jobs.list_jobs(status, owner=owner, limit=limit, after=after)
     )
-    stats = await anyio.to_thread.run_sync(jobs.queue_stats)
+    stats = await anyio.to_thread.run_sync(jobs.queue_stats, owner)
     data = [_public(job, jobs, with_result=False) for job in found]
     return JSONResponse(
         {
@@ -381,10 +398,10 @@ async def list_jobs(
     response_model=JobObject,
     responses=error_responses(401, 404, 503),
 )
-async def get_job(job_id: str, jobs: JobsDep) -> JSONResponse:
+async def get_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> JSONResponse:
     """State, timestamps, attempts, progress, error, callback, and the result once done."""
     job_id = _check_job_id(job_id)
-    job = await anyio.to_thread.run_sync(jobs.get, job_id)
+    job = await anyio.to_thread.run_sync(lambda: jobs.get(job_id, owner=owner))
     return JSONResponse(_public(job, jobs))
 
 
@@ -397,10 +414,10 @@ async def get_job(job_id: str, jobs: JobsDep) -> JSONResponse:
         **error_responses(401, 404, 409, 503),
     },
 )
-async def get_job_result(job_id: str, jobs: JobsDep) -> Response:
+async def get_job_result(job_id: str, jobs: JobsDep, owner: OwnerDep) -> Response:
     """The transcript alone, as `/v1/audio/transcriptions` would have answered; 409 until done."""
     job_id = _check_job_id(job_id)
-    job = await anyio.to_thread.run_sync(jobs.get, job_id)
+    job = await anyio.to_thread.run_sync(lambda: jobs.get(job_id, owner=owner))
     if job.state is not JobState.SUCCEEDED or job.result is None:
         raise ConflictError(
             f"Job {job_id} is {job.state}; its result exists once it has succeeded.",
@@ -416,10 +433,11 @@ async def get_job_result(job_id: str, jobs: JobsDep) -> Response:
     response_model=JobObject,
     responses=error_responses(401, 404, 409, 503),
 )
-async def cancel_job(job_id: str, jobs: JobsDep) -> JSONResponse:
+async def cancel_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> JSONResponse:
     """A queued job is cancelled at once and never runs; a running one stops at its next
     30-second window (`cancel_requested` is true until then); a long job split into chunks
-    is cancelled at once, and its chunks stop at their next window. 409 if it already ended."""
+    is cancelled at once, and its chunks stop at their next window. 409 if it has already
+    ended (succeeded, failed or cancelled)."""
     job_id = _check_job_id(job_id)
-    job = await anyio.to_thread.run_sync(jobs.cancel, job_id)
+    job = await anyio.to_thread.run_sync(lambda: jobs.cancel(job_id, owner=owner))
     return JSONResponse(_public(job, jobs, with_result=False))
