@@ -335,6 +335,9 @@ def test_every_serve_and_worker_flag_reaches_the_settings(tmp_path: Path) -> Non
             (["--job-max-upload-bytes", "2000"], "job_max_upload_bytes", 2000),
             (["--api-key", "k1", "--api-key", "k2"], "api_keys", ("k1", "k2")),
             (["--api-keys-file", str(keys_file)], "api_keys_file", keys_file),
+            (["--admin-api-key", "boss"], "admin_api_keys", ("boss",)),
+            (["--fetch-concurrency", "4"], "fetch_concurrency", 4),
+            (["--max-header-bytes", "8192"], "max_header_bytes", 8192),
             (
                 ["--fetch-allow-host", "10.0.0.0/8", "--fetch-allow-host", "redis"],
                 "fetch_allow_hosts",
@@ -389,3 +392,11 @@ def test_serve_flags_configure_the_running_server(tmp_path: Path, jfk_path: Path
         too_big = httpx.post(url, files=files, headers={"Authorization": "Bearer k1"}, timeout=60)
         assert too_big.status_code == 413, too_big.text
         assert (data / "redis").is_dir()
+
+
+def test_the_readme_names_exactly_the_serve_flags_there_are() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = [line.split("|") for line in readme.splitlines() if line.startswith("| `WHISPERD_")]
+    listed = {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)`", row[2])}
+    options = (cli._setting_flag(name).annotation.__metadata__[0] for name in cli.SERVE_FLAGS)
+    assert listed == {str(option.default).split("/")[0] for option in options}

@@ -656,6 +656,12 @@ def test_client_mistakes_are_openai_shaped_4xx(tmp_path: Path, engine: Transcrib
         )
         assert no_translation.status_code == 400
         assert error_of(no_translation)["param"] == "model"
+        words_in_json = client.post(
+            "/v1/jobs",
+            data={"url": "http://127.0.0.1/a.flac", "timestamp_granularities[]": "word"},
+        )
+        assert words_in_json.status_code == 400
+        assert error_of(words_in_json)["param"] == "timestamp_granularities"
         unknown_task = client.post(
             "/v1/jobs", data={"url": "http://127.0.0.1/a.flac", "task": "summarise"}
         )

@@ -55,6 +55,8 @@ SERVE_FLAGS = (
     "admin_api_keys",
     "fetch_allow_hosts",
     "fetch_enabled",
+    "fetch_concurrency",
+    "max_header_bytes",
     "drain_timeout",
     "data_dir",
     "redis_url",

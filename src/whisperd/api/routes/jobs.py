@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from whisperd import fetch
 from whisperd.api.deps import EngineDep, JobsDep, OwnerDep, SettingsDep
+from whisperd.api.responses import check_format
 from whisperd.api.routes.openai import (
     BeamField,
     FileField,
@@ -41,6 +42,7 @@ from whisperd.errors import (
     InvalidRequestError,
     JobNotFoundError,
     PayloadTooLargeError,
+    shown,
 )
 from whisperd.jobs.records import Job, JobSpec
 from whisperd.jobs.runtime import JobsRuntime
@@ -169,7 +171,7 @@ def _check_job_id(job_id: str) -> str:
     try:
         return str(uuid.UUID(job_id))
     except ValueError:
-        raise JobNotFoundError(f"No job {job_id!r}: job ids are UUIDs.") from None
+        raise JobNotFoundError(f"No job {shown(job_id)}: job ids are UUIDs.") from None
 
 
 async def _check_url(url: str, settings: Settings, param: str) -> str:
@@ -260,6 +262,7 @@ async def create_job(
         beam_size=beam_size,
         word_timestamps=word_timestamps,
     )
+    check_format(response_format, granularities=spec.timestamp_granularities)
     if file is not None and url:
         raise InvalidRequestError("Send either 'file' or 'url', not both.", param="url")
     if file is None and not url:
