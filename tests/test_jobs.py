@@ -297,6 +297,17 @@ def test_cancel_a_queued_job_and_it_never_runs(
         assert error_of(finished)["code"] == "job_finished"
 
 
+def test_cancel_a_job_while_its_url_is_fetched_stops_the_fetch(
+    tmp_path: Path, engine: Transcriber, local: LocalServer
+) -> None:
+    with api(job_settings(tmp_path, job_workers=1), engine) as client:
+        job = submit(client, url=f"{local.base}/audio/trickle")
+        poll(lambda: local.trickling == 1, timeout=30, what="the fetch to start")
+        assert client.delete(f"/v1/jobs/{job['id']}").status_code == 200
+        poll(lambda: local.trickling == 0, timeout=30, what="the fetch to stop")
+        assert wait_job(client, job["id"])["status"] == "cancelled"
+
+
 def test_cancel_a_running_job_stops_it_at_the_next_window(
     tmp_path: Path, engine: Transcriber
 ) -> None:

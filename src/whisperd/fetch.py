@@ -84,7 +84,7 @@ class _Limits:
     def check(self) -> None:
         """Raise if the download must stop now."""
         if self.stopped():
-            raise CancelledError("The client went away while the URL was being fetched.")
+            raise CancelledError("The fetch was stopped: its work is no longer wanted.")
         if time.monotonic() >= self._end():
             raise self.expired()
 

@@ -268,7 +268,7 @@ class JobRunner:
         if job.split_done:
             return None, self._all_done(job)
         active.check()
-        source = self.work.open_audio(job)
+        source = self.work.open_audio(job, active)
         try:
             active.check()
             estimate = None if job.fanned_out else self.work.probe(source)

@@ -14,6 +14,7 @@ from typing import IO
 from whisperd import audio, chunking, fetch
 from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo, items
 from whisperd.errors import (
+    CancelledError,
     DeadlineExceededError,
     EmptyAudioError,
     ServiceUnavailableError,
@@ -61,6 +62,9 @@ class ActiveJob:
             if self._task is not None:
                 self._task.cancel(reason)
 
+    def stopped(self) -> bool:
+        return self.reason is not None
+
     def check(self) -> None:
         if self.reason is not None:
             raise self.reason
@@ -84,7 +88,7 @@ class Work:
         self.worker_id = worker_id
         self._send_chunk = send_chunk
 
-    def open_audio(self, job: Job) -> IO[bytes]:
+    def open_audio(self, job: Job, active: ActiveJob) -> IO[bytes]:
         if job.source == "upload":
             data = self.store.audio(job.id)
             if data is None:
@@ -94,7 +98,11 @@ class Work:
                 )
             return io.BytesIO(data)
         assert job.url is not None
-        return fetch.fetch_to_file(job.url, self.settings)
+        try:
+            return fetch.fetch_to_file(job.url, self.settings, stopped=active.stopped)
+        except CancelledError:
+            active.check()  # why it stopped: a cancel, or this worker stopping
+            raise
 
     @staticmethod
     def probe(source: IO[bytes]) -> float | None:
