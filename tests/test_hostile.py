@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 
-from whisperd import audio, errors
+from whisperd import audio, errors, models
 from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
@@ -595,11 +595,20 @@ def test_a_long_prompt_under_the_part_limit_still_transcribes(client: httpx.Clie
         ({"model": "../../../etc"}, 404, "model"),
         ({"model": "/etc"}, 404, "model"),
         ({"model": "tiny.en\x00"}, 404, "model"),
+        ({"model": "m" * 300}, 404, "model"),
         ({"language": "\x00"}, 422, "language"),
         ({"response_format": "../../etc/passwd"}, 422, "response_format"),
         ({"url": "file:///etc/passwd"}, 400, "url"),
     ],
-    ids=["model-relative", "model-absolute", "model-nul", "language-nul", "format", "file-url"],
+    ids=[
+        "model-relative",
+        "model-absolute",
+        "model-nul",
+        "model-300-chars",
+        "language-nul",
+        "format",
+        "file-url",
+    ],
 )
 def test_hostile_field_values(
     client: httpx.Client, fields: dict[str, str], status: int, param: str
@@ -643,6 +652,40 @@ def test_options_the_format_cannot_carry_are_a_400(
     files = {"file": ("a.flac", JFK.read_bytes())}
     response = client.post("/v1/audio/transcriptions", files=files, data=fields)
     assert error_of(response, 400)["param"] == param
+
+
+def test_a_model_is_never_loaded_from_a_path_a_client_sends(
+    client: httpx.Client, engine: Transcriber, model_cache: Path
+) -> None:
+    base = models.resolve("base", model_cache, offline=True).path  # in the server's cache
+    tiny = models.resolve("tiny.en", model_cache, offline=True).path  # in site-packages
+    spellings = [
+        str(base),
+        f"{base}/",
+        str(base).replace("/bundled/", "/bundled//"),
+        os.path.relpath(base),
+        f"{model_cache}/./bundled/base",
+        str(tiny),
+    ]
+    loaded = set(engine.loaded)
+    for name in spellings:
+        response = client.post(
+            "/v1/audio/transcriptions", files={"file": JFK.read_bytes()}, data={"model": name}
+        )
+        assert error_of(response, 404)["code"] == "model_not_found"
+    assert set(engine.loaded) == loaded
+    # nothing the server answers shows where it keeps its models or its code
+    server_paths = (str(model_cache), str(tiny.parent))
+    unknown = client.post(
+        "/v1/audio/transcriptions", files={"file": JFK.read_bytes()}, data={"model": "x"}
+    )
+    answers = [
+        error_of(unknown, 404)["message"],
+        client.get("/v1/models").text,
+        client.get("/check-model-in-memory/").text,
+    ]
+    for answer in answers:
+        assert not [p for p in server_paths if p in answer], answer
 
 
 def test_text_where_the_file_belongs_is_a_422(client: httpx.Client) -> None:

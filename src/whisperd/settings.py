@@ -64,11 +64,23 @@ class Settings(BaseSettings):
 
     # --- model and engine -------------------------------------------------------------
     model: str = "tiny.en"
-    """Model served by default (and for OpenAI's `whisper-1`): a catalog name or a local dir."""
+    """Model served by default (and for OpenAI's `whisper-1`): a catalog name, a model of
+    `models_dir`, or the path of a directory holding a CTranslate2 Whisper model."""
     preload_models: StrList = ()
-    """More models to load at start, besides `model` (comma-separated in the environment)."""
+    """More models to load at start and keep loaded, besides `model` (the same kinds of name;
+    comma-separated in the environment)."""
+    models_dir: Path | None = None
+    """A directory of CTranslate2 Whisper models (each a subdirectory with model.bin and
+    config.json) that clients may name by the subdirectory's name."""
     load_on_demand: bool = True
-    """Load another locally available model the first time a request names it."""
+    """Load another model the first time a request names it (a catalog name or a model of
+    `models_dir`; clients never name paths)."""
+    max_loaded_models: int = Field(3, ge=1)
+    """Most models in memory at once; loading another unloads the least recently used idle one
+    (the default and preloaded models stay), or answers 503 while all are in use."""
+    model_ttl: float = Field(3600.0, ge=0)
+    """Seconds a model loaded on demand stays in memory unused; 0 keeps it until it is the
+    least recently used one and room is needed."""
     device: Device = "auto"
     """Where inference runs: `auto` picks CUDA when CTranslate2 sees a GPU, else CPU."""
     compute_type: ComputeType = "auto"
@@ -224,6 +236,13 @@ class Settings(BaseSettings):
                 "job_heartbeat_timeout must be at least 3 x job_poll_interval (heartbeats are "
                 "sent at each poll); raise WHISPERD_JOB_HEARTBEAT_TIMEOUT or lower "
                 "WHISPERD_JOB_POLL_INTERVAL"
+            )
+            raise ValueError(msg)
+        pinned = len({self.model, *self.preload_models})
+        if pinned > self.max_loaded_models:
+            msg = (
+                f"max_loaded_models ({self.max_loaded_models}) is less than the {pinned} models "
+                "loaded at start (model and preload_models); raise WHISPERD_MAX_LOADED_MODELS"
             )
             raise ValueError(msg)
         if self.api_keys_file is not None:

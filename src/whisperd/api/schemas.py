@@ -160,7 +160,9 @@ class ModelObject(BaseModel):
     loaded: bool = False
     available: bool = False
     source: str = Field("hub", examples=["bundled"])
-    multilingual: bool = False
+    multilingual: bool | None = Field(
+        False, description="Null for a model of the models directory until it is loaded."
+    )
     default: bool = False
 
 
@@ -191,7 +193,6 @@ class FfmpegCheck(BaseModel):
 
 class ModelCheck(BaseModel):
     model: str
-    path: str
     source: str
     device: str
     compute_type: str

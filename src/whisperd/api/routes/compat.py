@@ -275,11 +275,10 @@ async def check_ffmpeg() -> FfmpegCheck:
     responses=error_responses(401),
 )
 async def check_model(engine: EngineDep) -> ModelCheck:
-    """The default model: name, path, device, compute type and load time."""
+    """The default model: name, source, device, compute type and load time."""
     model = engine.default_model
     return ModelCheck(
         model=model.name,
-        path=str(model.path),
         source=model.source,
         device=model.device,
         compute_type=model.compute_type,

@@ -12,7 +12,7 @@ from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from whisperd import models
-from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, SettingsDep, TimingsDep
+from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, TimingsDep
 from whisperd.api.responses import (
     CleanupStreamingResponse,
     audio_input,
@@ -29,7 +29,7 @@ from whisperd.api.schemas import (
     sse_event_schema,
 )
 from whisperd.engine import TranscribeOptions, Transcriber
-from whisperd.errors import ModelNotFoundError
+from whisperd.errors import ModelNotFoundError, shown
 from whisperd.settings import ResponseFormat
 
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
@@ -251,7 +251,6 @@ async def create_translation(
 
 
 def _model_objects(engine: Transcriber) -> list[ModelObject]:
-    settings = engine.settings
     loaded = engine.loaded
     default = engine.default_model
     objects = [
@@ -264,29 +263,29 @@ def _model_objects(engine: Transcriber) -> list[ModelObject]:
             default=True,
         )
     ]
-    for row in models.list_models(settings.model_cache_dir):
+    for row in engine.catalog():
+        model = loaded.pop(row.name, None)
         objects.append(
             ModelObject(
                 id=row.name,
-                loaded=row.name in loaded,
-                available=row.available,
-                source=row.source,
-                multilingual=row.multilingual,
-                default=row.name == default.name,
+                loaded=model is not None,
+                available=row.available or model is not None,
+                source=row.source if model is None else model.source,
+                multilingual=row.multilingual if model is None else model.multilingual,
+                default=model is default,
             )
         )
-    for name, model in loaded.items():
-        if name not in models.CATALOG:
-            objects.append(
-                ModelObject(
-                    id=name,
-                    loaded=True,
-                    available=True,
-                    source=model.source,
-                    multilingual=model.multilingual,
-                    default=model is default,
-                )
+    for model in loaded.values():  # the operator's directories named in a setting
+        objects.append(
+            ModelObject(
+                id=model.name,
+                loaded=True,
+                available=True,
+                source=model.source,
+                multilingual=model.multilingual,
+                default=model is default,
             )
+        )
     return objects
 
 
@@ -304,9 +303,9 @@ async def list_models(engine: EngineDep) -> ModelList:
     response_model=ModelObject,
     responses=error_responses(401, 404, 422),
 )
-async def get_model(model_id: str, engine: EngineDep, settings: SettingsDep) -> ModelObject:
+async def get_model(model_id: str, engine: EngineDep) -> ModelObject:
     """One model; 404 if it is unknown or not available on this server."""
     for entry in await anyio.to_thread.run_sync(_model_objects, engine):
         if entry.id == models.canonical_name(model_id) and (entry.available or entry.loaded):
             return entry
-    raise ModelNotFoundError(f"Model {model_id!r} is unknown or not available on this server.")
+    raise ModelNotFoundError(f"Model {shown(model_id)} is unknown or not available on this server.")
