@@ -142,8 +142,13 @@ def server_process(
             raise AssertionError(f"server did not become ready:\n{log.read_text()}") from None
         yield ServerProcess(process, url, log)
     finally:
+        # SIGTERM first, so the server stops what it started (an embedded Redis) itself
         if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
         process.wait(30)
 
 

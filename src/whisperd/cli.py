@@ -133,12 +133,8 @@ def _settings(**overrides: Any) -> Any:
 
     from whisperd.settings import Settings
 
-    # a repeated flag gives a list; joined, it splits as the variable does (commas work too)
-    given: dict[str, Any] = {
-        k: ",".join(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None
-    }
     try:
-        return Settings(**given)
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
@@ -267,9 +263,13 @@ def transcribe(
             beam_size=beam_size,
             word_timestamps=word_timestamps,
         )
-        engine = Transcriber(settings)
         try:
-            engine.validate(options)  # a bad language is the command's mistake, not a file's
+            engine = stack.enter_context(Transcriber(settings))
+        except WhisperdError as exc:
+            raise _fail(exc.message) from None
+        try:
+            # a bad language is the command's mistake, not a file's
+            engine.check(engine.default_model, options)
         except WhisperdError as exc:
             raise _fail(exc.message, 2) from None
         if output_dir is not None:
@@ -294,7 +294,7 @@ def transcribe(
         failures = 0
         try:
             # several files run side by side, their windows batched; outputs keep input order
-            with engine, ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
+            with ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
                 runs = [
                     (name, target, pool.submit(run, path, name))
                     for path, (name, target) in zip(paths, inputs, strict=True)

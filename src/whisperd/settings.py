@@ -41,6 +41,17 @@ def _default_cache_dir() -> Path:
     return Path(base) / "whisperd"
 
 
+def _entries(value: object) -> object:
+    """A list setting's entries: a string (or each string of a list, as repeated flags give)
+    split at commas, stripped, without the empty ones."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        parts = (part.strip() for entry in value for part in str(entry).split(","))
+        return tuple(part for part in parts if part)
+    return value
+
+
 class Settings(BaseSettings):
     """whisperd's configuration; read from ``WHISPERD_*`` environment variables."""
 
@@ -200,9 +211,7 @@ class Settings(BaseSettings):
     @field_validator("preload_models", "fetch_allow_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
+        return _entries(value)
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
@@ -210,17 +219,12 @@ class Settings(BaseSettings):
         """Keys without the empty entries; keys given but all empty are an error (an unset
         variable in ``--api-key "$KEY"`` must not leave the server open). An empty
         WHISPERD_API_KEYS is the same as leaving it unset."""
-        if isinstance(value, str):
-            if not value.strip():
-                return ()
-            value = value.split(",")
-        if isinstance(value, list | tuple):
-            keys = tuple(str(key).strip() for key in value if str(key).strip())
-            if value and not keys:
-                msg = "an API key was given, but it is empty; give a key, or none"
-                raise ValueError(msg)
-            return keys
-        return value
+        keys = _entries(value)
+        given = value.strip() if isinstance(value, str) else value
+        if given and not keys:
+            msg = "an API key was given, but it is empty; give a key, or none"
+            raise ValueError(msg)
+        return keys
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
