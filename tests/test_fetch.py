@@ -135,7 +135,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self._reply(200, b"got:" + body)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if self.path == "/endless":  # an answer that never ends, as fast as it is read
+                self.send_response(200)
+                self.end_headers()  # HTTP/1.0: the body ends at close
+                while not self.server.stop.is_set():
+                    self.wfile.write(b"x" * 65536)
+            elif self.path == "/slowhead":
+                self._slow_head()
+            else:
+                self._reply(200, b"got:" + body)
+
+    def _slow_head(self) -> None:
+        # the status line, then a header a byte at a time: no single read ever times out
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        for _ in range(600):
+            if self.server.stop.wait(0.05):
+                break
+            self.wfile.write(b"x")
+            self.wfile.flush()
 
     def _route(self) -> None:
         url = urlsplit(self.path)
@@ -147,6 +165,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, b"")
         elif url.path == "/redirect":
             self._reply(302, b"", {"Location": query["to"]})
+        elif url.path == "/slowhead":
+            self._slow_head()
+        elif url.path == "/badredirect":
+            self._reply(302, b"", {"Location": "http://xn--a/"})
         elif url.path == "/loop":
             self._reply(302, b"", {"Location": "/loop"})
         elif url.path.startswith("/status/"):
@@ -398,7 +420,7 @@ def test_every_resolved_address_must_be_allowed(tmp_path: Path, net: _NetLog) ->
     settings = _settings(tmp_path, fetch_allow_hosts=())
     table = {"mixed.test": ["93.184.216.34", "10.0.0.7"], "public.test": ["93.184.216.34"]}
     guard = fetch._Guard(settings, resolver=_resolver(table))
-    with pytest.raises(ForbiddenURLError, match=r"mixed\.test resolves to 10\.0\.0\.7"):
+    with pytest.raises(ForbiddenURLError, match=r"'mixed\.test' resolves to 10\.0\.0\.7"):
         guard.addresses("mixed.test", 80)
     with pytest.raises(ForbiddenURLError):
         fetch._fetch("http://mixed.test/a.mp3", guard, fetch._Limits(settings))
@@ -535,6 +557,58 @@ def test_the_callers_deadline_ends_the_fetch(server: str, path: str, tmp_path: P
     assert time.monotonic() - started < 15.0
 
 
+@pytest.mark.parametrize(
+    ("limit", "error"),
+    [
+        ("deadline", DeadlineExceededError),
+        ("total", UpstreamTimeoutError),
+        ("stop", CancelledError),
+    ],
+)
+def test_a_head_sent_a_byte_at_a_time_is_cut_off(
+    server: str, limit: str, error: type[Exception], tmp_path: Path
+) -> None:
+    """No read waits long, so only cutting the connection ends it in time."""
+    settings = _settings(tmp_path, fetch_timeout=20.0, fetch_total_timeout=25.0)
+    started = time.monotonic()
+    stop = threading.Event()
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    try:
+        with pytest.raises(error):
+            if limit == "deadline":
+                fetch_to_file(f"{server}/slowhead", settings, deadline=started + 0.3)
+            elif limit == "total":
+                fetch_to_file(
+                    f"{server}/slowhead", settings.model_copy(update={"fetch_total_timeout": 0.3})
+                )
+            else:
+                fetch_to_file(f"{server}/slowhead", settings, stopped=stop.is_set)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 15.0
+
+
+def test_a_redirect_to_a_malformed_international_name_is_a_502(server: str, tmp_path: Path) -> None:
+    with pytest.raises(UpstreamError, match="invalid URL") as caught:
+        fetch_to_file(f"{server}/badredirect", _settings(tmp_path))
+    assert not caught.value.retryable
+
+
+def test_post_does_not_read_the_answer(server: str, tmp_path: Path) -> None:
+    response = fetch.post(
+        f"{server}/endless", _settings(tmp_path), content=b"{}", headers={}, timeout=10.0
+    )
+    assert response.status_code == 200
+
+
+def test_post_is_bounded_in_all_by_its_timeout(server: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeoutError, match="did not answer within"):
+        fetch.post(f"{server}/slowhead", _settings(tmp_path), content=b"", headers={}, timeout=0.5)
+    assert time.monotonic() - started < 15.0
+
+
 def test_a_stopped_fetch_ends_at_its_next_chunk(server: str, tmp_path: Path) -> None:
     stop = threading.Event()
     timer = threading.Timer(0.2, stop.set)
@@ -547,11 +621,20 @@ def test_a_stopped_fetch_ends_at_its_next_chunk(server: str, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
-    "url", ["http://xn--/", "http://xn--zz/a.mp3", "http://xn--zz.example/a.mp3"]
+    ("url", "said"),
+    [
+        ("http://xn--/", "internationalized domain name"),
+        ("http://xn--zz/a.mp3", "internationalized domain name"),
+        ("http://xn--zz.example/a.mp3", "internationalized domain name"),
+        ("http://127.0.0.1:99999/a.mp3", "not a valid TCP port"),
+        ("http://127.0.0.1:0/a.mp3", "not a valid TCP port"),
+    ],
 )
-def test_a_malformed_international_name_is_refused(url: str, tmp_path: Path, net: _NetLog) -> None:
+def test_a_malformed_host_or_port_is_refused(
+    url: str, said: str, tmp_path: Path, net: _NetLog
+) -> None:
     for call in (fetch_to_file, check_url):
-        with pytest.raises(ForbiddenURLError, match="internationalized domain name"):
+        with pytest.raises(ForbiddenURLError, match=said):
             call(url, _settings(tmp_path))
     assert net.lookups == []
 
@@ -620,7 +703,7 @@ def test_guarded_client_checks_at_connect_time(server: str, tmp_path: Path, net:
     # A name passes the static check; the address it resolves to is checked at connect.
     with (
         guarded_client(_settings(tmp_path, fetch_allow_hosts=())) as client,
-        pytest.raises(ForbiddenURLError, match=r"localhost resolves to 127\.0\.0\.1"),
+        pytest.raises(ForbiddenURLError, match=r"'localhost' resolves to 127\.0\.0\.1"),
     ):
         client.get(f"http://localhost:{_port(server)}/jfk.flac")
     assert net.connects == []

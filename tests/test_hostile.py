@@ -908,6 +908,61 @@ def test_a_form_with_too_many_parts_is_a_400(
     error_of(client.post("/v1/audio/transcriptions", files=files, data=data), 400)
 
 
+@pytest.fixture(scope="module")
+def impatient(settings: Settings, engine: Transcriber) -> Iterator[httpx.Client]:
+    """The server giving a request line and headers one second."""
+    local = settings.model_copy(update={"header_timeout": 1.0})
+    with (
+        running_app(create_app(local, engine=engine)) as url,
+        httpx.Client(base_url=url, timeout=TIMEOUT) as c,
+    ):
+        yield c
+
+
+def _raw(client: httpx.Client, data: bytes) -> bytes:
+    """What the server answers ``data`` sent on a connection of its own, until it closes."""
+    host, port = client.base_url.host, client.base_url.port
+    assert port is not None
+    with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(CHUNK):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: 1"])
+def test_a_head_sent_too_slowly_is_a_408(impatient: httpx.Client, sent: bytes) -> None:
+    """Nothing, or a head left unfinished: the connection is answered and closed, not held."""
+    answer = _raw(impatient, sent)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"request_timeout"' in answer
+    assert impatient.get("/healthz").status_code == 200
+
+
+def test_a_request_that_is_not_http_gets_a_json_400(client: httpx.Client) -> None:
+    answer = _raw(client, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.split(b"\r\n\r\n", 1)[1].startswith(b'{"error": {')
+
+
+def test_odd_paths_get_a_short_404(client: httpx.Client) -> None:
+    for path in (f"/v1/{'a' * 5000}", f"/ui/{'a' * 300}.css"):
+        error = error_of(client.get(path), 404)
+        assert len(error["message"]) < 300
+
+
+def test_a_chunked_body_over_the_limit_has_the_413_code(small: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(3 * SMALL_UPLOAD_BYTES // CHUNK):
+            yield bytes(CHUNK)
+
+    response = small.post(
+        "/function/whisper", content=chunks(), headers={"Content-Type": "application/octet-stream"}
+    )
+    error_of(response, 413, "payload_too_large")
+
+
 # --- the decoder on its own -------------------------------------------------------------------
 def test_the_decoder_names_each_failure() -> None:
     with pytest.raises(errors.EmptyAudioError):

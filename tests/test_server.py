@@ -90,6 +90,8 @@ def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
         (("--api-key", ""), {}, "it is empty"),
         (("--api-key", " "), {}, "it is empty"),
         ((), {"WHISPERD_API_KEYS": ", ,"}, "it is empty"),
+        ((), {"WHISPERD_API_KEYS": " "}, "it is empty"),
+        ((), {"WHISPERD_ADMIN_API_KEYS": " "}, "it is empty"),
         ((), {"WHISPERD_API_KEYS_FILE": "KEYS"}, "holds no key"),
     ],
 )

@@ -13,6 +13,7 @@
     │   ├── UnsupportedTaskError      400   (translate / a language on an English-only model)
     │   ├── PayloadTooLargeError      413
     │   ├── HeadersTooLargeError      431   (request line and headers over the limit)
+    │   ├── HeadersTimeoutError       408   (request line and headers sent too slowly)
     │   ├── UnsupportedMediaTypeError 415
     │   ├── FetchError                400   (the URL is wrong: no such host, HTTP 4xx)
     │   │   ├── ForbiddenURLError     400   (scheme, private address, redirect to one)
@@ -129,6 +130,11 @@ class PayloadTooLargeError(InvalidRequestError):
 class HeadersTooLargeError(InvalidRequestError):
     status_code = 431
     default_code = "headers_too_large"
+
+
+class HeadersTimeoutError(InvalidRequestError):
+    status_code = 408
+    default_code = "request_timeout"
 
 
 class UnsupportedMediaTypeError(InvalidRequestError):

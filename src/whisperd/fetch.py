@@ -21,11 +21,13 @@ proxy, and the address check would check the wrong thing.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
 import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from whisperd.errors import (
     PayloadTooLargeError,
     UpstreamError,
     UpstreamTimeoutError,
+    shown,
 )
 from whisperd.settings import Settings
 
@@ -58,6 +61,8 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SPOOL_BYTES = 8 * 1024 * 1024
 """Downloads up to this size stay in memory; larger ones spill to a file in tmp_dir."""
 _ALLOW_HINT = "if the host is trusted, add it to WHISPERD_FETCH_ALLOW_HOSTS"
+_CUTOFF_POLL_S = 0.25
+"""How often a fetch's watcher asks whether the fetch was stopped."""
 
 
 def _never() -> bool:
@@ -73,19 +78,20 @@ class _Limits:
     stopped: Callable[[], bool] = _never
     started: float = field(default_factory=time.monotonic)
 
-    def _end(self) -> float:
+    def end(self) -> float:
+        """The monotonic instant the download must be over by."""
         end = self.started + self.settings.fetch_total_timeout
         return end if self.deadline is None else min(end, self.deadline)
 
     def read_timeout(self) -> float:
         """The longest one connect or read may wait."""
-        return max(0.0, min(self.settings.fetch_timeout, self._end() - time.monotonic()))
+        return max(0.0, min(self.settings.fetch_timeout, self.end() - time.monotonic()))
 
     def check(self) -> None:
         """Raise if the download must stop now."""
         if self.stopped():
             raise CancelledError("The fetch was stopped: its work is no longer wanted.")
-        if time.monotonic() >= self._end():
+        if time.monotonic() >= self.end():
             raise self.expired()
 
     def expired(self) -> DeadlineExceededError | UpstreamTimeoutError:
@@ -101,6 +107,53 @@ class _Limits:
             "(WHISPERD_FETCH_TOTAL_TIMEOUT); try a faster host or a smaller file.",
             retryable=True,
         )
+
+
+class _Cutoff:
+    """Cuts the connections of one client at an instant, or once ``stopped`` says so, even in
+    the middle of a read: per-read timeouts alone let a server that sends a byte at a time
+    (of its headers, say) hold a connection for hours."""
+
+    def __init__(self, end: float, stopped: Callable[[], bool] = _never) -> None:
+        self._end = end
+        self._stopped = stopped
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="whisperd-cutoff", daemon=True)
+        self.cut = False
+
+    def __enter__(self) -> _Cutoff:
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._watcher.join()
+
+    def track(self, stream: httpcore.NetworkStream) -> None:
+        """A connection the client opened (the guarded backend reports each one)."""
+        sock = stream.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._sockets.append(sock)
+                if self.cut:
+                    _shut(sock)
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(_CUTOFF_POLL_S, max(0.0, self._end - time.monotonic()))):
+            if self._stopped() or time.monotonic() >= self._end:
+                with self._lock:
+                    self.cut = True
+                    for sock in self._sockets:
+                        _shut(sock)
+                return
+
+
+def _shut(sock: socket.socket) -> None:
+    """End a connection that another thread may be reading: its read returns at once."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def fetch_to_file(
@@ -145,20 +198,51 @@ def check_url(url: str, settings: Settings) -> None:
     guard.addresses(_ascii_host(parsed), parsed.port or _DEFAULT_PORTS[parsed.scheme])
 
 
-def guarded_client(settings: Settings, *, timeout: float | None = None) -> httpx.Client:
+def guarded_client(
+    settings: Settings,
+    *,
+    timeout: float | None = None,
+    on_connect: Callable[[httpcore.NetworkStream], None] | None = None,
+) -> httpx.Client:
     """An httpx.Client whose every connection is checked by the same rules as fetching.
 
-    That covers the first request and each redirect; used for callback delivery too.
-
-    ``timeout`` (seconds) defaults to ``settings.fetch_timeout``. The client does not follow
-    redirects unless a request asks to (``follow_redirects=True``), and then at most
-    ``settings.fetch_max_redirects``. A refused destination raises ForbiddenURLError and a
-    host that does not resolve raises FetchError from the request call; other failures are
-    ordinary httpx exceptions, for the caller to translate. Close the client when done.
+    That covers the first request and each redirect. ``timeout`` (seconds, per connect and
+    read) defaults to ``settings.fetch_timeout``; ``on_connect`` hears of each connection.
+    The client does not follow redirects unless a request asks to
+    (``follow_redirects=True``), and then at most ``settings.fetch_max_redirects``. A refused
+    destination raises ForbiddenURLError and a host that does not resolve raises FetchError
+    from the request call; other failures are ordinary httpx exceptions, for the caller to
+    translate. Close the client when done.
     """
-    return _client(
-        _Guard(settings), settings, settings.fetch_timeout if timeout is None else timeout
-    )
+    per_read = settings.fetch_timeout if timeout is None else timeout
+    return _client(_Guard(settings), settings, per_read, on_connect)
+
+
+def post(
+    url: str, settings: Settings, *, content: bytes, headers: dict[str, str], timeout: float
+) -> httpx.Response:
+    """POST ``content`` to url through the guard, all of it within ``timeout`` seconds; the
+    answer's status and headers. Its body is not read: no reply can fill memory.
+
+    Raises what ``guarded_client`` requests raise, and UpstreamTimeoutError when the whole
+    exchange takes longer than ``timeout``.
+    """
+    cutoff = _Cutoff(time.monotonic() + timeout)
+    try:
+        with (
+            cutoff,
+            guarded_client(settings, timeout=timeout, on_connect=cutoff.track) as client,
+            client.stream("POST", url, content=content, headers=headers) as response,
+        ):
+            return response
+    except httpx.HTTPError as exc:
+        if cutoff.cut:
+            raise UpstreamTimeoutError(
+                f"{_ascii_host(httpx.URL(url))} did not answer within {timeout:g} s.",
+                retryable=True,
+                param=None,
+            ) from exc
+        raise
 
 
 # --- the address rules --------------------------------------------------------------------
@@ -275,9 +359,9 @@ class _Guard:
             return
         logger.warning("Refused to connect to %s (%s, a %s address)", host, ip, reason)
         if _literal_ip(host) is not None:
-            where = f"The URL's host {host} is {ip}, a {reason} address"
+            where = f"The URL's host {shown(host)} is {ip}, a {reason} address"
         else:
-            where = f"The URL's host {host} resolves to {ip}, a {reason} address"
+            where = f"The URL's host {shown(host)} resolves to {ip}, a {reason} address"
         raise ForbiddenURLError(
             f"{where}; whisperd does not connect to internal networks ({_ALLOW_HINT})."
         )
@@ -292,19 +376,22 @@ class _Guard:
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, TypeError) as exc:
-            raise ForbiddenURLError(f"Not a valid URL: {exc}") from exc
+            raise ForbiddenURLError(f"Not a valid URL: {shown(str(exc))}") from exc
         if not parsed.scheme:
             raise ForbiddenURLError("The URL has no scheme; give a full http:// or https:// URL.")
         if parsed.scheme not in _SCHEMES:
             raise ForbiddenURLError(
-                f"Only http and https URLs can be fetched, not {parsed.scheme}: URLs."
+                f"Only http and https URLs can be fetched, not {shown(parsed.scheme)} URLs."
             )
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise ForbiddenURLError(f"The URL's port {parsed.port} is not a valid TCP port.")
         host = _ascii_host(parsed)
         try:
             parsed.host  # noqa: B018  (decodes the IDNA labels, which may be malformed)
         except UnicodeError as exc:
             raise ForbiddenURLError(
-                f"The URL's host {host} is not a valid internationalized domain name ({exc})."
+                f"The URL's host {shown(host)} is not a valid internationalized domain name "
+                f"({exc})."
             ) from exc
         if not host:
             raise ForbiddenURLError("The URL has no host; give a full http(s)://host/path URL.")
@@ -331,15 +418,17 @@ class _Guard:
                 detail = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
                 logger.info("Host %s does not resolve: %s", host, detail)
                 message = (
-                    f"The URL's host {host} could not be resolved right now ({detail}); "
+                    f"The URL's host {shown(host)} could not be resolved right now ({detail}); "
                     "try again later."
                     if temporary
-                    else f"The URL's host {host} does not resolve ({detail}); check the URL."
+                    else f"The URL's host {shown(host)} does not resolve ({detail}); check the URL."
                 )
                 error = UpstreamError if temporary else FetchError
                 raise error(message, retryable=temporary) from exc
             if not found:
-                raise FetchError(f"The URL's host {host} does not resolve to any IP address.")
+                raise FetchError(
+                    f"The URL's host {shown(host)} does not resolve to any IP address."
+                )
         if not self._name_allowed(host):
             for address in found:
                 self._check_ip(host, address)
@@ -352,8 +441,11 @@ class _Guard:
 class _GuardedBackend(httpcore.SyncBackend):
     """Opens each TCP connection to an address the guard has just checked."""
 
-    def __init__(self, guard: _Guard) -> None:
+    def __init__(
+        self, guard: _Guard, on_connect: Callable[[httpcore.NetworkStream], None] | None
+    ) -> None:
         self._guard = guard
+        self._on_connect = on_connect
 
     def connect_tcp(
         self,
@@ -366,7 +458,7 @@ class _GuardedBackend(httpcore.SyncBackend):
         error: httpcore.ConnectError | None = None
         for ip in self._guard.addresses(host, port):
             try:
-                return super().connect_tcp(
+                stream = super().connect_tcp(
                     str(ip),
                     port,
                     timeout=timeout,
@@ -376,18 +468,24 @@ class _GuardedBackend(httpcore.SyncBackend):
             except httpcore.ConnectError as exc:
                 # Like socket.create_connection: try the next address, raise the last error.
                 error = exc
+                continue
+            if self._on_connect is not None:
+                self._on_connect(stream)
+            return stream
         assert error is not None  # addresses() returns at least one address
         raise error
 
 
-def _transport(guard: _Guard) -> httpx.HTTPTransport:
+def _transport(
+    guard: _Guard, on_connect: Callable[[httpcore.NetworkStream], None] | None
+) -> httpx.HTTPTransport:
     ssl_context = httpx.create_ssl_context()
     transport = httpx.HTTPTransport(verify=ssl_context, trust_env=False)
     # httpx.HTTPTransport takes no network backend, so replace the pool it built (unused,
     # no connections yet) by the same kind of pool connecting through the guarded backend.
     transport._pool = httpcore.ConnectionPool(
         ssl_context=ssl_context,
-        network_backend=_GuardedBackend(guard),
+        network_backend=_GuardedBackend(guard, on_connect),
         max_connections=10,
         max_keepalive_connections=5,
         keepalive_expiry=5.0,
@@ -395,9 +493,14 @@ def _transport(guard: _Guard) -> httpx.HTTPTransport:
     return transport
 
 
-def _client(guard: _Guard, settings: Settings, timeout: float) -> httpx.Client:
+def _client(
+    guard: _Guard,
+    settings: Settings,
+    timeout: float,
+    on_connect: Callable[[httpcore.NetworkStream], None] | None = None,
+) -> httpx.Client:
     return httpx.Client(
-        transport=_transport(guard),
+        transport=_transport(guard, on_connect),
         timeout=httpx.Timeout(timeout),
         max_redirects=settings.fetch_max_redirects,
         trust_env=False,
@@ -418,8 +521,11 @@ def _fetch(url: str, guard: _Guard, limits: _Limits) -> tempfile.SpooledTemporar
         max_size=_SPOOL_BYTES, mode="w+b", dir=str(settings.tmp_dir)
     )
     try:
-        with _client(guard, settings, limits.read_timeout()) as client:
+        cutoff = _Cutoff(limits.end(), limits.stopped)
+        with cutoff, _client(guard, settings, limits.read_timeout(), cutoff.track) as client:
             size = _download(client, target, file, limits)
+        if cutoff.cut:  # a body that ends at close looks whole when its connection is cut
+            limits.check()
         file.seek(0)
     except BaseException:
         file.close()
@@ -455,6 +561,10 @@ def _download(
                 response.close()
         except httpx.HTTPError as exc:
             raise _translate(exc, request.url, limits) from exc
+        except UnicodeError as exc:  # httpx reading a Location with a malformed name
+            raise UpstreamError(
+                f"{_ascii_host(request.url)} redirected to an invalid URL ({exc})."
+            ) from exc
         if redirects >= settings.fetch_max_redirects:
             raise FetchError(
                 f"The URL redirected more than {settings.fetch_max_redirects} times "
@@ -528,15 +638,15 @@ def _translate(exc: httpx.HTTPError, url: httpx.URL, limits: _Limits) -> FetchEr
     """The error to raise for an httpx error while fetching url."""
     host = _ascii_host(url)
     logger.info("Fetch of %s failed: %r", _shown(url), exc)
+    limits.check()  # stopped, or out of time altogether: that is the error, not this one
     if isinstance(exc, httpx.TimeoutException):
-        limits.check()  # out of time altogether: the deadline's error, not this wait's
         doing = {
             httpx.ConnectTimeout: "connecting to",
             httpx.ReadTimeout: "waiting for data from",
             httpx.WriteTimeout: "sending to",
         }.get(type(exc), "waiting for")
         return UpstreamTimeoutError(
-            f"Timed out {doing} {host} after {limits.settings.fetch_timeout:g} s "
+            f"Timed out {doing} {shown(host)} after {limits.settings.fetch_timeout:g} s "
             "(WHISPERD_FETCH_TIMEOUT); try again later.",
             retryable=True,
         )
@@ -546,15 +656,16 @@ def _translate(exc: httpx.HTTPError, url: httpx.URL, limits: _Limits) -> FetchEr
     if tls is not None:
         if isinstance(tls, ssl.SSLCertVerificationError):
             return UpstreamError(
-                f"The TLS certificate of {host} could not be verified ({tls.verify_message})."
+                f"The TLS certificate of {shown(host)} could not be verified "
+                f"({tls.verify_message})."
             )
-        return UpstreamError(f"The TLS handshake with {host} failed ({tls.reason or tls}).")
+        return UpstreamError(f"The TLS handshake with {shown(host)} failed ({tls.reason or tls}).")
     if isinstance(exc, httpx.ConnectError):
-        return UpstreamError(f"Could not connect to {host}: {exc}", retryable=True)
+        return UpstreamError(f"Could not connect to {shown(host)}: {exc}", retryable=True)
     if isinstance(exc, httpx.DecodingError):
-        return UpstreamError(f"{host} sent a body that could not be decoded: {exc}")
+        return UpstreamError(f"{shown(host)} sent a body that could not be decoded: {exc}")
     if isinstance(exc, httpx.RemoteProtocolError) and "location header" in str(exc).lower():
-        return UpstreamError(f"{host} redirected to an invalid URL: {exc}")
+        return UpstreamError(f"{shown(host)} redirected to an invalid URL: {exc}")
     if isinstance(exc, httpx.TransportError):
-        return UpstreamError(f"The connection to {host} failed: {exc}", retryable=True)
-    return UpstreamError(f"Fetching from {host} failed: {exc}")
+        return UpstreamError(f"The connection to {shown(host)} failed: {exc}", retryable=True)
+    return UpstreamError(f"Fetching from {shown(host)} failed: {exc}")

@@ -10,6 +10,7 @@ so the server here captures signals its own way.
 from __future__ import annotations
 
 import asyncio
+import http
 import json
 import logging
 import signal
@@ -24,7 +25,12 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from whisperd.errors import HeadersTooLargeError
+from whisperd.errors import (
+    HeadersTimeoutError,
+    HeadersTooLargeError,
+    InvalidRequestError,
+    WhisperdError,
+)
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -92,10 +98,13 @@ class DrainingServer(uvicorn.Server):
 
 
 class _HeadLimitedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing with 431 a request whose line and headers pass
-    ``max_head_bytes`` or ``MAX_HEADERS`` lines, before it buffers more of them."""
+    """uvicorn's httptools protocol, holding each request's line and headers to limits: past
+    ``max_head_bytes`` or ``MAX_HEADERS`` lines a 431 before more is buffered, and a head not
+    complete ``head_timeout`` seconds after it began (or after the connection opened) a 408.
+    Its own errors, and the parser's, answer in OpenAI's JSON shape."""
 
     max_head_bytes = 16 * 1024
+    head_timeout = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,7 +112,35 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
         self._parsed = 0  # bytes of the head's URL and header lines parsed so far
         self._received = 0  # bytes received while the head is still incomplete
         self._lines = 0
-        self._refused: HeadersTooLargeError | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused: WhisperdError | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(self.head_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _too_slow(self) -> None:
+        self._head_timer = None
+        if self._refused is None:
+            self._refused = HeadersTimeoutError(
+                f"The request line and headers took longer than {self.head_timeout:g} s "
+                "(WHISPERD_HEADER_TIMEOUT)."
+            )
+            self.send_400_response("")
 
     def _refuse(self, message: str) -> None:
         self._refused = HeadersTooLargeError(message)
@@ -119,6 +156,7 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._parsed, self._received, self._lines = True, 0, 0, 0
+        self._arm()
 
     def on_url(self, url: bytes) -> None:
         self._parsed += len(url)
@@ -135,6 +173,7 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._disarm()
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
@@ -150,18 +189,20 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
                 self.send_400_response("")
 
     def send_400_response(self, msg: str) -> None:
-        if self._refused is None:
-            super().send_400_response(msg)
-            return
-        body = json.dumps(self._refused.to_dict()).encode()
+        """Answer an unusable request (ours, or what the parser refused) and close."""
+        self._disarm()
+        error = self._refused or InvalidRequestError(f"{msg.rstrip('.')}: not valid HTTP/1.1.")
+        body = json.dumps(error.to_dict()).encode()
+        status = http.HTTPStatus(error.status_code)
         head = (
-            "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            f"HTTP/1.1 {status.value} {status.phrase}\r\n"
             "content-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         )
         self.transport.write(head.encode() + body)
+        self._refused = error
         # Half-close and keep discarding what the client still sends for a moment: closing
-        # at once, with its data unread, would reset the connection before it reads the 431.
+        # at once, with its data unread, would reset the connection before it reads this.
         if self.transport.can_write_eof():
             self.transport.write_eof()
         asyncio.get_running_loop().call_later(_REFUSED_LINGER_S, self.transport.close)
@@ -172,7 +213,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
     protocol = type(
         "HeadLimitedProtocol",
         (_HeadLimitedProtocol,),
-        {"max_head_bytes": settings.max_header_bytes},
+        {"max_head_bytes": settings.max_header_bytes, "head_timeout": settings.header_timeout},
     )
     values: dict[str, Any] = {
         "host": settings.host,

@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     """Longest audio accepted, in seconds; longer input is refused before inference."""
     max_header_bytes: int = Field(16 * 1024, ge=1024)
     """Largest request line and headers together, in bytes; larger requests get 431."""
+    header_timeout: float = Field(30.0, gt=0)
+    """Seconds a client may take to send a request line and headers; slower ones get 408."""
     request_timeout: float = Field(600.0, gt=0)
     """Execution deadline for a synchronous request, in seconds (504 beyond it)."""
     drain_timeout: float = Field(30.0, ge=0)
@@ -204,7 +206,8 @@ class Settings(BaseSettings):
     callback_workers: int = Field(2, ge=1)
     """Callback deliveries in flight at once, per process."""
     callback_timeout: float = Field(10.0, gt=0)
-    """Connect and read timeout of one callback delivery, in seconds."""
+    """Time limit of one callback delivery (connecting, sending, the answer's head), in
+    seconds."""
     callback_retry_backoff: float = Field(2.0, gt=0)
     """Delay before the first retry of a failed callback, in seconds; doubles each retry."""
 
@@ -218,10 +221,10 @@ class Settings(BaseSettings):
     def _keys(cls, value: object) -> object:
         """Keys without the empty entries; keys given but all empty are an error (an unset
         variable in ``--api-key "$KEY"`` must not leave the server open). An empty
-        WHISPERD_API_KEYS is the same as leaving it unset."""
+        WHISPERD_API_KEYS is the same as leaving it unset; one of only spaces or commas is
+        not."""
         keys = _entries(value)
-        given = value.strip() if isinstance(value, str) else value
-        if given and not keys:
+        if value and not keys:
             msg = "an API key was given, but it is empty; give a key, or none"
             raise ValueError(msg)
         return keys

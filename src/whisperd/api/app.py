@@ -26,10 +26,13 @@ from whisperd.api.pipeline import Pipeline
 from whisperd.api.routes import compat, jobs, metrics, openai, ops, ui
 from whisperd.engine import Transcriber
 from whisperd.errors import (
+    MAX_MESSAGE,
     InvalidRequestError,
+    PayloadTooLargeError,
     RateLimitError,
     ValidationError,
     WhisperdError,
+    shown,
 )
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.metrics import Metrics
@@ -90,9 +93,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors (unknown route, wrong method, body too large) in OpenAI's shape."""
     assert isinstance(exc, HTTPException)
     status = exc.status_code
-    message = str(exc.detail)
+    message = str(exc.detail)[:MAX_MESSAGE]
     if status == 404:
-        message = f"No route {request.method} {request.url.path}; see /docs."
+        message = f"No route {request.method} {shown(request.url.path)}; see /docs."
     error_type = {401: "authentication_error", 404: "not_found_error"}.get(
         status, "invalid_request_error" if status < 500 else "server_error"
     )
@@ -101,7 +104,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
             "message": message,
             "type": error_type,
             "param": "file" if status == 413 else None,
-            "code": None,
+            "code": PayloadTooLargeError.default_code if status == 413 else None,
         }
     }
     return JSONResponse(body, status_code=status, headers=exc.headers)

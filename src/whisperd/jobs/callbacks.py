@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import httpx
 
+from whisperd import fetch
 from whisperd.errors import FetchError, ForbiddenURLError
-from whisperd.fetch import guarded_client
 from whisperd.jobs.records import CallbackState, Job
 from whisperd.jobs.states import JobState
 from whisperd.jobs.store import JobStore
@@ -97,14 +97,19 @@ class CallbackSender:
         status: int | None = None
         retry_after: float | None = None
         try:
-            with guarded_client(self.settings, timeout=self.settings.callback_timeout) as client:
-                response = client.post(job.callback_url, content=body, headers=headers)
+            response = fetch.post(
+                job.callback_url,
+                self.settings,
+                content=body,
+                headers=headers,
+                timeout=self.settings.callback_timeout,
+            )
             status = response.status_code
             retry_after = _retry_after(response)
         except ForbiddenURLError as exc:
             self._give_up(job_id, attempt, None, exc.message)
             return
-        except FetchError as exc:  # the host did not resolve
+        except FetchError as exc:  # the host did not resolve, or did not answer in time
             self._failed_attempt(job_id, attempt, None, exc.message, retryable=exc.retryable)
             return
         except httpx.HTTPError as exc:

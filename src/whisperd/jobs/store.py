@@ -53,6 +53,7 @@ from whisperd.errors import (
     ServiceUnavailableError,
     ValidationError,
     WhisperdError,
+    shown,
 )
 from whisperd.jobs.records import CallbackState, ChunkRecord, Job
 from whisperd.jobs.states import ChunkState, JobState, check_chunk_transition, check_transition
@@ -656,7 +657,7 @@ class JobStore:
             found = self.client.zscore(index_key(None, owner), after)
             if found is None:
                 raise ValidationError(
-                    f"Unknown cursor after={after!r}: that job does not exist (or expired); "
+                    f"Unknown cursor after={shown(after)}: that job does not exist (or expired); "
                     "list again from the start.",
                     param="after",
                 )

@@ -35,12 +35,19 @@ def _static_dir() -> Path:
     return Path(str(resources.files("whisperd") / "static"))
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system, say
+        return False
+
+
 def _file(name: str) -> FileResponse:
     # ``name`` holds no "/" (the path converter stops there): it can only name a file in
     # the static folder itself; dot files and unknown types stay hidden.
     path = _static_dir() / name
     media_type = _TYPES.get(path.suffix)
-    if name.startswith(".") or media_type is None or not path.is_file():
+    if name.startswith(".") or media_type is None or not _is_file(path):
         raise NotFoundError(f"No file {shown(name)} in the web page's assets.")
     return FileResponse(path, media_type=media_type, headers=_HEADERS)
 
