@@ -69,8 +69,10 @@ class DrainingServer(uvicorn.Server):
         self.force_exit = True
 
     def _busy(self) -> int:
-        admission = getattr(self._app.state, "admission", None)
-        busy = 0 if admission is None else admission.active + admission.waiting
+        pipeline = getattr(self._app.state, "pipeline", None)
+        busy = 0
+        if pipeline is not None:
+            busy = pipeline.admission.active + pipeline.admission.waiting + pipeline.fetcher.active
         jobs = getattr(self._app.state, "jobs", None)
         return busy + (0 if jobs is None else int(jobs.running))
 
@@ -81,6 +83,9 @@ class DrainingServer(uvicorn.Server):
             if busy == 0 or elapsed >= self._drain_timeout:
                 if busy:
                     logger.warning("Drain timeout: stopping with %d request(s) in flight", busy)
+                    pipeline = getattr(self._app.state, "pipeline", None)
+                    if pipeline is not None:
+                        pipeline.fetcher.stop()  # their threads would outlive the server
                 self.should_exit = True
         return await super().on_tick(counter)
 

@@ -28,13 +28,22 @@ class Fetcher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.active = 0
         self._threads = anyio.CapacityLimiter(settings.fetch_concurrency)
+        self._stops: set[threading.Event] = set()  # one per fetch in progress
+
+    @property
+    def active(self) -> int:
+        return len(self._stops)
 
     @property
     def saturated(self) -> bool:
         """Whether every fetch place is taken (a new fetch would get 429)."""
         return self.active >= self.settings.fetch_concurrency
+
+    def stop(self) -> None:
+        """Stop every fetch in progress (the server is going away)."""
+        for stop in list(self._stops):
+            stop.set()
 
     async def fetch(
         self, url: str, *, request: Request, deadline: float
@@ -46,14 +55,14 @@ class Fetcher:
                 f"(WHISPERD_FETCH_CONCURRENCY); retry in {_RETRY_AFTER_S} s, or upload the file.",
                 retry_after=_RETRY_AFTER_S,
             )
-        left = threading.Event()
+        stop = threading.Event()
         download = functools.partial(
-            fetch.fetch_to_file, url, self.settings, deadline=deadline, stopped=left.is_set
+            fetch.fetch_to_file, url, self.settings, deadline=deadline, stopped=stop.is_set
         )
-        self.active += 1
+        self._stops.add(stop)
         try:
             return await watch_disconnect(
-                request, left.set, lambda: anyio.to_thread.run_sync(download, limiter=self._threads)
+                request, stop.set, lambda: anyio.to_thread.run_sync(download, limiter=self._threads)
             )
         finally:
-            self.active -= 1
+            self._stops.discard(stop)
