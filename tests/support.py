@@ -194,3 +194,91 @@ def speech_flac(seconds: float) -> bytes:
     unit = np.concatenate([jfk, gap])
     repeats = max(1, round(seconds / audio.duration(unit)))
     return audio.encode_flac(np.tile(unit, repeats))
+
+
+class _Misbehaving(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    serving = 0
+    lock: threading.Lock
+    stop: threading.Event
+
+
+class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
+    server: _Misbehaving
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        server = self.server
+        with server.lock:
+            server.serving += 1
+        try:
+            self._answer(self.path.split("?")[0])
+        except OSError:
+            pass  # the fetch stopped reading
+        finally:
+            with server.lock:
+                server.serving -= 1
+
+    def _answer(self, path: str) -> None:
+        if path == "/ok":
+            self._send(200, JFK.read_bytes(), {"Content-Type": "audio/flac"})
+        elif path == "/fail":
+            self._send(503, b"down")
+        elif path == "/close":
+            self.connection.close()  # no answer at all
+        elif path == "/redirect":
+            self._send(302, headers={"Location": "/close"})
+        elif path == "/loop":
+            self._send(302, headers={"Location": "/loop"})
+        elif path == "/garbage":
+            self._send(200, bytes(range(256)) * 200)
+        else:
+            self.send_response(200)
+            self.end_headers()
+            if path == "/trickle":  # a byte every 0.2 s, for as long as it is read
+                while not self.server.stop.wait(0.2):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+            else:  # /stall: the headers, then nothing
+                self.server.stop.wait(60)
+
+
+@dataclass
+class Misbehaving:
+    """An audio host on 127.0.0.1 that answers (``/ok``), fails (``/fail``: 503), closes
+    (``/close``), stalls (``/stall``), trickles (``/trickle``), redirects (``/redirect`` to a
+    close, ``/loop``) or sends garbage (``/garbage``)."""
+
+    server: _Misbehaving
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    @property
+    def serving(self) -> int:
+        """Requests it is answering now."""
+        return self.server.serving
+
+
+@contextlib.contextmanager
+def misbehaving_server() -> Iterator[Misbehaving]:
+    server = _Misbehaving(("127.0.0.1", 0), _MisbehavingHandler)
+    server.lock, server.stop = threading.Lock(), threading.Event()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Misbehaving(server)
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()

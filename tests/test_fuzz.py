@@ -7,15 +7,10 @@ a server error. Examples are bounded and derandomized so CI is quick and repeata
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import io
 import itertools
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import av
 import httpx
@@ -36,7 +31,7 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
-from support import JFK, running_app
+from support import JFK, Misbehaving, misbehaving_server, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -143,40 +138,6 @@ def test_generated_options_on_real_speech(
 
 
 # --- URL fetching on: generated requests whose audio URL misbehaves ---------------------------
-class _Upstream(http.server.BaseHTTPRequestHandler):
-    """An audio host that answers, fails, closes, stalls, redirects or sends garbage."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        with contextlib.suppress(OSError):  # the fetch may stop reading
-            if self.path == "/ok":
-                self._send(200, JFK.read_bytes(), {"Content-Type": "audio/flac"})
-            elif self.path == "/fail":
-                self._send(503, b"down")
-            elif self.path == "/close":
-                self.connection.close()  # no answer at all
-            elif self.path == "/stall":
-                self.send_response(200)
-                self.end_headers()
-                time.sleep(3)
-            elif self.path == "/redirect":
-                self._send(302, headers={"Location": "/close"})
-            elif self.path == "/loop":
-                self._send(302, headers={"Location": "/loop"})
-            else:
-                self._send(200, np.random.default_rng(3).bytes(50_000))
-
-
 UPSTREAM_PATHS = ("/ok", "/fail", "/close", "/stall", "/redirect", "/loop", "/garbage")
 url_schema = schemathesis.openapi.from_dict(OPENAPI).include(
     path_regex="^/(function/whisper|async-function/whisper|v1/jobs|v1/audio/transcriptions)$",
@@ -185,21 +146,14 @@ url_schema = schemathesis.openapi.from_dict(OPENAPI).include(
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def upstream() -> Iterator[Misbehaving]:
+    with misbehaving_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def fetching_url(
-    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, upstream: str
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, upstream: Misbehaving
 ) -> Iterator[str]:
     """The server with URL fetching (to 127.0.0.1 only) and jobs (embedded Redis) on."""
     root = tmp_path_factory.mktemp("fuzz-urls")
@@ -230,11 +184,11 @@ _next_path = itertools.cycle(UPSTREAM_PATHS)
 @url_schema.parametrize()
 @settings(FUZZ, max_examples=25)
 def test_misbehaving_audio_urls_get_documented_answers(
-    case: schemathesis.Case, fetching_url: str, upstream: str
+    case: schemathesis.Case, fetching_url: str, upstream: Misbehaving
 ) -> None:
     """Generated requests with their audio URL pointed at a host that fails in each way it
     can: every answer is documented, none a server error."""
-    url = upstream + next(_next_path)
+    url = upstream.url(next(_next_path))
     if isinstance(case.body, dict):
         case.body.pop("file", None)
         case.body["url"] = url

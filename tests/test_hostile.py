@@ -8,13 +8,11 @@ generated here, with PyAV and numpy.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import io
 import logging
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +28,15 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
-from support import JFK, UnseekableSink, assert_jfk, normalise, running_app
+from support import (
+    JFK,
+    Misbehaving,
+    UnseekableSink,
+    assert_jfk,
+    misbehaving_server,
+    normalise,
+    running_app,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -731,61 +737,10 @@ def test_a_client_leaving_mid_upload_leaves_nothing_behind(
 
 
 # --- audio URLs: slow, failing and malformed ----------------------------------------------------
-class _Upstream(http.server.ThreadingHTTPServer):
-    """An audio host that trickles, stalls or fails; counts the fetches it is serving."""
-
-    daemon_threads = True
-    serving = 0
-    lock = threading.Lock()
-    stop = threading.Event()
-
-
-class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
-    server: _Upstream
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        with self.server.lock:
-            self.server.serving += 1
-        try:
-            if self.path == "/fail":
-                self.send_response(500)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.end_headers()
-            if self.path == "/trickle":  # a byte every 0.2 s, for as long as it is read
-                while not self.server.stop.wait(0.2):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-            else:  # /stall: the headers, then nothing
-                self.server.stop.wait(60)
-        except OSError:
-            pass  # the fetch stopped reading
-        finally:
-            with self.server.lock:
-                self.server.serving -= 1
-
-
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[_Upstream]:
-    server = _Upstream(("127.0.0.1", 0), _UpstreamHandler)
-    server.stop = threading.Event()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+def upstream() -> Iterator[Misbehaving]:
+    with misbehaving_server() as server:
         yield server
-    finally:
-        server.stop.set()
-        server.shutdown()
-        server.server_close()
-
-
-def _url(upstream: _Upstream, path: str) -> str:
-    return f"http://127.0.0.1:{upstream.server_address[1]}{path}"
 
 
 FETCHES = 2
@@ -810,13 +765,13 @@ def fetching(settings: Settings, engine: Transcriber) -> Iterator[httpx.Client]:
 
 
 def test_slow_urls_cannot_starve_the_server(
-    fetching: httpx.Client, upstream: _Upstream, jfk_flac: bytes
+    fetching: httpx.Client, upstream: Misbehaving, jfk_flac: bytes
 ) -> None:
     """While FETCHES trickling URLs are being fetched, more URLs get 429 at once, and the
     server still answers everything else. The fetches stop when their clients leave."""
     host, port = fetching.base_url.host, fetching.base_url.port
     assert port is not None
-    slow = _url(upstream, "/trickle").encode()
+    slow = upstream.url("/trickle").encode()
     head = (
         f"POST /function/whisper HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
         f"Content-Length: {len(slow)}\r\n\r\n"
@@ -842,9 +797,9 @@ def test_slow_urls_cannot_starve_the_server(
 
 
 def test_a_fetch_ends_with_the_requests_deadline(
-    fetching: httpx.Client, upstream: _Upstream
+    fetching: httpx.Client, upstream: Misbehaving
 ) -> None:
-    url = _url(upstream, "/trickle")
+    url = upstream.url("/trickle")
     for response in (
         fetching.post("/v1/audio/transcriptions", data={"url": url}, headers={"X-Timeout": "1"}),
         fetching.post("/function/whisper", content=url, headers={"X-Timeout": "1"}),
@@ -858,9 +813,9 @@ def test_a_fetch_ends_with_the_requests_deadline(
     [("/fail", 502, "upstream_error"), ("/stall", 504, "upstream_timeout")],
 )
 def test_an_upstream_failure_is_not_the_clients_fault(
-    fetching: httpx.Client, upstream: _Upstream, path: str, status: int, code: str
+    fetching: httpx.Client, upstream: Misbehaving, path: str, status: int, code: str
 ) -> None:
-    url = _url(upstream, path)
+    url = upstream.url(path)
     error_of(fetching.post("/v1/audio/transcriptions", data={"url": url}), status, code)
     error_of(fetching.post("/function/whisper", content=url), status, code)
 

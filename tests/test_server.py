@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import http.server
 import signal
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from support import assert_jfk, poll, server_process, speech_flac
+from support import assert_jfk, misbehaving_server, poll, server_process, speech_flac
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -65,40 +61,18 @@ def test_drain_timeout_bounds_the_wait(tmp_path: Path) -> None:
             in_flight.result(timeout=30).raise_for_status()
 
 
-class _Trickle(http.server.BaseHTTPRequestHandler):
-    """An audio host sending a byte every 0.2 s for a minute."""
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        with contextlib.suppress(OSError):
-            self.send_response(200)
-            self.end_headers()
-            for _ in range(300):
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.2)
-
-
 def test_the_drain_timeout_also_ends_url_fetches(tmp_path: Path) -> None:
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
-    upstream.daemon_threads = True
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{upstream.server_address[1]}/a.flac"
     env = {"WHISPERD_DRAIN_TIMEOUT": "1", "WHISPERD_FETCH_ALLOW_HOSTS": "127.0.0.1"}
-    try:
-        with (
-            server_process(tmp_path, env) as server,
-            concurrent.futures.ThreadPoolExecutor() as pool,
-        ):
-            pool.submit(httpx.post, f"{server.url}/function/whisper", content=url, timeout=90)
-            poll(lambda: "Fetching" in server.output(), timeout=30)
-            server.process.send_signal(signal.SIGTERM)
-            assert server.process.wait(30) == 0, server.output()
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
+    with (
+        misbehaving_server() as upstream,
+        server_process(tmp_path, env) as server,
+        concurrent.futures.ThreadPoolExecutor() as pool,
+    ):
+        url = upstream.url("/trickle")
+        pool.submit(httpx.post, f"{server.url}/function/whisper", content=url, timeout=90)
+        poll(lambda: upstream.serving == 1, timeout=30)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0, server.output()
 
 
 def test_public_host_without_keys_warns(tmp_path: Path) -> None:
