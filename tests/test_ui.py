@@ -124,6 +124,27 @@ def test_a_file_is_transcribed_live_and_the_transcript_drives_the_player(base_ur
         assert errors == []
 
 
+def test_subtitles_fit_for_a_screen_are_the_apis(base_url: str) -> None:
+    with offline_page() as (page, blocked):
+        errors = open_page(page, base_url)
+        page.check("#words")
+        transcribe(page, JFK)
+        page.select_option("#cue-width", "32")
+        with page.expect_download() as download:
+            page.click("[data-format=srt]")
+        srt = Path(download.value.path()).read_text()
+        assert blocked == [] and errors == []
+    api = httpx.post(
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": ("jfk.flac", JFK.read_bytes())},
+        data={"response_format": "srt", "max_line_width": "32", "max_line_count": "2"},
+        timeout=60,
+    )
+    assert srt == api.text
+    lines = [line for block in srt.split("\n\n") for line in block.split("\n")[2:]]
+    assert lines and max(map(len, lines)) <= 32
+
+
 def test_a_long_file_runs_as_a_job_that_can_be_reopened_and_cancelled(
     base_url: str, tmp_path: Path
 ) -> None:

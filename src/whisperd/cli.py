@@ -227,6 +227,17 @@ def transcribe(
     beam_size: Annotated[int | None, typer.Option(help="Beam size.", min=1, max=20)] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     compute_type: Annotated[str | None, typer.Option(help="auto, int8, float16, ...")] = None,
+    max_line_width: Annotated[
+        int | None, typer.Option(help="srt/vtt: characters per line (cut at words).")
+    ] = None,
+    max_line_count: Annotated[int | None, typer.Option(help="srt/vtt: lines per cue.")] = None,
+    max_words_per_line: Annotated[int | None, typer.Option(help="srt/vtt: words per line.")] = None,
+    max_cue_seconds: Annotated[
+        float | None, typer.Option(help="srt/vtt: longest cue, seconds.")
+    ] = None,
+    highlight_words: Annotated[
+        bool, typer.Option(help="srt/vtt: a cue per word, the spoken one underlined.")
+    ] = False,
 ) -> None:
     """Transcribe files: print to stdout (one file) or write one output per input into -o DIR."""
     import contextlib
@@ -237,9 +248,17 @@ def transcribe(
 
     from whisperd import formats
     from whisperd.engine import TranscribeOptions, Transcriber
+    from whisperd.subtitles import SubtitleOptions
 
     if fmt not in FORMAT_CHOICES:
         raise _fail(f"unknown format {fmt!r}; use one of {', '.join(FORMAT_CHOICES)}", 2)
+    subtitles = SubtitleOptions(
+        max_line_width, max_line_count, max_words_per_line, max_cue_seconds, highlight_words
+    )
+    try:
+        subtitles.check(fmt)
+    except WhisperdError as exc:
+        raise _fail(exc.message, 2) from None
     if task not in ("transcribe", "translate"):
         raise _fail(f"unknown task {task!r}; use transcribe or translate", 2)
     with contextlib.ExitStack() as stack:
@@ -261,7 +280,7 @@ def transcribe(
             hotwords=hotwords,
             vad_filter=vad,
             beam_size=beam_size,
-            word_timestamps=word_timestamps,
+            word_timestamps=word_timestamps or subtitles.active,
         )
         try:
             engine = stack.enter_context(Transcriber(settings))
@@ -289,7 +308,7 @@ def transcribe(
                 prepared = engine.prepare(options, source=source)
                 task = engine.begin(prepared, engine.chunks(source))
                 result = _collect_with_progress(task, prepared.estimate, name, single)
-            return formats.render(result, fmt)
+            return formats.render(result, fmt, subtitles)
 
         failures = 0
         try:

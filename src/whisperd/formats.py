@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from whisperd.engine import Segment, Transcription, Word
+from whisperd.subtitles import DEFAULT_CUES, Cue, Cuer, SubtitleOptions
 
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "tsv")
 MEDIA_TYPES = {
@@ -205,28 +206,46 @@ def to_text(transcription: Transcription) -> str:
     return transcription.text + "\n"
 
 
-def srt_block(index: int, segment: Segment) -> str:
+def _cue_text(cue: Cue, escape: Callable[[str], str] = str) -> str:
+    """The cue's lines, the highlighted word (if any) underlined."""
+    lines, index = [], 0
+    for line in cue.lines:
+        texts = []
+        for text in line:
+            shown = escape(text)
+            if index == cue.highlight:
+                shown = f"{shown[: len(shown) - len(shown.lstrip())]}<u>{shown.strip()}</u>"
+            texts.append(shown)
+            index += 1
+        lines.append(_one_line("".join(texts)))
+    return "\n".join(lines)
+
+
+def srt_block(index: int, cue: Cue) -> str:
     """One SRT cue (1-based ``index``)."""
-    span = f"{timestamp(segment.start)} --> {timestamp(segment.end)}"
-    return f"{index}\n{span}\n{_one_line(segment.text)}\n\n"
+    span = f"{timestamp(cue.start)} --> {timestamp(cue.end)}"
+    return f"{index}\n{span}\n{_cue_text(cue)}\n\n"
 
 
-def to_srt(transcription: Transcription) -> str:
-    return "".join(srt_block(i, s) for i, s in enumerate(transcription.segments, start=1))
+def to_srt(transcription: Transcription, subtitles: SubtitleOptions = DEFAULT_CUES) -> str:
+    cuer = Cuer(subtitles)
+    cues = (cue for s in transcription.segments for cue in cuer.cues(s))
+    return "".join(srt_block(i, cue) for i, cue in enumerate(cues, start=1))
 
 
 def _vtt_escape(text: str) -> str:
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _one_line(text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def vtt_block(segment: Segment) -> str:
-    span = f"{timestamp(segment.start, '.')} --> {timestamp(segment.end, '.')}"
-    return f"{span}\n{_vtt_escape(segment.text)}\n\n"
+def vtt_block(cue: Cue) -> str:
+    span = f"{timestamp(cue.start, '.')} --> {timestamp(cue.end, '.')}"
+    return f"{span}\n{_cue_text(cue, _vtt_escape)}\n\n"
 
 
-def to_vtt(transcription: Transcription) -> str:
-    return "WEBVTT\n\n" + "".join(vtt_block(s) for s in transcription.segments)
+def to_vtt(transcription: Transcription, subtitles: SubtitleOptions = DEFAULT_CUES) -> str:
+    cuer = Cuer(subtitles)
+    cues = "".join(vtt_block(cue) for s in transcription.segments for cue in cuer.cues(s))
+    return "WEBVTT\n\n" + cues
 
 
 def to_tsv(transcription: Transcription) -> str:
@@ -241,16 +260,23 @@ def to_tsv(transcription: Transcription) -> str:
 
 _RENDER: dict[str, Callable[[Transcription], str]] = {
     "text": to_text,
-    "srt": to_srt,
-    "vtt": to_vtt,
     "tsv": to_tsv,
     "json": lambda t: json.dumps(to_json(t), ensure_ascii=False),
     "verbose_json": lambda t: json.dumps(to_verbose_json(t), ensure_ascii=False),
 }
 
 
-def render(transcription: Transcription, response_format: str) -> str:
-    """The transcript as a string in ``response_format`` (one of :data:`FORMATS`)."""
+def render(
+    transcription: Transcription,
+    response_format: str,
+    subtitles: SubtitleOptions = DEFAULT_CUES,
+) -> str:
+    """The transcript as a string in ``response_format`` (one of :data:`FORMATS`), its
+    SRT or VTT cues cut as ``subtitles`` says."""
+    if response_format == "srt":
+        return to_srt(transcription, subtitles)
+    if response_format == "vtt":
+        return to_vtt(transcription, subtitles)
     try:
         renderer = _RENDER[response_format]
     except KeyError:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Form, Query, Request
+from pydantic import Field
 
 from whisperd.api.pipeline import Pipeline
 from whisperd.engine import Transcriber
@@ -13,6 +14,7 @@ from whisperd.errors import ServiceUnavailableError, ValidationError, shown
 from whisperd.jobs.owners import Owner
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.settings import Settings
+from whisperd.subtitles import SubtitleOptions
 from whisperd.timings import Timings
 
 
@@ -76,6 +78,41 @@ def get_deadline(request: Request) -> float:
     return time.monotonic() + timeout
 
 
+_WIDTH = "Extra (srt, vtt): characters per line; cues are cut at word boundaries."
+_COUNT = "Extra (srt, vtt): lines per cue (with max_line_width or max_words_per_line)."
+_WORDS = "Extra (srt, vtt): words per line."
+_SECONDS = "Extra (srt, vtt): longest cue, in seconds."
+_HIGHLIGHT = "Extra (srt, vtt): a cue per word, the spoken word underlined (karaoke)."
+_Count = Annotated[int, Field(ge=1)]
+_Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def subtitles_form(
+    max_line_width: Annotated[_Count | None, Form(description=_WIDTH)] = None,
+    max_line_count: Annotated[_Count | None, Form(description=_COUNT)] = None,
+    max_words_per_line: Annotated[_Count | None, Form(description=_WORDS)] = None,
+    max_cue_seconds: Annotated[_Seconds | None, Form(description=_SECONDS)] = None,
+    highlight_words: Annotated[bool, Form(description=_HIGHLIGHT)] = False,
+) -> SubtitleOptions:
+    """How to cut SRT/VTT cues, from form fields (see ``whisperd.subtitles``)."""
+    return SubtitleOptions(
+        max_line_width, max_line_count, max_words_per_line, max_cue_seconds, highlight_words
+    )
+
+
+def subtitles_query(
+    max_line_width: Annotated[_Count | None, Query(description=_WIDTH)] = None,
+    max_line_count: Annotated[_Count | None, Query(description=_COUNT)] = None,
+    max_words_per_line: Annotated[_Count | None, Query(description=_WORDS)] = None,
+    max_cue_seconds: Annotated[_Seconds | None, Query(description=_SECONDS)] = None,
+    highlight_words: Annotated[bool, Query(description=_HIGHLIGHT)] = False,
+) -> SubtitleOptions:
+    """How to cut SRT/VTT cues, from query parameters (the function routes' options)."""
+    return SubtitleOptions(
+        max_line_width, max_line_count, max_words_per_line, max_cue_seconds, highlight_words
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Transcriber, Depends(get_engine)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
@@ -83,3 +120,5 @@ JobsDep = Annotated[JobsRuntime, Depends(get_jobs)]
 OwnerDep = Annotated[Owner, Depends(get_owner)]
 TimingsDep = Annotated[Timings, Depends(get_timings)]
 DeadlineDep = Annotated[float, Depends(get_deadline)]
+SubtitlesFormDep = Annotated[SubtitleOptions, Depends(subtitles_form)]
+SubtitlesQueryDep = Annotated[SubtitleOptions, Depends(subtitles_query)]

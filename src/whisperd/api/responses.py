@@ -19,6 +19,7 @@ from whisperd.api.fetching import Fetcher
 from whisperd.api.middleware import upload_too_large
 from whisperd.engine import Segment, Transcription, TranscriptionInfo
 from whisperd.errors import EmptyAudioError, InvalidRequestError, WhisperdError
+from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
 from whisperd.timings import Timings
 
 _STREAMED_FORMATS = ("json", "text")
@@ -60,9 +61,14 @@ async def audio_input(
 
 
 def check_format(
-    response_format: str, *, stream: bool = False, granularities: Sequence[str] = ()
+    response_format: str,
+    *,
+    stream: bool = False,
+    granularities: Sequence[str] = (),
+    subtitles: SubtitleOptions = DEFAULT_CUES,
 ) -> None:
     """Refuse, as OpenAI does, options the response format cannot carry."""
+    subtitles.check(response_format)
     if stream and response_format not in _STREAMED_FORMATS:
         raise InvalidRequestError(
             f"stream=true sends server-sent events of text; response_format {response_format} "
@@ -83,6 +89,7 @@ def render(
     *,
     words: bool | None = None,
     segments: bool = True,
+    subtitles: SubtitleOptions = DEFAULT_CUES,
 ) -> Response:
     """The transcript as the response ``response_format`` asks for."""
     with timings.measure("format"):
@@ -96,7 +103,7 @@ def render(
             return JSONResponse(body)
         if response_format == "json":
             return JSONResponse(formats.to_json(transcription))
-        text = formats.render(transcription, response_format)
+        text = formats.render(transcription, response_format, subtitles)
         return PlainTextResponse(text, media_type=formats.MEDIA_TYPES[response_format])
 
 

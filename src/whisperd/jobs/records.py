@@ -17,6 +17,7 @@ from whisperd import formats
 from whisperd.engine import Segment, TaskName, TranscribeOptions, Transcription, Word
 from whisperd.jobs.states import ChunkState, JobState
 from whisperd.settings import Settings
+from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
 
 Source = Literal["url", "upload"]
 
@@ -49,6 +50,8 @@ class JobSpec:
     vad_filter: bool | None = None
     beam_size: int | None = None
     word_timestamps: bool = False
+    subtitles: SubtitleOptions = DEFAULT_CUES
+    """How SRT/VTT cues are cut (applied when the result is rendered)."""
 
     def options(self, settings: Settings) -> TranscribeOptions:
         """The engine options, with the server's defaults where the job left one unset."""
@@ -61,7 +64,9 @@ class JobSpec:
             hotwords=self.hotwords,
             vad_filter=self.vad_filter,
             beam_size=self.beam_size,
-            word_timestamps=self.word_timestamps or "word" in self.timestamp_granularities,
+            word_timestamps=self.word_timestamps
+            or "word" in self.timestamp_granularities
+            or self.subtitles.active,
         )
 
     def render(self, transcription: Transcription) -> tuple[str, str]:
@@ -78,7 +83,7 @@ class JobSpec:
         elif fmt == "json":
             text = json.dumps(formats.to_json(transcription), ensure_ascii=False)
         else:
-            text = formats.render(transcription, fmt)
+            text = formats.render(transcription, fmt, self.subtitles)
         return text, formats.MEDIA_TYPES[fmt]
 
     def to_json(self) -> str:
@@ -90,6 +95,10 @@ class JobSpec:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in json.loads(text).items() if k in known}
         data["timestamp_granularities"] = tuple(data.get("timestamp_granularities") or ())
+        cuts = data.get("subtitles") or {}
+        data["subtitles"] = SubtitleOptions(
+            **{k: v for k, v in cuts.items() if k in SubtitleOptions.__dataclass_fields__}
+        )
         return cls(**data)
 
 

@@ -1,7 +1,7 @@
 // The whisperd web page: plain JavaScript against the server's own API, nothing else.
 import { ApiError, TYPE_STATUS, api, apiJson, explain } from "./api.js";
 import { FINAL, WATCH_STORE, forgetJob, rememberJob, renderJobs, savedJobs } from "./jobs.js";
-import { clock, parseCues, toJson, toSrt, toText, toVtt } from "./transcript.js";
+import { clock, fitCues, parseCues, toJson, toSrt, toText, toVtt } from "./transcript.js";
 
 const $ = (id) => document.getElementById(id);
 const VIDEO_EXT = /\.(mp4|m4v|mov|webm|mkv|ogv|avi)(\?|#|$)/i;
@@ -377,12 +377,20 @@ for (const el of [$("audio"), $("video")]) {
 function setExport(enabled) {
   $("copy").disabled = !enabled;
   for (const b of document.querySelectorAll("[data-format]")) b.disabled = !enabled;
+  // cues are cut at words: only a transcript with word timestamps can be
+  $("cue-width").disabled = !enabled || !state.transcript?.segments.some((s) => s.words?.length);
+}
+
+/** The SRT/VTT cues: a segment each, or fit for a screen as the menu says. */
+function cues(transcript) {
+  const width = Number($("cue-width").value);
+  return width && !$("cue-width").disabled ? fitCues(transcript.segments, width) : transcript.segments;
 }
 
 const EXPORTS = {
   txt: ["text/plain", (t) => toText(t.segments)],
-  srt: ["application/x-subrip", (t) => toSrt(t.segments)],
-  vtt: ["text/vtt", (t) => toVtt(t.segments)],
+  srt: ["application/x-subrip", (t) => toSrt(cues(t))],
+  vtt: ["text/vtt", (t) => toVtt(cues(t))],
   json: ["application/json", (t) => toJson(t)],
 };
 

@@ -1,5 +1,6 @@
 // Transcript formats, generated in the browser from the segments ({id, start, end, text}).
-// They match what the API renders for response_format=srt|vtt|text (whisperd/formats.py).
+// They match what the API renders for response_format=srt|vtt|text (whisperd/formats.py), and
+// fitCues what it renders with max_line_width and max_line_count (whisperd/subtitles.py).
 
 const oneLine = (text) => text.split(/\s+/).filter(Boolean).join(" ");
 
@@ -29,18 +30,81 @@ export function toText(segments) {
   return oneLine(segments.map((s) => s.text).join(" ")) + "\n";
 }
 
-export function toSrt(segments) {
-  return segments
-    .map((s, i) => `${i + 1}\n${timestamp(s.start)} --> ${timestamp(s.end)}\n${oneLine(s.text)}\n\n`)
+/** A cue's text: a segment's on one line, or the lines fitCues made. */
+const cueText = (cue, escape = (t) => t) => (cue.lines ?? [cue.text]).map((t) => oneLine(escape(t))).join("\n");
+
+export function toSrt(cues) {
+  return cues
+    .map((c, i) => `${i + 1}\n${timestamp(c.start)} --> ${timestamp(c.end)}\n${cueText(c)}\n\n`)
     .join("");
 }
 
-export function toVtt(segments) {
+export function toVtt(cues) {
   const escape = (t) => t.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
-  const cues = segments.map(
-    (s) => `${timestamp(s.start, ".")} --> ${timestamp(s.end, ".")}\n${oneLine(escape(s.text))}\n\n`,
-  );
-  return "WEBVTT\n\n" + cues.join("");
+  const blocks = cues.map((c) => `${timestamp(c.start, ".")} --> ${timestamp(c.end, ".")}\n${cueText(c, escape)}\n\n`);
+  return "WEBVTT\n\n" + blocks.join("");
+}
+
+/** The fewest runs the items fill, each run as long as it fits. */
+function fewest(items, fits) {
+  let count = 1;
+  let start = 0;
+  for (let end = 2; end <= items.length; end++) {
+    if (!fits(items.slice(start, end))) [count, start] = [count + 1, end - 1];
+  }
+  return count;
+}
+
+/** The items cut into `count` runs [start, end) that fit, as even in characters as can be. */
+function even(items, count, fits, size) {
+  const n = items.length;
+  if (count === 1) return [[0, n]];
+  const best = Array.from({ length: count + 1 }, () => Array.from({ length: n + 1 }, () => [Infinity, 0]));
+  best[0][0] = [0, 0];
+  for (let k = 1; k <= count; k++) {
+    for (let j = k - 1; j < n; j++) {
+      const before = best[k - 1][j][0];
+      if (before === Infinity) continue;
+      for (let i = j + 1; i <= n && (i === j + 1 || fits(items.slice(j, i))); i++) {
+        const cost = before + size(items.slice(j, i)) ** 2;
+        if (cost < best[k][i][0]) best[k][i] = [cost, j];
+      }
+    }
+  }
+  const runs = [];
+  for (let k = count, end = n; k > 0; k--) {
+    const start = best[k][end][1];
+    runs.unshift([start, end]);
+    end = start;
+  }
+  return runs;
+}
+
+/** Cues fit for a screen from the segments' words: at most `count` lines of `width`
+ * characters (but for a single longer word), cut at words, lines and cues balanced. */
+export function fitCues(segments, width, count = 2) {
+  const size = (words) => oneLine(words.map((w) => w.word).join(" ")).length;
+  const lineFits = (words) => words.length === 1 || size(words) <= width;
+  const cueFits = (words) => words.length === 1 || fewest(words, lineFits) <= count;
+  const cues = [];
+  let lastEnd = 0;
+  for (const segment of segments) {
+    const words = (segment.words ?? []).filter((w) => w.word.trim());
+    if (!words.length) {
+      cues.push(segment);
+      continue;
+    }
+    for (const [j, i] of even(words, fewest(words, cueFits), cueFits, size)) {
+      const cue = words.slice(j, i);
+      const lines = even(cue, fewest(cue, lineFits), lineFits, size).map(([a, b]) =>
+        cue.slice(a, b).map((w) => w.word).join(" "),
+      );
+      const start = Math.max(cue[0].start, lastEnd);
+      lastEnd = Math.max(cue[cue.length - 1].end, start);
+      cues.push({ start, end: lastEnd, lines });
+    }
+  }
+  return cues;
 }
 
 /** The API's verbose_json when we have it, else the same shape built from the segments. */

@@ -12,13 +12,20 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from whisperd import audio, formats
-from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, TimingsDep
+from whisperd.api.deps import (
+    DeadlineDep,
+    EngineDep,
+    PipelineDep,
+    SubtitlesQueryDep,
+    TimingsDep,
+)
 from whisperd.api.fetching import Fetcher
 from whisperd.api.pipeline import Item
-from whisperd.api.responses import CleanupStreamingResponse, audio_input, render
+from whisperd.api.responses import CleanupStreamingResponse, audio_input, check_format, render
 from whisperd.api.schemas import FfmpegCheck, GpuCheck, ModelCheck, TranslateResult, error_responses
 from whisperd.engine import TranscribeOptions, TranscriptionInfo, cuda_device_count
 from whisperd.errors import InvalidRequestError, PayloadTooLargeError
+from whisperd.subtitles import Cuer, SubtitleOptions
 from whisperd.timings import Timings
 
 router = APIRouter()
@@ -103,8 +110,10 @@ async def _function_source(
         yield spooled
 
 
-async def _text_stream(items: AsyncIterator[Item], fmt: str) -> AsyncIterator[bytes]:
-    """The transcript in a text format, a segment's line or cue at a time, as it comes; the
+async def _text_stream(
+    items: AsyncIterator[Item], fmt: str, subtitles: SubtitleOptions
+) -> AsyncIterator[bytes]:
+    """The transcript in a text format, a segment's line or cues at a time, as it comes; the
     bytes add up to what :func:`whisperd.formats.render` gives for the whole transcript.
 
     An error after the first bytes propagates: the connection is cut, so the client sees a
@@ -115,16 +124,18 @@ async def _text_stream(items: AsyncIterator[Item], fmt: str) -> AsyncIterator[by
     elif fmt == "tsv":
         yield b"start\tend\ttext\n"
     number = 0
+    cuer = Cuer(subtitles)
     started = False
     held = ""  # whitespace at the end of the text so far: written once more text follows
     async for item in items:
         if isinstance(item, TranscriptionInfo):
             continue
-        number += 1
         if fmt == "srt":
-            yield formats.srt_block(number, item).encode()
+            for cue in cuer.cues(item):
+                number += 1
+                yield formats.srt_block(number, cue).encode()
         elif fmt == "vtt":
-            yield formats.vtt_block(item).encode()
+            yield "".join(formats.vtt_block(cue) for cue in cuer.cues(item)).encode()
         elif fmt == "tsv":
             line = " ".join(item.text.split())
             yield f"{round(item.start * 1000)}\t{round(item.end * 1000)}\t{line}\n".encode()
@@ -168,13 +179,15 @@ async def function_whisper(
     pipeline: PipelineDep,
     timings: TimingsDep,
     deadline: DeadlineDep,
+    subtitles: SubtitlesQueryDep,
     format: Annotated[FUNCTION_FORMATS, Query(description="Output format.")] = "text",
 ) -> Response:
     """The body is an audio URL (or raw audio); the answer is the transcript as text,
     streamed as it is transcribed."""
+    check_format(format, subtitles=subtitles)
     with timings.measure("receive"):  # the body is read here, after the dependencies
         url, raw = await _read_function_body(request, pipeline.settings.max_upload_bytes)
-    options = TranscribeOptions.asked(pipeline.settings)
+    options = TranscribeOptions.asked(pipeline.settings, word_timestamps=subtitles.active)
     opened = _function_source(
         url, raw, pipeline.fetcher, request=request, deadline=deadline, timings=timings
     )
@@ -185,13 +198,13 @@ async def function_whisper(
             request, opened, options, model=None, deadline=deadline, timings=timings
         )
         return CleanupStreamingResponse(
-            _text_stream(items, format), cleanup, media_type=formats.MEDIA_TYPES[format]
+            _text_stream(items, format, subtitles), cleanup, media_type=formats.MEDIA_TYPES[format]
         )
     async with opened as source:
         result = await pipeline.transcribe(
             request, source, options, model=None, deadline=deadline, timings=timings
         )
-    return render(result, format, timings)
+    return render(result, format, timings, subtitles=subtitles)
 
 
 @router.post(

@@ -18,7 +18,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from whisperd import fetch
-from whisperd.api.deps import EngineDep, JobsDep, OwnerDep, SettingsDep
+from whisperd.api.deps import (
+    EngineDep,
+    JobsDep,
+    OwnerDep,
+    SettingsDep,
+    SubtitlesFormDep,
+    SubtitlesQueryDep,
+)
 from whisperd.api.responses import check_format
 from whisperd.api.routes.openai import (
     BeamField,
@@ -228,6 +235,7 @@ async def create_job(
     owner: OwnerDep,
     engine: EngineDep,
     settings: SettingsDep,
+    subtitles: SubtitlesFormDep,
     file: FileField = None,
     url: UrlField = None,
     model: ModelField = "whisper-1",
@@ -261,8 +269,9 @@ async def create_job(
         vad_filter=vad_filter,
         beam_size=beam_size,
         word_timestamps=word_timestamps,
+        subtitles=subtitles,
     )
-    check_format(response_format, granularities=spec.timestamp_granularities)
+    check_format(response_format, granularities=spec.timestamp_granularities, subtitles=subtitles)
     if file is not None and url:
         raise InvalidRequestError("Send either 'file' or 'url', not both.", param="url")
     if file is None and not url:
@@ -316,6 +325,7 @@ async def async_function(
     jobs: JobsDep,
     owner: OwnerDep,
     settings: SettingsDep,
+    subtitles: SubtitlesQueryDep,
     format: Annotated[ResponseFormat, Query(description="Output format.")] = "text",
     x_callback_url: Annotated[
         str | None, Header(description="Where to POST the result when the job ends.")
@@ -323,6 +333,7 @@ async def async_function(
 ) -> Response:
     """The body is an audio URL (or the audio itself with an audio/* Content-Type), as for
     `/function/whisper`; the answer is 202 with `X-Call-Id` at once."""
+    check_format(format, subtitles=subtitles)
     limit = settings.job_max_upload_bytes
     content_type = request.headers.get("content-type", "").lower()
     is_audio = content_type.startswith(_AUDIO_TYPES)
@@ -336,7 +347,7 @@ async def async_function(
     callback = (
         await _check_url(x_callback_url, settings, "X-Callback-Url") if x_callback_url else None
     )
-    spec = JobSpec(response_format=format)
+    spec = JobSpec(response_format=format, subtitles=subtitles)
     if is_audio:
         if not body:
             raise EmptyAudioError("The body is empty: send the audio or its URL.", param="body")

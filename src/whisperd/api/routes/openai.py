@@ -12,7 +12,13 @@ from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from whisperd import models
-from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, TimingsDep
+from whisperd.api.deps import (
+    DeadlineDep,
+    EngineDep,
+    PipelineDep,
+    SubtitlesFormDep,
+    TimingsDep,
+)
 from whisperd.api.responses import (
     CleanupStreamingResponse,
     audio_input,
@@ -31,6 +37,7 @@ from whisperd.api.schemas import (
 from whisperd.engine import TranscribeOptions, Transcriber
 from whisperd.errors import ModelNotFoundError, shown
 from whisperd.settings import ResponseFormat
+from whisperd.subtitles import SubtitleOptions
 
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
 
@@ -119,8 +126,9 @@ async def _respond(
     response_format: str,
     stream: bool,
     granularities: Sequence[str],
+    subtitles: SubtitleOptions,
 ) -> Response:
-    check_format(response_format, stream=stream, granularities=granularities)
+    check_format(response_format, stream=stream, granularities=granularities, subtitles=subtitles)
     opened = audio_input(
         file, url, pipeline.fetcher, request=request, deadline=deadline, timings=timings
     )
@@ -144,6 +152,7 @@ async def _respond(
         timings,
         words=options.word_timestamps or None,
         segments=not granularities or "segment" in granularities,
+        subtitles=subtitles,
     )
 
 
@@ -158,6 +167,7 @@ async def create_transcription(
     pipeline: PipelineDep,
     timings: TimingsDep,
     deadline: DeadlineDep,
+    subtitles: SubtitlesFormDep,
     file: FileField = None,
     url: UrlField = None,
     model: ModelField = "whisper-1",
@@ -185,7 +195,7 @@ async def create_transcription(
         hotwords=hotwords,
         vad_filter=vad_filter,
         beam_size=beam_size,
-        word_timestamps=word_timestamps or "word" in granularities,
+        word_timestamps=word_timestamps or "word" in granularities or subtitles.active,
     )
     return await _respond(
         request,
@@ -199,6 +209,7 @@ async def create_transcription(
         response_format=response_format,
         stream=stream,
         granularities=granularities,
+        subtitles=subtitles,
     )
 
 
@@ -213,6 +224,7 @@ async def create_translation(
     pipeline: PipelineDep,
     timings: TimingsDep,
     deadline: DeadlineDep,
+    subtitles: SubtitlesFormDep,
     file: FileField = None,
     url: UrlField = None,
     model: ModelField = "whisper-1",
@@ -233,7 +245,7 @@ async def create_translation(
         hotwords=None,
         vad_filter=vad_filter,
         beam_size=beam_size,
-        word_timestamps=False,
+        word_timestamps=subtitles.active,
     )
     return await _respond(
         request,
@@ -247,6 +259,7 @@ async def create_translation(
         response_format=response_format,
         stream=stream,
         granularities=[],
+        subtitles=subtitles,
     )
 
 
