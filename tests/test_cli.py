@@ -183,6 +183,33 @@ def test_english_only_model_refuses_another_language(whisperd_cli: Run, jfk_path
     assert "English-only; language 'de'" in " ".join(result.stderr.split())
 
 
+@pytest.mark.slow
+def test_detect_prints_each_files_language(
+    whisperd_cli: Run, german_wav: Path, jfk_path: Path
+) -> None:
+    result = whisperd_cli("detect", german_wav, jfk_path)
+    assert result.returncode == 0, result.stderr
+    german, english = result.stdout.splitlines()
+    assert german.startswith(f"{german_wav}: de (german) 0.")
+    assert english.startswith(f"{jfk_path}: en (english) 0.")
+    as_json = whisperd_cli("detect", "--json", jfk_path)
+    assert as_json.returncode == 0, as_json.stderr
+    (line,) = as_json.stdout.splitlines()
+    body = json.loads(line)
+    assert (body["file"], body["language"]) == (str(jfk_path), "en")
+    assert body["languages"][0]["language"] == "en"
+    assert len(body["languages"]) == 5
+
+
+def test_detect_with_an_english_only_model_is_a_usage_error(
+    whisperd_cli: Run, jfk_path: Path
+) -> None:
+    result = whisperd_cli("detect", "-m", "tiny.en", jfk_path)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    assert "English-only" in result.stderr
+
+
 def test_bad_format_is_a_usage_error(whisperd_cli: Run, jfk_path: Path) -> None:
     result = whisperd_cli("transcribe", "-f", "docx", jfk_path)
     assert_clean_failure(result)

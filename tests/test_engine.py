@@ -274,6 +274,43 @@ def test_base_detects_and_translates_german(
     assert not {"guten", "morgen", "wetter", "kaffee", "milch"} & english, translated.text
 
 
+def test_base_detects_german_from_the_speech_after_leading_silence(
+    base_engine: Transcriber, german_speech: audio.Audio
+) -> None:
+    silence = np.zeros(45 * audio.SAMPLE_RATE, dtype=np.float32)  # all of a first window
+    found = base_engine.detect(
+        base_engine.detector(None), np.concatenate([silence, german_speech])
+    ).result()
+    assert (found.language, found.languages[0]) == ("de", ("de", found.probability))
+    assert found.probability > 0.5
+    assert len(found.languages) == 5
+    assert 5 < found.duration <= audio.duration(german_speech)
+
+
+def test_detection_listens_to_the_first_30_s_of_speech(
+    base_engine: Transcriber, long_speech: audio.Audio
+) -> None:
+    found = base_engine.detect(base_engine.detector("base"), long_speech).result()
+    assert found.language == "en"
+    assert found.duration == pytest.approx(30.0)  # of some 40 s of speech among silences
+
+
+def test_detection_refuses_english_only_models_silence_and_lateness(
+    engine: Transcriber, base_engine: Transcriber, jfk_audio: audio.Audio
+) -> None:
+    with pytest.raises(errors.UnsupportedTaskError) as english_only:
+        engine.detector(None)
+    assert english_only.value.param == "model"
+    assert "'base'" in english_only.value.message
+    detector = base_engine.detector(None)
+    noise = np.random.default_rng(0).standard_normal(60 * audio.SAMPLE_RATE) * 0.001
+    with pytest.raises(errors.AudioError) as silence:
+        base_engine.detect(detector, noise.astype(np.float32)).result()
+    assert (silence.value.status_code, silence.value.code) == (400, "no_speech")
+    with pytest.raises(errors.DeadlineExceededError):
+        base_engine.detect(detector, jfk_audio, deadline=time.monotonic() - 1).result()
+
+
 @pytest.mark.slow
 def test_batched_decoding_gives_the_same_words(
     model_cache: Path, long_speech: audio.Audio, engine: Transcriber

@@ -25,6 +25,8 @@ PIECE_SECONDS = 28.0
 # much of a pause stays at either side of the speech around it.
 SILENCE_SECONDS = 2.0
 SPEECH_PAD_SECONDS = 0.4
+# Audio searched for speech at a time when only the first of it is wanted (language detection).
+SCAN_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,46 @@ def plan_pieces(
     ends.append(last + pad if drop_silence and total - last >= silence else total)
     pieces = list(zip(starts, ends, strict=True))
     return pieces
+
+
+def leading_speech(
+    pieces: Iterable[Audio], seconds: float, *, max_seconds: float | None = None
+) -> Audio:
+    """The first ``seconds`` of speech in ``pieces`` (consecutive runs of samples), joined: the
+    silence, music and noise around it left out by the voice activity detector. The pieces are
+    read only as far as needed, in blocks of about ``SCAN_SECONDS``, and no further than
+    ``max_seconds`` of audio; no speech at all gives an empty array.
+    """
+    wanted = int(seconds * SAMPLE_RATE)
+    limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
+    speech: list[Audio] = []
+    found = read = 0
+    for block in _blocks(pieces, int(SCAN_SECONDS * SAMPLE_RATE)):
+        if limit is not None:
+            block = block[: limit - read]
+        read += block.shape[0]
+        for start, end in _speech_spans(block):
+            speech.append(block[start:end])
+            found += end - start
+        if found >= wanted or read == limit:
+            break
+    if not speech:
+        return np.empty(0, dtype=np.float32)
+    return np.concatenate(speech)[:wanted]
+
+
+def _blocks(pieces: Iterable[Audio], size: int) -> Iterator[Audio]:
+    """The samples of ``pieces`` in runs of at least ``size`` (the last one may be shorter)."""
+    held: list[Audio] = []
+    count = 0
+    for piece in pieces:
+        held.append(piece)
+        count += piece.shape[0]
+        if count >= size:
+            yield np.concatenate(held)
+            held, count = [], 0
+    if held:
+        yield np.concatenate(held)
 
 
 def find_cut(samples: Audio, low: int, high: int) -> int:

@@ -1,4 +1,4 @@
-"""The ``whisperd`` command line: serve, worker, transcribe, models, bench."""
+"""The ``whisperd`` command line: serve, worker, transcribe, detect, models, bench."""
 
 from __future__ import annotations
 
@@ -333,6 +333,72 @@ def transcribe(
         raise typer.Exit(1)
 
 
+@app.command()
+def detect(
+    files: Annotated[list[Path], typer.Argument(help="Audio or video files.", show_default=False)],
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="A multilingual model's name or dir.")
+    ] = "base",
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per file: the answer of POST /v1/audio/language and `file`.",
+        ),
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    compute_type: Annotated[str | None, typer.Option(help="auto, int8, float16, ...")] = None,
+) -> None:
+    """Say which language each file speaks, from its first 30 s of speech: one line per file."""
+    import contextlib
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from whisperd import formats
+    from whisperd.api.schemas import LanguageDetectionResult
+    from whisperd.engine import Transcriber
+
+    if STDIN in files:
+        raise _fail("detect reads files, not stdin", 2)
+    names = [_input_name(path) for path in files]
+    _setup_logging("warning")
+    settings = _settings(model=model, device=device, compute_type=compute_type, preload_models=())
+    with contextlib.ExitStack() as stack:
+        try:
+            engine = stack.enter_context(Transcriber(settings))
+        except WhisperdError as exc:
+            raise _fail(exc.message) from None
+        try:
+            detector = engine.detector(None)
+        except WhisperdError as exc:
+            raise _fail(exc.message, 2) from None
+        failures = 0
+        # several files run side by side, their windows batched; lines keep input order
+        with ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
+            runs = [
+                (name, pool.submit(lambda path: engine.detect(detector, path).result(), path))
+                for name, path in zip(names, files, strict=True)
+            ]
+            for name, future in runs:
+                try:
+                    found = LanguageDetectionResult.of(future.result())
+                except WhisperdError as exc:
+                    err.print(f"[bold red]error:[/] {name}: {exc.message}")
+                    failures += 1
+                    continue
+                if as_json:
+                    line = json.dumps({"file": name, **found.model_dump()}, ensure_ascii=False)
+                else:
+                    others = ", ".join(
+                        f"{o.language} {o.probability:.2f}" for o in found.languages[1:]
+                    )
+                    spoken = formats.LANGUAGE_NAMES.get(found.language, found.language)
+                    line = f"{name}: {found.language} ({spoken}) {found.probability:.2f}; {others}"
+                sys.stdout.write(line + "\n")
+    if failures:
+        raise typer.Exit(1)
+
+
 def _inputs(
     paths: list[Path], output_dir: Path | None, extension: str
 ) -> list[tuple[str, Path | None]]:
@@ -345,11 +411,7 @@ def _inputs(
         raise _fail("several files need -o DIR (one output file per input)", 2)
     writers: dict[Path | None, str] = {}
     for path in paths:
-        if path.is_dir():
-            raise _fail(f"{path} is a directory; pass the audio files in it, e.g. {path}/*", 2)
-        if path != STDIN and not path.is_file():
-            raise _fail(f"{path}: no such file", 2)
-        name = "stdin" if path == STDIN else str(path)
+        name = _input_name(path)
         target = None if output_dir is None else output_dir / f"{Path(name).stem}.{extension}"
         if target in writers:
             raise _fail(
@@ -359,6 +421,16 @@ def _inputs(
             )
         writers[target] = name
     return [(name, target) for target, name in writers.items()]
+
+
+def _input_name(path: Path) -> str:
+    """The name of the input ``path`` in messages (``stdin`` for ``-``), once it is known to be
+    a file."""
+    if path.is_dir():
+        raise _fail(f"{path} is a directory; pass the audio files in it, e.g. {path}/*", 2)
+    if path != STDIN and not path.is_file():
+        raise _fail(f"{path}: no such file", 2)
+    return "stdin" if path == STDIN else str(path)
 
 
 def _deliver(text: str, target: Path | None) -> bool:

@@ -3,6 +3,7 @@ batching workers (see :mod:`whisperd.batching`), returning our dataclasses."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import logging
@@ -12,10 +13,10 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from whisperd.audio import SAMPLE_RATE, Audio, AudioSource
 from whisperd.batching import BatchedWhisper, Batcher, Owner
 from whisperd.chunking import Chunk, plan_pieces
 from whisperd.errors import (
+    AudioError,
     AudioTooLongError,
     EmptyAudioError,
     ModelLoadError,
@@ -46,6 +48,10 @@ _POLL_SECONDS = 0.05
 # Pieces of one request decoded at once, per window of the batch: enough that the pending calls
 # of one kind fill a batch while others are between calls.
 PARALLEL = 2
+# Whisper tells the language from one 30 s window: detection listens to that much speech.
+DETECT_SECONDS = 30.0
+TOP_LANGUAGES = 5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,17 @@ class Transcription:
         return cls(
             text, info.language, info.language_probability, info.duration, info.task, segments
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageDetection:
+    """The language spoken (an ISO-639-1 code) with its probability; the most likely
+    ``TOP_LANGUAGES`` with theirs, the most likely first; and the seconds of speech heard."""
+
+    language: str
+    probability: float
+    languages: tuple[tuple[str, float], ...]
+    duration: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,16 +684,38 @@ class Transcriber:
         deadline: float | None,
         priority: int,
     ) -> Task[TranscriptionInfo | Segment]:
+        def work(task: Task[TranscriptionInfo | Segment], owner: Owner, model: LoadedModel) -> None:
+            """Start the pieces as streams (as many at once as a batch holds), and hand the
+            consumer the info, then the segments in order."""
+            run = _Run(
+                task, owner, model, chunks, prepared.options, PARALLEL * self.plan.batch_size
+            )
+            run.run()
+            # only a finished transcription says how fast the engine is (not a stopped one)
+            self.speed.record(run.duration, owner.busy_seconds)
+
+        return self._launch(prepared.model, work, deadline=deadline, priority=priority)
+
+    def _launch(
+        self,
+        model: LoadedModel,
+        work: Callable[[Task[T], Owner, LoadedModel], None],
+        *,
+        deadline: float | None,
+        priority: int,
+    ) -> Task[T]:
+        """Run ``work`` on a thread of its own as a new task on ``model``, which stays loaded
+        meanwhile; the engine stops the task when it closes."""
         if not self._started:
             raise ServiceUnavailableError("The engine is not running.")
-        model = self._acquire(prepared.model)
-        task: Task[TranscriptionInfo | Segment] = Task(deadline)
+        model = self._acquire(model)
+        task: Task[T] = Task(deadline)
         owner = Owner(stopped=task.stopped, priority=priority)
         with self._tasks_lock:
             self._tasks.add(task)
         threading.Thread(
             target=self._drive,
-            args=(task, owner, model, chunks, prepared.options),
+            args=(task, owner, model, work),
             name="whisperd-task",
             daemon=True,
         ).start()
@@ -684,31 +723,83 @@ class Transcriber:
 
     def _drive(
         self,
-        task: Task[TranscriptionInfo | Segment],
+        task: Task[T],
         owner: Owner,
         model: LoadedModel,
-        chunks: Iterator[Chunk],
-        options: TranscribeOptions,
+        work: Callable[[Task[T], Owner, LoadedModel], None],
     ) -> None:
-        """Run one task: start its pieces as streams (as many at once as a batch holds), and
-        hand its consumer the info, then the segments in order."""
+        """Run one task's ``work``, then end the task, with the work's error if it failed."""
         outcome: BaseException | None = None
-        run = _Run(task, owner, model, chunks, options, PARALLEL * self.plan.batch_size)
         try:
-            run.run()
+            work(task, owner, model)
         except BaseException as exc:
             if not isinstance(exc, WhisperdError):
-                logger.exception("Transcription failed")
+                logger.exception("An engine task failed")
             outcome = exc
-        else:
-            # only a finished transcription says how fast the engine is (not a stopped one)
-            self.speed.record(run.duration, owner.busy_seconds)
         finally:
             task.busy_seconds = owner.busy_seconds
             with self._tasks_lock:
                 self._tasks.discard(task)
             self._release(model)  # before the consumer hears of the end: the model is free
             task.finish(outcome)
+
+    # --- language detection -----------------------------------------------------------
+    def detector(self, name: str | None) -> LoadedModel:
+        """The model a request names (None or ``whisper-1``: the default) for language
+        detection, loading it once; an English-only model is refused."""
+        found = self._lookup(name)
+        # refused before loading where the catalog knows (a directory's model, once loaded)
+        if found.multilingual is not False and not isinstance(found, LoadedModel):
+            found = self.load(found.name)
+        if not isinstance(found, LoadedModel) or not found.multilingual:
+            raise UnsupportedTaskError(
+                f"Model {found.name} is English-only and cannot detect a language; use a "
+                "multilingual model such as 'base'.",
+                param="model",
+            )
+        return found
+
+    def detect(
+        self,
+        model: LoadedModel,
+        source: Audio | AudioSource,
+        *,
+        deadline: float | None = None,
+    ) -> Task[LanguageDetection]:
+        """Start detecting the language spoken in ``source`` (samples, or a file to decode) with
+        ``model`` (see :meth:`detector`); the task yields one :class:`LanguageDetection`.
+
+        Whisper listens to the first ``DETECT_SECONDS`` of speech, found by the voice activity
+        detector, so leading silence, music or noise is skipped; the audio is decoded only as
+        far as that speech goes (at most ``max_audio_seconds``). Audio without speech fails
+        the task with a 400 (``no_speech``) rather than guessing a language.
+        """
+
+        def work(task: Task[LanguageDetection], owner: Owner, loaded: LoadedModel) -> None:
+            with contextlib.closing(_pieces_of(source)) as pieces:
+                speech = chunking.leading_speech(
+                    _until_stopped(pieces, task),
+                    DETECT_SECONDS,
+                    max_seconds=self.settings.max_audio_seconds,
+                )
+            if speech.size == 0:
+                raise AudioError(
+                    "No speech found in the audio, so no language to detect.",
+                    param="file",
+                    code="no_speech",
+                )
+            with loaded.batcher.stream(owner):
+                language, probability, ranked = loaded.whisper.detect_language(audio=speech)
+            task.put(
+                LanguageDetection(
+                    language=language,
+                    probability=float(probability),
+                    languages=tuple((code, float(p)) for code, p in ranked[:TOP_LANGUAGES]),
+                    duration=audio.duration(speech),
+                )
+            )
+
+        return self._launch(model, work, deadline=deadline, priority=SHORT_PRIORITY)
 
     def stream(
         self,
@@ -739,6 +830,23 @@ class Transcriber:
             self.stream(audio, options or TranscribeOptions(), model=model, deadline=deadline),
             on_segment=on_segment,
         )
+
+
+def _pieces_of(source: Audio | AudioSource) -> Generator[Audio, None, None]:
+    """``source`` as runs of samples, decoded as they are asked for (closing stops decoding)."""
+    if isinstance(source, np.ndarray):
+        yield source
+    else:
+        yield from audio.iter_chunks(source)
+
+
+def _until_stopped(pieces: Iterable[Audio], task: Task[Any]) -> Iterator[Audio]:
+    """``pieces``, until ``task`` is stopped (cancelled, past its deadline): then its reason."""
+    for piece in pieces:
+        reason = task.stopped()
+        if reason is not None:
+            raise reason
+        yield piece
 
 
 def items(task: Task[TranscriptionInfo | Segment]) -> Iterator[TranscriptionInfo | Segment]:

@@ -83,6 +83,11 @@ class Task(Generic[T]):
                 raise item
             yield item  # type: ignore[misc]
 
+    def result(self) -> T:
+        """The one item of a task that yields one (waiting for it), or its error."""
+        (item,) = self
+        return item
+
 
 class Speedometer:
     """Measured engine speed: audio seconds per busy engine-second (an exponential average; a

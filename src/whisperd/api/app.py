@@ -23,7 +23,7 @@ from whisperd.api.middleware import (
     RequestContextMiddleware,
 )
 from whisperd.api.pipeline import Pipeline
-from whisperd.api.routes import compat, jobs, metrics, openai, ops, ui
+from whisperd.api.routes import compat, jobs, language, metrics, openai, ops, ui
 from whisperd.engine import Transcriber
 from whisperd.errors import (
     MAX_MESSAGE,
@@ -167,6 +167,7 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     app.add_exception_handler(Exception, _unexpected_error)
     app.include_router(ops.router)
     app.include_router(openai.router)
+    app.include_router(language.router)
     app.include_router(compat.router)
     app.include_router(jobs.router)
     app.include_router(metrics.router)

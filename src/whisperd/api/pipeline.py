@@ -1,4 +1,4 @@
-"""The synchronous request flow shared by every transcription route.
+"""The synchronous request flow shared by every transcription route (and language detection).
 
 input (spooled upload or fetched URL) -> the engine's first step (model, options, declared
 length) -> admission (bounded; 429 beyond it) -> the engine's second step (decode the first
@@ -20,6 +20,8 @@ import anyio
 from starlette.requests import Request
 
 from whisperd.engine import (
+    DETECT_SECONDS,
+    LanguageDetection,
     Segment,
     TranscribeOptions,
     Transcriber,
@@ -124,6 +126,35 @@ class Pipeline:
             return await watch_disconnect(
                 request, run.task.cancel, lambda: anyio.to_thread.run_sync(collect, run)
             )
+
+    async def detect(
+        self,
+        request: Request,
+        source: IO[bytes],
+        *,
+        model: str | None,
+        deadline: float,
+        timings: Timings,
+    ) -> LanguageDetection:
+        """Detect the spoken language, admitted as a transcription is (the model is checked
+        before the request waits), stopping the work if the client disconnects."""
+        engine = self.engine
+        loaded = await anyio.to_thread.run_sync(engine.detector, model)
+        async with AsyncExitStack() as stack:
+            with timings.measure("queue"):
+                await stack.enter_async_context(
+                    self.admission.enter(DETECT_SECONDS, deadline=deadline)
+                )
+            with timings.measure("inference"):
+                task = await anyio.to_thread.run_sync(
+                    functools.partial(engine.detect, loaded, source, deadline=deadline)
+                )
+                try:
+                    return await watch_disconnect(
+                        request, task.cancel, lambda: anyio.to_thread.run_sync(task.result)
+                    )
+                finally:
+                    task.cancel()
 
     async def stream(
         self,

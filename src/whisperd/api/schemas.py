@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
+
+if TYPE_CHECKING:
+    from whisperd.engine import LanguageDetection
 
 
 class ErrorDetail(BaseModel):
@@ -176,6 +179,36 @@ class TranslateResult(BaseModel):
 
     text: str
     language: str = Field(examples=["en"])
+
+
+class LanguageProbability(BaseModel):
+    language: str = Field(examples=["de"], description="ISO-639-1 code.")
+    probability: float = Field(ge=0, le=1, examples=[0.97])
+
+
+class LanguageDetectionResult(BaseModel):
+    """``POST /v1/audio/language``: the language spoken, from the first 30 s of speech."""
+
+    language: str = Field(examples=["de"], description="The most likely language (ISO-639-1).")
+    probability: float = Field(ge=0, le=1, examples=[0.97])
+    languages: list[LanguageProbability] = Field(
+        description="The five most likely languages, the most likely first."
+    )
+    duration: float = Field(
+        ge=0, le=30, examples=[9.5], description="Seconds of speech listened to (at most 30)."
+    )
+
+    @classmethod
+    def of(cls, found: LanguageDetection) -> LanguageDetectionResult:
+        return cls(
+            language=found.language,
+            probability=round(found.probability, 4),
+            languages=[
+                LanguageProbability(language=code, probability=round(p, 4))
+                for code, p in found.languages
+            ],
+            duration=round(found.duration, 3),
+        )
 
 
 class GpuCheck(BaseModel):

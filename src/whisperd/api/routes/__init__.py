@@ -1,1 +1,2 @@
-"""Route modules: openai (/v1/audio, /v1/models), compat (the seeds' endpoints), ops."""
+"""Route modules: openai (/v1/audio, /v1/models), language
+(/v1/audio/language), compat (the seeds' endpoints), ops."""

@@ -1,0 +1,40 @@
+"""Language detection: ``/v1/audio/language`` (ours; OpenAI has no such route)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from whisperd.api.deps import DeadlineDep, PipelineDep, TimingsDep
+from whisperd.api.responses import audio_input
+from whisperd.api.routes.openai import ERRORS, FileField, ModelField, UrlField
+from whisperd.api.schemas import LanguageDetectionResult
+
+router = APIRouter(prefix="/v1", tags=["Language detection"])
+
+
+@router.post(
+    "/audio/language",
+    summary="Detect the spoken language",
+    response_model=LanguageDetectionResult,
+    responses=ERRORS,
+)
+async def detect_language(
+    request: Request,
+    pipeline: PipelineDep,
+    timings: TimingsDep,
+    deadline: DeadlineDep,
+    file: FileField = None,
+    url: UrlField = None,
+    model: ModelField = "whisper-1",
+) -> LanguageDetectionResult:
+    """The language spoken, with its probability, and the five most likely, from the first
+    30 s of speech (leading silence or music is skipped). Needs a multilingual model such as
+    `base` (an English-only one is a 400, `unsupported_task`); audio without speech is a 400,
+    `no_speech`."""
+    async with audio_input(
+        file, url, pipeline.fetcher, request=request, deadline=deadline, timings=timings
+    ) as source:
+        found = await pipeline.detect(
+            request, source, model=model, deadline=deadline, timings=timings
+        )
+    return LanguageDetectionResult.of(found)
