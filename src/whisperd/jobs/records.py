@@ -49,6 +49,7 @@ class JobSpec:
     vad_filter: bool | None = None
     beam_size: int | None = None
     word_timestamps: bool = False
+    multilingual: bool = False
 
     def options(self, settings: Settings) -> TranscribeOptions:
         """The engine options, with the server's defaults where the job left one unset."""
@@ -62,6 +63,7 @@ class JobSpec:
             vad_filter=self.vad_filter,
             beam_size=self.beam_size,
             word_timestamps=self.word_timestamps or "word" in self.timestamp_granularities,
+            multilingual=self.multilingual,
         )
 
     def render(self, transcription: Transcription) -> tuple[str, str]:
@@ -287,6 +289,8 @@ def segments_to_json(segments: list[Segment] | tuple[Segment, ...]) -> str:
     rows = []
     for s in segments:
         row = asdict(s)
+        if s.language is None:
+            del row["language"]  # as stored before segments had a language
         row["tokens"] = list(s.tokens)
         if s.words is not None:
             row["words"] = [[w.start, w.end, w.word, w.probability] for w in s.words]
