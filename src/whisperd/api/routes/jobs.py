@@ -27,6 +27,7 @@ from whisperd.api.routes.openai import (
     GranularitiesField,
     HotwordsField,
     ModelField,
+    MultilingualField,
     PromptField,
     TemperatureField,
     UrlField,
@@ -241,6 +242,7 @@ async def create_job(
     vad_filter: VadField = None,
     beam_size: BeamField = None,
     word_timestamps: WordsField = False,
+    multilingual: MultilingualField = False,
     callback_url: CallbackField = None,
 ) -> Response:
     """Queue a transcription: a multipart `file` (at most `WHISPERD_JOB_MAX_UPLOAD_BYTES`,
@@ -261,6 +263,7 @@ async def create_job(
         vad_filter=vad_filter,
         beam_size=beam_size,
         word_timestamps=word_timestamps,
+        multilingual=multilingual,
     )
     check_format(response_format, granularities=spec.timestamp_granularities)
     if file is not None and url:
