@@ -128,3 +128,10 @@ def german_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def german_speech(german_wav: Path) -> audio.Audio:
     return audio.decode(german_wav)
+
+
+@pytest.fixture(scope="session")
+def mixed_flac(jfk_audio: audio.Audio, german_speech: audio.Audio) -> bytes:
+    """English then German: jfk.flac (11 s), a second's pause, GERMAN_TEXT (9.4 s), as FLAC."""
+    pause = np.zeros(audio.SAMPLE_RATE, dtype=np.float32)
+    return audio.encode_flac(np.concatenate([jfk_audio, pause, german_speech]))

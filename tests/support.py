@@ -41,6 +41,32 @@ def assert_jfk(text: str) -> None:
         assert phrase in said, f"{phrase!r} not in {said!r}"
 
 
+# Words of the mixed recording (tests/conftest.py ``mixed_flac``) that only one of its two
+# languages has: JFK's English and its German translation, and the German sentences and their
+# English translation ("in", "park" and "so" are both, and left out).
+ENGLISH_ONLY = {"and", "my", "ask", "not", "what", "your", "country", "can", "do", "for", "you"}
+ENGLISH_ONLY |= {"good", "morning", "today", "is", "the", "weather", "we", "with", "children"}
+GERMAN_ONLY = {"und", "mein", "nicht", "dein", "ihr", "euer", "land", "kann", "für", "fragt"}
+GERMAN_ONLY |= {"guten", "morgen", "heute", "ist", "ein", "die", "wir", "mit", "den", "kindern"}
+
+
+def assert_english_then_german(segments: list[dict[str, Any]]) -> None:
+    """verbose_json segments of the mixed recording: labelled english, then german, and each
+    half's text in its own language (not an English paraphrase of the German)."""
+    labels = [s.get("language") for s in segments]
+    english = [s for s in segments if s.get("language") == "english"]
+    german = [s for s in segments if s.get("language") == "german"]
+    assert english and german, labels
+    assert labels == ["english"] * len(english) + ["german"] * len(german), labels
+    assert english[-1]["end"] <= 12.5 and german[0]["start"] >= 10.5, segments  # the pause
+    english_text = " ".join(s["text"] for s in english)
+    german_words = set(normalise(" ".join(s["text"] for s in german)).split())
+    assert_jfk(english_text)
+    assert not set(normalise(english_text).split()) & GERMAN_ONLY, english_text
+    assert len(german_words & GERMAN_ONLY) >= 4, german_words
+    assert not german_words & ENGLISH_ONLY, german_words
+
+
 class UnseekableSink(io.RawIOBase):
     """A write-only sink that cannot seek, like a pipe: a muxer cannot go back to write the
     length into the header."""

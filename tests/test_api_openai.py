@@ -16,7 +16,15 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
-from support import HOTWORDS, JFK, assert_jfk, file_server, normalise, running_app
+from support import (
+    HOTWORDS,
+    JFK,
+    assert_english_then_german,
+    assert_jfk,
+    file_server,
+    normalise,
+    running_app,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -202,6 +210,39 @@ def test_translation_on_english_only_model_is_400(client: openai.OpenAI) -> None
     with JFK.open("rb") as f, pytest.raises(openai.BadRequestError) as info:
         client.audio.translations.create(model="whisper-1", file=f)
     assert "English-only" in str(_error(info.value)["message"])
+
+
+def test_multilingual_transcribes_each_language_in_its_own(
+    client: openai.OpenAI, mixed_flac: bytes
+) -> None:
+    result = client.audio.transcriptions.create(
+        model="base",
+        file=("mixed.flac", mixed_flac),
+        response_format="verbose_json",
+        extra_body={"multilingual": True},
+    )
+    body = result.model_dump()
+    assert_english_then_german(body["segments"])
+    assert body["language"] == "english"  # the longer half: 11 s against 9.4 s
+
+
+def test_multilingual_needs_a_multilingual_model(client: openai.OpenAI) -> None:
+    with JFK.open("rb") as f, pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(
+            model="whisper-1", file=f, extra_body={"multilingual": True}
+        )
+    error = _error(info.value)
+    assert error["param"] == "multilingual" and "English-only" in str(error["message"])
+    with JFK.open("rb") as f:  # a language given: transcribed as ever, in that language
+        result = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=f,
+            language="en",
+            response_format="verbose_json",
+            extra_body={"multilingual": True},
+        )
+    assert_jfk(result.text)
+    assert all("language" not in s for s in result.model_dump()["segments"])
 
 
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:

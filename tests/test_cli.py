@@ -210,6 +210,15 @@ def test_detect_with_an_english_only_model_is_a_usage_error(
     assert "English-only" in result.stderr
 
 
+def test_multilingual_on_an_english_only_model_is_a_usage_error(
+    whisperd_cli: Run, jfk_path: Path
+) -> None:
+    result = whisperd_cli("transcribe", "--multilingual", jfk_path)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    assert "multilingual=true needs a multilingual model" in " ".join(result.stderr.split())
+
+
 def test_bad_format_is_a_usage_error(whisperd_cli: Run, jfk_path: Path) -> None:
     result = whisperd_cli("transcribe", "-f", "docx", jfk_path)
     assert_clean_failure(result)

@@ -28,16 +28,17 @@ from test_jobs_support import (
     spaced_wav,
 )
 from whisperd.api import create_app
-from whisperd.engine import Transcriber
+from whisperd.engine import Segment, Transcriber
 from whisperd.errors import InvalidTransitionError, RateLimitError, ServiceUnavailableError
+from whisperd.jobs.chunks import merge
 from whisperd.jobs.embedded import EmbeddedRedis
 from whisperd.jobs.owners import Owner
-from whisperd.jobs.records import JobSpec
+from whisperd.jobs.records import ChunkRecord, JobSpec, segments_to_json
 from whisperd.jobs.runtime import JobsRuntime
-from whisperd.jobs.states import TRANSITIONS, JobState, check_transition
+from whisperd.jobs.states import TRANSITIONS, ChunkState, JobState, check_transition
 from whisperd.settings import Settings
 
-from support import poll
+from support import assert_english_then_german, poll
 
 pytestmark = pytest.mark.slow
 
@@ -173,6 +174,48 @@ def test_jobs_run_and_are_listed_newest_first(
         assert client.get("/v1/jobs", params={"status": "queued"}).json()["data"] == []
         done = client.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
         assert len(done) == 2
+
+
+def test_a_multilingual_job_labels_each_language(
+    tmp_path: Path, base_engine: Transcriber, mixed_flac: bytes
+) -> None:
+    with api(job_settings(tmp_path), base_engine) as client:
+        job = submit(client, upload=mixed_flac, response_format="verbose_json", multilingual="true")
+        done = wait_job(client, job["id"], timeout=180)
+    assert done["status"] == "succeeded", done
+    assert_english_then_german(done["result"]["segments"])
+    assert done["result"]["language"] == "english"
+
+
+def test_a_long_job_merged_is_in_the_language_spoken_longest() -> None:
+    def chunk(index: int, language: str, *said: tuple[str | None, float, float]) -> ChunkRecord:
+        segments = [
+            Segment(0, 0, start, end, "text", (1,), 0.0, -0.2, 1.2, 0.01, language=spoken)
+            for spoken, start, end in said
+        ]
+        return ChunkRecord(
+            "job",
+            index,
+            ChunkState.DONE,
+            offset=10.0 * index,
+            seconds=10.0,
+            segments=segments_to_json(segments),
+            language=language,
+            language_probability=0.5 + index / 10,
+        )
+
+    # the first chunk is mostly English, but German is spoken longer in all
+    mixed = merge(
+        [chunk(0, "en", ("en", 0, 6), ("de", 6, 9)), chunk(1, "de", ("de", 10, 15))],
+        duration=20.0,
+        task="transcribe",
+    )
+    assert (mixed.language, mixed.language_probability) == ("de", 0.6)
+    assert [s.language for s in mixed.segments] == ["en", "de", "de"]
+    # without multilingual: the first chunk's language, and the segments stored as before
+    plain = [chunk(0, "en", (None, 0, 3)), chunk(1, "de", (None, 10, 19))]
+    assert "language" not in (plain[0].segments or "")
+    assert merge(plain, duration=20.0, task="transcribe").language == "en"
 
 
 # --- callbacks ----------------------------------------------------------------------------
@@ -662,6 +705,11 @@ def test_client_mistakes_are_openai_shaped_4xx(tmp_path: Path, engine: Transcrib
         )
         assert english_only.status_code == 400
         assert error_of(english_only)["code"] == "unsupported_task"
+        one_language = client.post(
+            "/v1/jobs", data={"url": "http://127.0.0.1/a.flac", "multilingual": "true"}
+        )
+        assert one_language.status_code == 400
+        assert error_of(one_language)["param"] == "multilingual"
         no_translation = client.post(
             "/v1/jobs", data={"url": "http://127.0.0.1/a.flac", "task": "translate"}
         )

@@ -9,7 +9,7 @@ near the target length; where it finds none (continuous speech), at the quietest
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,9 @@ SILENCE_SECONDS = 2.0
 SPEECH_PAD_SECONDS = 0.4
 # Audio searched for speech at a time when only the first of it is wanted (language detection).
 SCAN_SECONDS = 30.0
+# In multilingual mode speech is cut into stretches at pauses this long, and each stretch's
+# language detected: a speaker who switches language mostly pauses first.
+STRETCH_PAUSE_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +45,26 @@ class Chunk:
         return float(self.samples.shape[0]) / SAMPLE_RATE
 
 
-def _speech_spans(samples: Audio) -> list[tuple[int, int]]:
+def speech_spans(samples: Audio) -> list[tuple[int, int]]:
+    """The runs of speech the voice activity detector finds (start and end sample)."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     # a lower threshold than the library's 0.5 keeps quiet speech
     options = VadOptions(threshold=0.35, min_silence_duration_ms=300, speech_pad_ms=100)
     return [(s["start"], s["end"]) for s in get_speech_timestamps(samples, options)]
+
+
+def stretches(spans: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """``spans`` in groups that no pause of ``STRETCH_PAUSE_SECONDS`` or more divides: the
+    stretches of speech whose language is detected in multilingual mode."""
+    pause = int(STRETCH_PAUSE_SECONDS * SAMPLE_RATE)
+    groups: list[list[tuple[int, int]]] = []
+    for span in spans:
+        if groups and span[0] - groups[-1][-1][1] < pause:
+            groups[-1].append(span)
+        else:
+            groups.append([span])
+    return groups
 
 
 def plan_pieces(
@@ -60,19 +77,43 @@ def plan_pieces(
     pauses of ``SILENCE_SECONDS`` or more, but for ``SPEECH_PAD_SECONDS`` around the speech;
     audio with no speech at all gives no piece. Without it the pieces cover all the audio.
     """
+    spans = speech_spans(samples)
+    planned = plan_labelled_pieces(
+        samples, spans, [None] * len(spans), drop_silence=drop_silence, max_seconds=max_seconds
+    )
+    return [(start, end) for start, end, _ in planned]
+
+
+def plan_labelled_pieces(
+    samples: Audio,
+    spans: Sequence[tuple[int, int]],
+    labels: Sequence[str | None],
+    *,
+    drop_silence: bool,
+    max_seconds: float = PIECE_SECONDS,
+) -> list[tuple[int, int, str | None]]:
+    """Like :func:`plan_pieces`, given the samples' :func:`speech_spans` and a label for each
+    (such as its language): a piece also ends where the label changes, and comes with the
+    label of its spans (None for the one piece of audio without speech)."""
     total = samples.shape[0]
-    spans = _speech_spans(samples)
     if not spans:
-        return [] if drop_silence or total == 0 else [(0, total)]
+        return [] if drop_silence or total == 0 else [(0, total, None)]
     longest = int(max_seconds * SAMPLE_RATE)
     silence = int(SILENCE_SECONDS * SAMPLE_RATE)
     pad = int(SPEECH_PAD_SECONDS * SAMPLE_RATE)
-    # group the spans into pieces: a long pause always ends one, and so does the length limit
+    # group the spans into pieces: a long pause always ends one, and so do the length limit
+    # and a change of label
     groups: list[list[tuple[int, int]]] = [[spans[0]]]
-    for span in spans[1:]:
+    group_labels = [labels[0]]
+    for span, label in zip(spans[1:], labels[1:], strict=True):
         group = groups[-1]
-        if span[0] - group[-1][1] >= silence or span[1] - group[0][0] > longest:
+        if (
+            span[0] - group[-1][1] >= silence
+            or span[1] - group[0][0] > longest
+            or label != group_labels[-1]
+        ):
             groups.append([span])
+            group_labels.append(label)
         else:
             group.append(span)
     # where each piece starts and ends: a short pause is shared at its middle; a long one is
@@ -93,8 +134,7 @@ def plan_pieces(
             starts.append(start - pad)
     last = groups[-1][-1][1]
     ends.append(last + pad if drop_silence and total - last >= silence else total)
-    pieces = list(zip(starts, ends, strict=True))
-    return pieces
+    return list(zip(starts, ends, group_labels, strict=True))
 
 
 def leading_speech(
@@ -113,7 +153,7 @@ def leading_speech(
         if limit is not None:
             block = block[: limit - read]
         read += block.shape[0]
-        for start, end in _speech_spans(block):
+        for start, end in speech_spans(block):
             speech.append(block[start:end])
             found += end - start
         if found >= wanted or read == limit:
@@ -142,7 +182,7 @@ def find_cut(samples: Audio, low: int, high: int) -> int:
     range (a pause at least half as long as the longest there, the closest such to the centre).
     """
     region = samples[low:high]
-    spans = _speech_spans(region)
+    spans = speech_spans(region)
     gaps: list[tuple[int, int]] = []
     previous_end = 0
     for start, end in spans:

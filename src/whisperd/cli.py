@@ -217,6 +217,10 @@ def transcribe(
         Path | None, typer.Option("-o", "--output-dir", help="Write one file per input here.")
     ] = None,
     language: Annotated[str | None, typer.Option(help="Language code; default: detect.")] = None,
+    multilingual: Annotated[
+        bool,
+        typer.Option(help="Detect the language of each stretch of speech (mixed languages)."),
+    ] = False,
     task: Annotated[str, typer.Option(help="transcribe or translate (to English).")] = "transcribe",
     word_timestamps: Annotated[bool, typer.Option(help="Time every word.")] = False,
     vad: Annotated[
@@ -281,6 +285,7 @@ def transcribe(
             vad_filter=vad,
             beam_size=beam_size,
             word_timestamps=word_timestamps or subtitles.active,
+            multilingual=multilingual,
         )
         try:
             engine = stack.enter_context(Transcriber(settings))

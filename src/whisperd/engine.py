@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
@@ -23,7 +24,7 @@ import numpy as np
 from whisperd import audio, chunking, models
 from whisperd.audio import SAMPLE_RATE, Audio, AudioSource
 from whisperd.batching import BatchedWhisper, Batcher, Owner
-from whisperd.chunking import Chunk, plan_pieces
+from whisperd.chunking import Chunk, plan_labelled_pieces, plan_pieces, speech_spans, stretches
 from whisperd.errors import (
     AudioError,
     AudioTooLongError,
@@ -52,6 +53,9 @@ PARALLEL = 2
 DETECT_SECONDS = 30.0
 TOP_LANGUAGES = 5
 T = TypeVar("T")
+# In multilingual mode, a stretch of speech shorter than this is too short for Whisper to tell
+# its language reliably (one or two words): it takes the language of its neighbour.
+MIN_DETECT_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ class Segment:
     compression_ratio: float
     no_speech_prob: float
     words: tuple[Word, ...] | None = None
+    language: str | None = None
+    """The language it was transcribed in, in multilingual mode (else None)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,13 @@ class TranscribeOptions:
     hotwords: str | None = None
     word_timestamps: bool = False
     vad_filter: bool = False
+    multilingual: bool = False
+
+    @property
+    def per_stretch(self) -> bool:
+        """Whether the language is detected for each stretch of speech, each transcribed in
+        its own: asked for with ``multilingual``, and no ``language`` given."""
+        return self.multilingual and self.language is None
 
     @classmethod
     def asked(
@@ -139,6 +152,7 @@ class TranscribeOptions:
         vad_filter: bool | None = None,
         beam_size: int | None = None,
         word_timestamps: bool = False,
+        multilingual: bool = False,
     ) -> TranscribeOptions:
         """The options a request asks for in OpenAI's terms, with the server's defaults where
         it left one unset."""
@@ -151,6 +165,7 @@ class TranscribeOptions:
             hotwords=hotwords or None,
             word_timestamps=word_timestamps,
             vad_filter=settings.vad_filter if vad_filter is None else vad_filter,
+            multilingual=multilingual,
         )
 
 
@@ -599,6 +614,12 @@ class Transcriber:
                     "multilingual model such as 'base'.",
                     param="language",
                 )
+            if options.per_stretch:
+                raise UnsupportedTaskError(
+                    f"Model {name} is English-only and cannot tell languages apart; "
+                    "multilingual=true needs a multilingual model such as 'base'.",
+                    param="multilingual",
+                )
 
     def prepare(
         self,
@@ -883,7 +904,10 @@ class _Run:
     batch holds, and its items handed on in order (the info first, then each piece's segments).
 
     A multilingual model with no language given detects it on the first piece, then decodes the
-    rest in that language. A failing stream stops the others and fails the task.
+    rest in that language. In multilingual mode (:attr:`TranscribeOptions.per_stretch`) the
+    language of each stretch of speech is detected first, pieces end where it changes, each is
+    decoded in its own language and its segments say which; the task's language is the one
+    spoken longest. A failing stream stops the others and fails the task.
     """
 
     def __init__(
@@ -910,6 +934,11 @@ class _Run:
         self._next_piece = 0
         self._next_id = 0
         self._info: TranscriptionInfo | None = None
+        # multilingual mode: the language each piece is decoded in, the highest probability
+        # each language was detected with, and the segments handed on
+        self._piece_languages: dict[int, str] = {}
+        self._detected: dict[str, float] = {}
+        self._labelled: list[Segment] = []
 
     def run(self) -> None:
         pieces = self._pieces()
@@ -920,16 +949,21 @@ class _Run:
             reason = self.task.stopped()
             if reason is not None:
                 raise reason
-            while not exhausted and len(active) < self.parallel and (self.language or not started):
-                piece = next(pieces, None)
-                if piece is None:
+            while (
+                not exhausted
+                and len(active) < self.parallel
+                and (self.language or self.options.per_stretch or not started)
+            ):
+                planned = next(pieces, None)
+                if planned is None:
                     exhausted = True
                     break
+                piece, language = planned
                 active.add(piece.index)
                 self._buffers[piece.index] = []
                 started += 1
                 threading.Thread(
-                    target=self._stream, args=(piece, self.language), daemon=True
+                    target=self._stream, args=(piece, language or self.language), daemon=True
                 ).start()
             if exhausted and not active:
                 break
@@ -940,8 +974,10 @@ class _Run:
             if kind == "error":
                 self.task.cancel()  # the other streams leave at their next window
                 raise value
-            if kind == "info" and self.language is None:
-                self.language, self.probability = value.language, value.language_probability
+            if kind == "info":
+                self._piece_languages[piece.index] = value.language
+                if self.language is None:
+                    self.language, self.probability = value.language, value.language_probability
             elif kind == "segment":
                 self._buffers[piece.index].append((value, piece))
             elif kind == "done":
@@ -951,18 +987,64 @@ class _Run:
         if self.language is None:  # no speech at all: nothing was detected
             self.language, self.probability = "en", 0.0
         self._flush()
-        if self._info is not None and self._info.duration != self.duration:
+        longest = spoken_longest(self._labelled)
+        if longest is not None:
+            self.language, self.probability = longest, self._detected.get(longest, 1.0)
+        if self._info is not None and self._info != self._new_info():
             self.task.put(self._new_info())
 
-    def _pieces(self) -> Iterator[Chunk]:
+    def _pieces(self) -> Iterator[tuple[Chunk, str | None]]:
+        """Each piece, with the language to decode it in (None: the task's)."""
         index = 0
         for chunk in self.chunks:
             if index == 0 and chunk.offset == 0 and chunk.duration <= SHORT_SECONDS:
                 self.owner.priority = max(self.owner.priority, SHORT_PRIORITY)
             self.duration = chunk.offset + chunk.duration
-            for start, end in plan_pieces(chunk.samples, drop_silence=self.options.vad_filter):
-                yield Chunk(index, chunk.offset + start / SAMPLE_RATE, chunk.samples[start:end])
+            for start, end, language in self._plan(chunk.samples):
+                piece = Chunk(index, chunk.offset + start / SAMPLE_RATE, chunk.samples[start:end])
+                yield piece, language
                 index += 1
+
+    def _plan(self, samples: Audio) -> list[tuple[int, int, str | None]]:
+        """Where a chunk's pieces start and end and, in multilingual mode, their languages."""
+        drop_silence = self.options.vad_filter
+        if not self.options.per_stretch:
+            pieces = plan_pieces(samples, drop_silence=drop_silence)
+            return [(start, end, None) for start, end in pieces]
+        spans = speech_spans(samples)
+        labels = self._languages(samples, spans)
+        return plan_labelled_pieces(samples, spans, labels, drop_silence=drop_silence)
+
+    def _languages(self, samples: Audio, spans: list[tuple[int, int]]) -> list[str]:
+        """The language of each span: that of the stretch of speech it is in, detected on the
+        stretch's own audio (the stretches side by side through the batcher). A stretch
+        shorter than ``MIN_DETECT_SECONDS`` takes the language of the one before it (the
+        first: of the first detected), unless all are that short."""
+        joined = stretches(spans)
+        shortest = int(MIN_DETECT_SECONDS * SAMPLE_RATE)
+        asked = [i for i, g in enumerate(joined) if g[-1][1] - g[0][0] >= shortest]
+        asked = asked or list(range(len(joined)))
+        if not asked:
+            return []
+
+        def detect(i: int) -> tuple[str, float]:
+            start, end = joined[i][0][0], joined[i][-1][1]
+            with self.model.batcher.stream(self.owner):
+                found = self.model.whisper.detect_language(audio=samples[start:end])
+            return str(found[0]), float(found[1])
+
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(asked))) as pool:
+            detected = dict(zip(asked, pool.map(detect, asked), strict=True))
+        for language, probability in detected.values():
+            self._detected[language] = max(probability, self._detected.get(language, 0.0))
+        labels: list[str] = []
+        language = detected[asked[0]][0]
+        for i, group in enumerate(joined):
+            language = detected[i][0] if i in detected else language
+            labels += [language] * len(group)
+        if self.language is None:
+            self.language, self.probability = labels[0], self._detected[labels[0]]
+        return labels
 
     def _stream(self, piece: Chunk, language: str | None) -> None:
         """Decode one piece sequentially (in this thread, its calls batched with others')."""
@@ -1005,7 +1087,11 @@ class _Run:
         while self._next_piece in self._buffers:
             buffered = self._buffers[self._next_piece]
             for raw, piece in buffered:
-                self.task.put(_segment(raw, self._next_id, piece))
+                language = self._piece_languages[piece.index] if self.options.per_stretch else None
+                segment = _segment(raw, self._next_id, piece, language)
+                if language is not None:
+                    self._labelled.append(segment)
+                self.task.put(segment)
                 self._next_id += 1
             buffered.clear()
             if self._next_piece not in self._finished:
@@ -1014,7 +1100,19 @@ class _Run:
             self._next_piece += 1
 
 
-def _segment(s: Any, index: int, piece: Chunk) -> Segment:
+def spoken_longest(segments: Iterable[Segment]) -> str | None:
+    """The language the ``segments`` that carry one are longest in, together (None if none
+    carries one)."""
+    seconds: dict[str, float] = {}
+    for segment in segments:
+        if segment.language is not None:
+            seconds[segment.language] = (
+                seconds.get(segment.language, 0.0) + segment.end - segment.start
+            )
+    return max(seconds, key=seconds.__getitem__) if seconds else None
+
+
+def _segment(s: Any, index: int, piece: Chunk, language: str | None) -> Segment:
     """faster-whisper's segment as ours, with times shifted to the whole file and kept inside
     the piece (the library can place a last segment past the end of the audio:
     https://github.com/SYSTRAN/faster-whisper/issues/1334).
@@ -1041,4 +1139,5 @@ def _segment(s: Any, index: int, piece: Chunk) -> Segment:
         compression_ratio=float(s.compression_ratio),
         no_speech_prob=float(s.no_speech_prob),
         words=words,
+        language=language,
     )

@@ -138,8 +138,9 @@ def usage(transcription: Transcription) -> dict[str, Any]:
 
 
 def segment_dict(segment: Segment) -> dict[str, Any]:
-    """One segment with OpenAI's verbose_json field names."""
-    return {
+    """One segment with OpenAI's verbose_json field names (and, in multilingual mode, the
+    language it is in, named as the top-level ``language`` is)."""
+    body: dict[str, Any] = {
         "id": segment.id,
         "seek": segment.seek,
         "start": round(segment.start, 3),
@@ -151,6 +152,9 @@ def segment_dict(segment: Segment) -> dict[str, Any]:
         "compression_ratio": segment.compression_ratio,
         "no_speech_prob": segment.no_speech_prob,
     }
+    if segment.language is not None:
+        body["language"] = LANGUAGE_NAMES.get(segment.language, segment.language)
+    return body
 
 
 def word_dicts(words: Iterable[Word]) -> list[dict[str, Any]]:

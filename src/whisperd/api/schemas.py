@@ -138,6 +138,11 @@ class SegmentModel(BaseModel):
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    language: str | SkipJsonSchema[None] = Field(
+        None,
+        examples=["german"],
+        description="The language of the segment, with `multilingual=true` (ours).",
+    )
 
 
 class TranscriptionVerbose(BaseModel):

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from whisperd import chunking
 from whisperd.audio import Audio
 from whisperd.chunking import Chunk
-from whisperd.engine import Segment, TaskName, Transcription, TranscriptionInfo
+from whisperd.engine import Segment, TaskName, Transcription, TranscriptionInfo, spoken_longest
 from whisperd.jobs.records import ChunkRecord, segments_from_json
 
 
@@ -44,5 +44,10 @@ def merge(records: Sequence[ChunkRecord], *, duration: float, task: TaskName) ->
             raise ValueError(msg)
         segments += segments_from_json(record.segments, first_id=len(segments))
     first = records[0]
-    info = TranscriptionInfo(first.language or "en", first.language_probability, duration, task)
+    language, probability = first.language or "en", first.language_probability
+    longest = spoken_longest(segments)
+    if longest is not None:  # multilingual: the language spoken longest in all the chunks
+        found = [r.language_probability for r in records if r.language == longest]
+        language, probability = longest, max(found, default=probability)
+    info = TranscriptionInfo(language, probability, duration, task)
     return Transcription.from_parts(info, tuple(segments))

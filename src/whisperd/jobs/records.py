@@ -52,6 +52,7 @@ class JobSpec:
     word_timestamps: bool = False
     subtitles: SubtitleOptions = DEFAULT_CUES
     """How SRT/VTT cues are cut (applied when the result is rendered)."""
+    multilingual: bool = False
 
     def options(self, settings: Settings) -> TranscribeOptions:
         """The engine options, with the server's defaults where the job left one unset."""
@@ -67,6 +68,7 @@ class JobSpec:
             word_timestamps=self.word_timestamps
             or "word" in self.timestamp_granularities
             or self.subtitles.active,
+            multilingual=self.multilingual,
         )
 
     def render(self, transcription: Transcription) -> tuple[str, str]:
@@ -296,6 +298,8 @@ def segments_to_json(segments: list[Segment] | tuple[Segment, ...]) -> str:
     rows = []
     for s in segments:
         row = asdict(s)
+        if s.language is None:
+            del row["language"]  # as stored before segments had a language
         row["tokens"] = list(s.tokens)
         if s.words is not None:
             row["words"] = [[w.start, w.end, w.word, w.probability] for w in s.words]

@@ -34,6 +34,7 @@ from whisperd.api.routes.openai import (
     GranularitiesField,
     HotwordsField,
     ModelField,
+    MultilingualField,
     PromptField,
     TemperatureField,
     UrlField,
@@ -249,6 +250,7 @@ async def create_job(
     vad_filter: VadField = None,
     beam_size: BeamField = None,
     word_timestamps: WordsField = False,
+    multilingual: MultilingualField = False,
     callback_url: CallbackField = None,
 ) -> Response:
     """Queue a transcription: a multipart `file` (at most `WHISPERD_JOB_MAX_UPLOAD_BYTES`,
@@ -270,6 +272,7 @@ async def create_job(
         beam_size=beam_size,
         word_timestamps=word_timestamps,
         subtitles=subtitles,
+        multilingual=multilingual,
     )
     check_format(response_format, granularities=spec.timestamp_granularities, subtitles=subtitles)
     if file is not None and url:

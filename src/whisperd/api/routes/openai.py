@@ -111,6 +111,14 @@ BeamField = Annotated[
     Annotated[int, Field(ge=1, le=20)] | Omitted, Form(description="Extra: beam size.")
 ]
 WordsField = Annotated[bool, Form(description="Extra: word timestamps (as granularity word).")]
+MultilingualField = Annotated[
+    bool,
+    Form(
+        description="Extra: with no `language`, detect the language of each stretch of speech "
+        "and transcribe each in its own; verbose_json segments carry `language`, the top-level "
+        "`language` is the one spoken longest (needs a multilingual model)."
+    ),
+]
 
 
 async def _respond(
@@ -183,6 +191,7 @@ async def create_transcription(
     vad_filter: VadField = None,
     beam_size: BeamField = None,
     word_timestamps: WordsField = False,
+    multilingual: MultilingualField = False,
 ) -> Response:
     """Transcribe the audio in its own language (OpenAI-compatible)."""
     granularities = list(timestamp_granularities or [])
@@ -196,6 +205,7 @@ async def create_transcription(
         vad_filter=vad_filter,
         beam_size=beam_size,
         word_timestamps=word_timestamps or "word" in granularities or subtitles.active,
+        multilingual=multilingual,
     )
     return await _respond(
         request,
