@@ -38,6 +38,7 @@ from whisperd.api.routes.compat import _text_stream
 from whisperd.bench import word_error_rate, words
 from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo
 from whisperd.settings import Settings
+from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
 
 from support import UnseekableSink, free_port, poll, running_app
 
@@ -358,11 +359,15 @@ def test_the_streamed_formats_add_up_to_the_whole_transcript(fmt: str) -> None:
         for segment in segments:
             yield segment
 
-    async def streamed() -> str:
-        return b"".join([part async for part in _text_stream(items(), fmt)]).decode()
+    async def streamed(subtitles: SubtitleOptions) -> str:
+        parts = [part async for part in _text_stream(items(), fmt, subtitles)]
+        return b"".join(parts).decode()
 
-    whole = formats.render(Transcription.from_parts(info, segments), fmt)
-    assert anyio.run(streamed) == whole
+    whole = Transcription.from_parts(info, segments)
+    for subtitles in (DEFAULT_CUES, SubtitleOptions(max_line_width=10)):
+        if subtitles.active and fmt not in ("srt", "vtt"):
+            continue
+        assert anyio.run(streamed, subtitles) == formats.render(whole, fmt, subtitles)
 
 
 def test_an_error_after_the_stream_started_breaks_the_response(

@@ -236,7 +236,7 @@ def post(
         ):
             return response
     except httpx.HTTPError as exc:
-        if cutoff.cut:
+        if cutoff.cut or isinstance(exc, httpx.TimeoutException):
             raise UpstreamTimeoutError(
                 f"{_ascii_host(httpx.URL(url))} did not answer within {timeout:g} s.",
                 retryable=True,
