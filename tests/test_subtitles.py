@@ -17,13 +17,14 @@ import pytest
 
 from whisperd import formats
 from whisperd.api import create_app
+from whisperd.bench import word_error_rate
 from whisperd.engine import Segment, Transcriber, Transcription, Word
 from whisperd.errors import InvalidRequestError
 from whisperd.jobs.records import JobSpec
 from whisperd.settings import Settings
 from whisperd.subtitles import Cue, Cuer, SubtitleOptions, line_text
 
-from support import JFK, normalise, poll, running_app, speech_flac
+from support import JFK, poll, running_app, speech_flac
 
 SPEECH = (
     "And so my fellow Americans, ask not what your country can do for you, ask what you can "
@@ -264,7 +265,7 @@ def client(server: tuple[str, Settings]) -> Iterator[openai.OpenAI]:
 @pytest.mark.slow
 @pytest.mark.server
 def test_a_minute_of_speech_fits_the_screen(
-    server: tuple[str, Settings], client: openai.OpenAI
+    server: tuple[str, Settings], client: openai.OpenAI, jfk_text: str
 ) -> None:
     minute = speech_flac(60)
     srt = client.audio.transcriptions.create(
@@ -286,8 +287,9 @@ def test_a_minute_of_speech_fits_the_screen(
         cues = parse(document)
         assert_fit(cues, 32, 2)
         assert len(cues) >= 10  # five times the jfk sentence (107 characters), 64 at most a cue
-        said = normalise(" ".join(line for _, _, lines in cues for line in lines))
-        assert said.count("ask not what your country can do for you") >= 3
+        said = " ".join(line for _, _, lines in cues for line in lines)
+        # all the speech is there (batched decoding may hear a word or two differently)
+        assert word_error_rate(said, " ".join([jfk_text] * 5)) < 0.15, said
 
 
 def cli_cues(fmt: str, flags: list[str], settings: Settings) -> str:
