@@ -38,7 +38,7 @@ from whisperd.jobs.runtime import JobsRuntime
 from whisperd.jobs.states import TRANSITIONS, ChunkState, JobState, check_transition
 from whisperd.settings import Settings
 
-from support import assert_english_then_german, poll
+from support import assert_english_then_german, misbehaving_server, poll
 
 pytestmark = pytest.mark.slow
 
@@ -341,13 +341,16 @@ def test_cancel_a_queued_job_and_it_never_runs(
 
 
 def test_cancel_a_job_while_its_url_is_fetched_stops_the_fetch(
-    tmp_path: Path, engine: Transcriber, local: LocalServer
+    tmp_path: Path, engine: Transcriber
 ) -> None:
-    with api(job_settings(tmp_path, job_workers=1), engine) as client:
-        job = submit(client, url=f"{local.base}/audio/trickle")
-        poll(lambda: local.trickling == 1, timeout=30, what="the fetch to start")
+    with (
+        misbehaving_server() as upstream,
+        api(job_settings(tmp_path, job_workers=1), engine) as client,
+    ):
+        job = submit(client, url=upstream.url("/trickle"))
+        poll(lambda: upstream.serving == 1, timeout=30, what="the fetch to start")
         assert client.delete(f"/v1/jobs/{job['id']}").status_code == 200
-        poll(lambda: local.trickling == 0, timeout=30, what="the fetch to stop")
+        poll(lambda: upstream.serving == 0, timeout=30, what="the fetch to stop")
         assert wait_job(client, job["id"])["status"] == "cancelled"
 
 

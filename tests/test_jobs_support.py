@@ -113,7 +113,6 @@ class LocalServer:
         self.gate = threading.Event()
         self.gate_entered = threading.Event()
         self._gated_once = False
-        self.trickling = 0  # downloads of /audio/trickle in progress
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -136,9 +135,6 @@ class LocalServer:
                 parts = self.path.strip("/").split("/")
                 if parts[:1] != ["audio"] or len(parts) < 2:
                     self._send(404, b"no such path")
-                    return
-                if parts[1] == "trickle":  # a byte every 0.2 s, for as long as it is read
-                    owner._trickle(self)
                     return
                 if parts[1] == "gated":
                     if owner._enter_gate():
@@ -196,22 +192,6 @@ class LocalServer:
     def add_audio(self, name: str, data: bytes) -> None:
         with self._lock:
             self._files[name] = data
-
-    def _trickle(self, handler: BaseHTTPRequestHandler) -> None:
-        with self._lock:
-            self.trickling += 1
-        try:
-            handler.send_response(200)
-            handler.send_header("Content-Type", "audio/flac")
-            handler.end_headers()
-            while not self.gate.wait(0.2):
-                handler.wfile.write(b"x")
-                handler.wfile.flush()
-        except OSError:
-            pass  # the download stopped
-        finally:
-            with self._lock:
-                self.trickling -= 1
 
     def open_gate(self) -> None:
         self.gate.set()
