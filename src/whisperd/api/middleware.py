@@ -159,11 +159,11 @@ FORM_OVERHEAD = 1 << 20
 """What a multipart body may carry beyond its file: the envelope and the other fields."""
 
 
-def upload_too_large(limit: int) -> PayloadTooLargeError:
+def upload_too_large(limit: int, param: str = "file") -> PayloadTooLargeError:
     return PayloadTooLargeError(
         f"The upload is larger than the limit of {limit} bytes; send a smaller file (or "
         "compress it) or raise WHISPERD_MAX_UPLOAD_BYTES.",
-        param="file",
+        param=param,
     )
 
 

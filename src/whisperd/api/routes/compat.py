@@ -20,11 +20,12 @@ from whisperd.api.deps import (
     TimingsDep,
 )
 from whisperd.api.fetching import Fetcher
+from whisperd.api.middleware import upload_too_large
 from whisperd.api.pipeline import Item
 from whisperd.api.responses import CleanupStreamingResponse, audio_input, check_format, render
 from whisperd.api.schemas import FfmpegCheck, GpuCheck, ModelCheck, TranslateResult, error_responses
 from whisperd.engine import TranscribeOptions, TranscriptionInfo, cuda_device_count
-from whisperd.errors import InvalidRequestError, PayloadTooLargeError
+from whisperd.errors import InvalidRequestError
 from whisperd.subtitles import Cuer, SubtitleOptions
 from whisperd.timings import Timings
 
@@ -64,11 +65,7 @@ async def _read_function_body(request: Request, limit: int) -> tuple[str | None,
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise PayloadTooLargeError(
-                f"The body is larger than the limit of {limit} bytes; send a smaller file (or "
-                "compress it) or raise WHISPERD_MAX_UPLOAD_BYTES.",
-                param="body",
-            )
+            raise upload_too_large(limit, param="body")
     if content_type.startswith(_AUDIO_TYPES):
         return None, bytes(body)
     if len(body) <= _MAX_URL_BYTES:
