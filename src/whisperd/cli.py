@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
@@ -31,6 +32,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv")
 Command = TypeVar("Command", bound=Callable[..., None])
+T = TypeVar("T")
 STDIN = Path("-")  # the input name that reads audio from standard input
 
 
@@ -244,14 +246,12 @@ def transcribe(
     ] = False,
 ) -> None:
     """Transcribe files: print to stdout (one file) or write one output per input into -o DIR."""
-    import contextlib
     import shutil
     import tempfile
-    from concurrent.futures import ThreadPoolExecutor
     from importlib import resources
 
     from whisperd import formats
-    from whisperd.engine import TranscribeOptions, Transcriber
+    from whisperd.engine import TranscribeOptions
     from whisperd.subtitles import SubtitleOptions
 
     if fmt not in FORMAT_CHOICES:
@@ -287,10 +287,7 @@ def transcribe(
             word_timestamps=word_timestamps or subtitles.active,
             multilingual=multilingual,
         )
-        try:
-            engine = stack.enter_context(Transcriber(settings))
-        except WhisperdError as exc:
-            raise _fail(exc.message) from None
+        engine = _start_engine(stack, settings)
         try:
             # a bad language is the command's mistake, not a file's
             engine.check(engine.default_model, options)
@@ -317,21 +314,11 @@ def transcribe(
 
         failures = 0
         try:
-            # several files run side by side, their windows batched; outputs keep input order
-            with ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
-                runs = [
-                    (name, target, pool.submit(run, path, name))
-                    for path, (name, target) in zip(paths, inputs, strict=True)
-                ]
-                for name, target, future in runs:
-                    try:
-                        text = future.result()
-                    except WhisperdError as exc:
-                        err.print(f"[bold red]error:[/] {name}: {exc.message}")
-                        failures += 1
-                        continue
-                    if not _deliver(text, target):
-                        failures += 1
+            names = [name for name, _ in inputs]
+            done = _side_by_side(engine, run, paths, names)
+            for (_, text), (_, target) in zip(done, inputs, strict=True):
+                if text is None or not _deliver(text, target):
+                    failures += 1
         except WhisperdError as exc:
             raise _fail(exc.message) from None
     if failures:
@@ -355,13 +342,10 @@ def detect(
     compute_type: Annotated[str | None, typer.Option(help="auto, int8, float16, ...")] = None,
 ) -> None:
     """Say which language each file speaks, from its first 30 s of speech: one line per file."""
-    import contextlib
     import json
-    from concurrent.futures import ThreadPoolExecutor
 
     from whisperd import formats
     from whisperd.api.schemas import LanguageDetectionResult
-    from whisperd.engine import Transcriber
 
     if STDIN in files:
         raise _fail("detect reads files, not stdin", 2)
@@ -369,39 +353,56 @@ def detect(
     _setup_logging("warning")
     settings = _settings(model=model, device=device, compute_type=compute_type, preload_models=())
     with contextlib.ExitStack() as stack:
-        try:
-            engine = stack.enter_context(Transcriber(settings))
-        except WhisperdError as exc:
-            raise _fail(exc.message) from None
+        engine = _start_engine(stack, settings)
         try:
             detector = engine.detector(None)
         except WhisperdError as exc:
             raise _fail(exc.message, 2) from None
+
+        def run(path: Path, name: str) -> LanguageDetectionResult:
+            return LanguageDetectionResult.of(engine.detect(detector, path).result())
+
         failures = 0
-        # several files run side by side, their windows batched; lines keep input order
-        with ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
-            runs = [
-                (name, pool.submit(lambda path: engine.detect(detector, path).result(), path))
-                for name, path in zip(names, files, strict=True)
-            ]
-            for name, future in runs:
-                try:
-                    found = LanguageDetectionResult.of(future.result())
-                except WhisperdError as exc:
-                    err.print(f"[bold red]error:[/] {name}: {exc.message}")
-                    failures += 1
-                    continue
-                if as_json:
-                    line = json.dumps({"file": name, **found.model_dump()}, ensure_ascii=False)
-                else:
-                    others = ", ".join(
-                        f"{o.language} {o.probability:.2f}" for o in found.languages[1:]
-                    )
-                    spoken = formats.LANGUAGE_NAMES.get(found.language, found.language)
-                    line = f"{name}: {found.language} ({spoken}) {found.probability:.2f}; {others}"
-                sys.stdout.write(line + "\n")
+        for name, found in _side_by_side(engine, run, files, names):
+            if found is None:
+                failures += 1
+                continue
+            if as_json:
+                line = json.dumps({"file": name, **found.model_dump()}, ensure_ascii=False)
+            else:
+                others = ", ".join(f"{o.language} {o.probability:.2f}" for o in found.languages[1:])
+                spoken = formats.LANGUAGE_NAMES.get(found.language, found.language)
+                line = f"{name}: {found.language} ({spoken}) {found.probability:.2f}; {others}"
+            sys.stdout.write(line + "\n")
     if failures:
         raise typer.Exit(1)
+
+
+def _start_engine(stack: contextlib.ExitStack[Any], settings: Any) -> Any:
+    """The engine, started (its default model loaded) until ``stack`` closes."""
+    from whisperd.engine import Transcriber
+
+    try:
+        return stack.enter_context(Transcriber(settings))
+    except WhisperdError as exc:
+        raise _fail(exc.message) from None
+
+
+def _side_by_side(
+    engine: Any, run: Callable[[Path, str], T], paths: list[Path], names: list[str]
+) -> Iterator[tuple[str, T | None]]:
+    """``run(path, name)`` for every input at once (their windows batched), each result (None
+    for one that failed, its error printed) in input order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
+        futures = [pool.submit(run, path, name) for path, name in zip(paths, names, strict=True)]
+        for name, future in zip(names, futures, strict=True):
+            try:
+                yield name, future.result()
+            except WhisperdError as exc:
+                err.print(f"[bold red]error:[/] {name}: {exc.message}")
+                yield name, None
 
 
 def _inputs(
@@ -570,7 +571,6 @@ def bench(
     /v1/audio/transcriptions; servers alternate within a level. Prints one table, writes
     OUT/report.json, OUT/latency.png and OUT/throughput.png.
     """
-    import contextlib
     import shlex
 
     import anyio
