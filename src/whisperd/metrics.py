@@ -156,6 +156,24 @@ class Metrics:
             buckets=RTF_BUCKETS,
             registry=own,
         )
+        self.live_sessions = Counter(
+            "whisperd_realtime_sessions",
+            "Live transcription sessions run (refused ones not counted).",
+            registry=own,
+        )
+        self.live_audio_seconds = Counter(
+            "whisperd_realtime_audio_seconds",
+            "Seconds of audio live sessions sent.",
+            registry=own,
+        )
+        self.live_latency = Histogram(
+            "whisperd_realtime_latency_seconds",
+            "Live transcription latency: for a partial, from the start of the decode to its "
+            "delta; for a final, from the end of speech (or the commit) to its transcript.",
+            ("kind",),
+            buckets=STAGE_BUCKETS,
+            registry=own,
+        )
         self.registry.register(ServerCollector(state))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -175,6 +193,16 @@ class Metrics:
             inference = timings.stages.get("inference")
             if inference is not None:
                 self.real_time_factor.observe(inference / timings.audio_seconds)
+
+    def observe_live(self, kind: str, value: float) -> None:
+        """Record a live session's event: ``session`` (one opened), ``audio`` (seconds
+        received), ``partial`` or ``final`` (a latency, in seconds)."""
+        if kind == "session":
+            self.live_sessions.inc()
+        elif kind == "audio":
+            self.live_audio_seconds.inc(value)
+        else:
+            self.live_latency.labels(kind).observe(value)
 
     def render(self) -> bytes:
         """The exposition text (blocking: jobs counts come from Redis; run it in a thread)."""
@@ -226,6 +254,13 @@ class ServerCollector(Collector):
                 "whisperd_requests_queued_limit",
                 "Most requests waiting; beyond it they get 429 (WHISPERD_MAX_QUEUE).",
                 admission.max_queue,
+            )
+        live = getattr(state, "live", None)
+        if live is not None:
+            yield _gauge(
+                "whisperd_realtime_sessions_open",
+                "Live transcription sessions open now.",
+                live.active,
             )
         engine = getattr(state, "engine", None)
         if engine is not None:

@@ -63,6 +63,9 @@ class DrainingServer(uvicorn.Server):
             jobs = getattr(self._app.state, "jobs", None)
             if jobs is not None:
                 jobs.drain()  # no new jobs; those still running at the end go back to the queue
+            live = getattr(self._app.state, "live", None)
+            if live is not None:
+                live.drain()  # open sessions finish their turn in progress, then close
             return
         logger.info("Second signal: stopping now")
         self.should_exit = True
@@ -73,6 +76,9 @@ class DrainingServer(uvicorn.Server):
         busy = 0
         if pipeline is not None:
             busy = pipeline.admission.active + pipeline.admission.waiting + pipeline.fetcher.active
+        live = getattr(self._app.state, "live", None)
+        if live is not None:
+            busy += live.active
         jobs = getattr(self._app.state, "jobs", None)
         return busy + (0 if jobs is None else int(jobs.running))
 

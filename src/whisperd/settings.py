@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     tmp_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()))
     """Where uploads are spooled while a request runs."""
 
+    # --- live transcription -----------------------------------------------------------
+    realtime_max_sessions: int = Field(16, ge=0)
+    """Live transcription sessions (the /v1/realtime WebSocket) at once; more are refused with
+    an error event and close code 1013. 0 turns live transcription off."""
+    realtime_idle_timeout: float = Field(60.0, gt=0)
+    """Seconds a live session may send nothing before the server closes it."""
+    realtime_max_turn_seconds: float = Field(30.0, ge=1, le=600)
+    """Longest live turn: one that reaches it is committed and transcribed, as if the speaker
+    had paused."""
+    realtime_partial_interval: float = Field(0.5, gt=0)
+    """Seconds between decodes of a growing live turn, for its partial text."""
+
     # --- URL fetching -----------------------------------------------------------------
     fetch_timeout: float = Field(30.0, gt=0)
     """Connect and read timeout for fetching an audio URL, in seconds."""

@@ -23,7 +23,7 @@ from whisperd.api.middleware import (
     RequestContextMiddleware,
 )
 from whisperd.api.pipeline import Pipeline
-from whisperd.api.routes import compat, jobs, language, metrics, openai, ops, ui
+from whisperd.api.routes import compat, jobs, language, metrics, openai, ops, realtime, ui
 from whisperd.engine import Transcriber
 from whisperd.errors import (
     MAX_MESSAGE,
@@ -36,6 +36,7 @@ from whisperd.errors import (
 )
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.metrics import Metrics
+from whisperd.realtime.sessions import LiveSessions
 from whisperd.scheduler import Admission
 from whisperd.settings import Settings
 
@@ -131,6 +132,7 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
         app.state.engine = running
         app.state.admission = admission
         app.state.pipeline = Pipeline(settings, running, admission, Fetcher(settings))
+        app.state.live = LiveSessions(settings, running, app_metrics.observe_live)
         jobs_runtime: JobsRuntime | None = None
         try:
             if settings.jobs_enabled:
@@ -168,6 +170,7 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     app.include_router(ops.router)
     app.include_router(openai.router)
     app.include_router(language.router)
+    app.include_router(realtime.router)
     app.include_router(compat.router)
     app.include_router(jobs.router)
     app.include_router(metrics.router)

@@ -35,15 +35,20 @@ def is_public_page(scope: Scope) -> bool:
     )
 
 
+POLICY_VIOLATION = 1008
+
+
 async def send_error(
-    send: Send, error: WhisperdError, headers: dict[str, str] | None = None
+    send: Send, error: WhisperdError, headers: dict[str, str] | None = None, prefix: str = ""
 ) -> None:
-    """Send ``error`` as OpenAI's JSON body, outside FastAPI's exception handlers."""
+    """Send ``error`` as OpenAI's JSON body, outside FastAPI's exception handlers (with
+    ``prefix="websocket."``, as the answer to a WebSocket handshake)."""
     body = json.dumps(error.to_dict()).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": error.status_code, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    start = {"type": f"{prefix}http.response.start", "status": error.status_code, "headers": raw}
+    await send(start)
+    await send({"type": f"{prefix}http.response.body", "body": body})
 
 
 class RequestContextMiddleware:
@@ -110,9 +115,14 @@ class RequestContextMiddleware:
                 self.metrics.observe(scope, status, elapsed, timings)
 
 
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+"""How a browser, which cannot set headers on a WebSocket, sends its key: a subprotocol."""
+
+
 class ApiKeyMiddleware:
-    """When keys are configured, every route except the health probes needs a Bearer key;
-    the key a request was let in with is its ``request.state.api_key``."""
+    """When keys are configured, every route except the health probes needs a Bearer key
+    (a WebSocket may send it as a ``KEY_SUBPROTOCOL`` subprotocol instead); the key a request
+    was let in with is its ``request.state.api_key``."""
 
     def __init__(
         self, app: ASGIApp, keys: frozenset[str], public: frozenset[str] = PUBLIC_PATHS
@@ -122,23 +132,32 @@ class ApiKeyMiddleware:
         self._public = public
 
     def _key(self, scope: Scope) -> str | None:
-        """The request's Bearer key, if it is one of ours."""
+        """The request's key, if it is one of ours."""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                if scheme.lower() != b"bearer":
-                    return None
-                token = token.strip()
-                if not token:
-                    return None
-                # compare against every key so the time taken does not depend on which matched
-                if any([hmac.compare_digest(token, key) for key in self._keys]):
-                    return bytes(token).decode()
-                return None
+                return self._ours(token) if scheme.lower() == b"bearer" else None
+        if scope["type"] == "websocket":
+            for offered in scope.get("subprotocols") or ():
+                if offered.startswith(KEY_SUBPROTOCOL):
+                    return self._ours(offered.removeprefix(KEY_SUBPROTOCOL).encode())
+        return None
+
+    def _ours(self, token: bytes) -> str | None:
+        token = token.strip()
+        if not token:
+            return None
+        # compare against every key so the time taken does not depend on which matched
+        if any([hmac.compare_digest(token, key) for key in self._keys]):
+            return bytes(token).decode()
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._public or is_public_page(scope):
+        if (
+            scope["type"] not in ("http", "websocket")
+            or scope["path"] in self._public
+            or is_public_page(scope)
+        ):
             await self.app(scope, receive, send)
             return
         key = self._key(scope)
@@ -146,13 +165,15 @@ class ApiKeyMiddleware:
             scope.setdefault("state", {})["api_key"] = key
             await self.app(scope, receive, send)
             return
-        await send_error(
-            send,
-            AuthenticationError(
-                "Missing or invalid API key; send it as 'Authorization: Bearer KEY'."
-            ),
-            {"www-authenticate": "Bearer"},
+        error = AuthenticationError(
+            "Missing or invalid API key; send it as 'Authorization: Bearer KEY'."
         )
+        if scope["type"] == "http":
+            await send_error(send, error, {"www-authenticate": "Bearer"})
+        elif "websocket.http.response" in scope.get("extensions", {}):
+            await send_error(send, error, {"www-authenticate": "Bearer"}, prefix="websocket.")
+        else:
+            await send({"type": "websocket.close", "code": POLICY_VIOLATION})
 
 
 FORM_OVERHEAD = 1 << 20

@@ -1,0 +1,625 @@
+"""One live transcription session: audio in, turns found, partial text while a turn grows,
+the final transcript when it ends.
+
+Appended audio goes into the session's input buffer (bounded: outside a turn only the prefix
+padding is kept, and a turn that reaches the longest turn length is committed). Server VAD
+finds turns. While a turn grows it is decoded again every ``realtime_partial_interval`` as a
+high-priority stream of the batching engine (greedy, one decode in flight), and words two
+decodes agree on go out as deltas. When the speaker pauses, the final decode starts at once,
+with the options a file transcription takes, so the final text is what a file of the turn's
+audio gives; if the pause lasts, the turn is committed and its transcript completes it, else
+that decode is dropped. Transcripts complete in commit order; at most ``MAX_PENDING_TURNS``
+wait, and past that the session stops reading the socket, which throttles the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from starlette.types import Message
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from whisperd.audio import SAMPLE_RATE, Audio
+from whisperd.engine import (
+    SHORT_PRIORITY,
+    Segment,
+    TranscribeOptions,
+    Transcriber,
+    Transcription,
+    TranscriptionInfo,
+    collect,
+    items,
+)
+from whisperd.errors import ServiceUnavailableError, WhisperdError
+from whisperd.realtime import protocol
+from whisperd.realtime.agreement import StableText
+from whisperd.realtime.codecs import InputAudio
+from whisperd.realtime.protocol import ProtocolError, SessionConfig, server_event
+from whisperd.realtime.turns import SpeechProbabilities, TurnDetector
+from whisperd.scheduler import Task
+from whisperd.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_PRIORITY = SHORT_PRIORITY + 1
+"""Partial decodes go before file requests in every batch..."""
+FINAL_PRIORITY = SHORT_PRIORITY + 2
+"""...and final decodes before partial ones."""
+MAX_PENDING_TURNS = 2
+"""Committed turns waiting for their transcript; past it the session stops reading."""
+TAIL_MS = 200
+"""Audio kept after the end of speech in a turn (the VAD judges a little late)."""
+MIN_COMMIT_MS = 100
+"""The least audio a manual commit takes (as OpenAI's)."""
+MIN_PARTIAL_SECONDS = 0.5
+"""No partial decode of a turn shorter than this."""
+MAX_REASON = 120
+"""Longest close reason sent (a close frame holds at most 123 bytes of it)."""
+
+
+def _ms(samples: int) -> int:
+    return samples * 1000 // SAMPLE_RATE
+
+
+def _samples(ms: float) -> int:
+    return int(ms * SAMPLE_RATE / 1000)
+
+
+class ClientGone(Exception):
+    """The client closed the connection, or it broke."""
+
+
+class Buffer:
+    """The input audio buffer: samples from ``start`` (in samples since the session began)."""
+
+    def __init__(self) -> None:
+        self.start = 0
+        self._pieces: list[Audio] = []
+        self._size = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self._size
+
+    def append(self, samples: Audio) -> None:
+        if samples.size:
+            self._pieces.append(samples)
+            self._size += samples.size
+
+    def audio(self, start: int, end: int) -> Audio:
+        """A copy of the samples from ``start`` to ``end`` (clipped to what is held)."""
+        whole = np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32)
+        self._pieces = [whole] if whole.size else []
+        return whole[max(0, start - self.start) : max(0, end - self.start)].copy()
+
+    def drop_before(self, position: int) -> None:
+        cut = min(max(0, position - self.start), self._size)
+        if cut:
+            whole = np.concatenate(self._pieces)[cut:]
+            self._pieces = [whole] if whole.size else []
+            self._size = whole.size
+            self.start += cut
+
+
+class Decode:
+    """One decode through the engine, started at once in the session's task group and awaited
+    later, or cancelled (its engine task then stops at its next window)."""
+
+    def __init__(
+        self,
+        group: TaskGroup,
+        submit: Callable[[], Task[TranscriptionInfo | Segment]],
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        self.done = anyio.Event()
+        self._result: Transcription | WhisperdError | None = None
+        self._scope = anyio.CancelScope()
+        self._started: list[Task[TranscriptionInfo | Segment]] = []
+        self._stopped = False
+        group.start_soon(self._run, submit, limiter)
+
+    async def _run(
+        self,
+        submit: Callable[[], Task[TranscriptionInfo | Segment]],
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        def work() -> Transcription:
+            task = submit()
+            self._started.append(task)
+            if self._stopped:  # cancelled while it was being submitted
+                task.cancel()
+            return collect(items(task))
+
+        try:
+            with self._scope:
+                self._result = await anyio.to_thread.run_sync(
+                    work, abandon_on_cancel=True, limiter=limiter
+                )
+        except WhisperdError as error:
+            self._result = error
+        finally:
+            self._stopped = True
+            for task in self._started:
+                task.cancel()
+            self.done.set()
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    async def result(self) -> Transcription:
+        await self.done.wait()
+        if isinstance(self._result, Transcription):
+            return self._result
+        raise self._result or ServiceUnavailableError("The decode was stopped.")
+
+
+@dataclass
+class Turn:
+    item_id: str
+    start: int
+    """Where its audio starts, in samples since the session began."""
+    stable: StableText = field(default_factory=StableText)
+    speech_end: int | None = None
+    """Where the speaker paused (None while speaking)."""
+    paused_at: float = 0.0
+    """When the pause was heard (monotonic)."""
+    final: tuple[int, Decode] | None = None
+    """The final decode started at the pause, with where its audio ends."""
+    partial: Decode | None = None
+    last_partial: float = -math.inf
+    committed: bool = False
+
+
+@dataclass
+class Committed:
+    turn: Turn
+    samples: int
+    decode: Decode
+    ended_at: float
+
+
+class LiveSession:
+    """Runs one WebSocket's session until the client leaves, it idles out, or the server
+    drains (then the turn in progress is transcribed before the close frame)."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        settings: Settings,
+        engine: Transcriber,
+        *,
+        configured: bool,
+        draining: anyio.Event,
+        limiter: anyio.CapacityLimiter,
+        observe: Callable[[str, float], None],
+    ) -> None:
+        self.ws = websocket
+        self.settings = settings
+        self.engine = engine
+        self.id = protocol.new_id("sess")
+        self.config = SessionConfig()
+        self.configured = configured
+        self._draining = draining
+        self._limiter = limiter
+        self._observe = observe
+        self.buffer = Buffer()
+        self._input = InputAudio(self.config.input.format.type)
+        self._vad: tuple[SpeechProbabilities, TurnDetector] | None = None
+        self._detect_turns()
+        self.turn: Turn | None = None
+        self.previous_item: str | None = None
+        self._send_lock = anyio.Lock()
+        self._group: TaskGroup | None = None
+        self._waiting: anyio.CancelScope | None = None
+        self._commits: MemoryObjectSendStream[Committed]
+        self._completions: MemoryObjectReceiveStream[Committed]
+        self._commits, self._completions = anyio.create_memory_object_stream[Committed](
+            MAX_PENDING_TURNS
+        )
+        self._completed = anyio.Event()
+
+    # --- running ------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                await self.send(server_event("session.created", session=self._described()))
+                group.start_soon(self._complete)
+                group.start_soon(self._stop_on_drain)
+                code, reason = await self._receive()
+                await self._end_turn()
+                self._commits.close()
+                await self._completed.wait()
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+                    await self.ws.close(code, reason[:MAX_REASON])
+                group.cancel_scope.cancel()
+        except* ClientGone:
+            logger.info("Live session %s: the client left", self.id)
+
+    async def refuse(self, error: WhisperdError, code: int) -> None:
+        """Answer with ``error`` and close, without running the session."""
+        with contextlib.suppress(ClientGone):
+            await self.send_error(error)
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+            await self.ws.close(code, error.message[:MAX_REASON])
+
+    async def _stop_on_drain(self) -> None:
+        await self._draining.wait()
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def _receive(self) -> tuple[int, str]:
+        """Take client events until the client leaves (ClientGone), the session idles out or
+        the server drains; returns the close frame to send. Only the wait for the next event
+        is cut short by a drain, never the handling of one."""
+        timeout = self.settings.realtime_idle_timeout
+        while not self._draining.is_set():
+            message: Message | None = None
+            with anyio.move_on_after(timeout) as self._waiting:
+                message = await self.ws.receive()
+            self._waiting = None
+            if message is not None:
+                await self._take(message)
+            elif not self._draining.is_set():
+                await self.send_error(
+                    ProtocolError(
+                        f"No event for {timeout:g} s; the session is closed.", code="idle_timeout"
+                    )
+                )
+                return 1000, "Idle timeout."
+        return 1001, "The server is shutting down."
+
+    async def _take(self, message: Message) -> None:
+        if message["type"] == "websocket.disconnect":
+            raise ClientGone
+        event_id = None
+        try:
+            text = message.get("text")
+            event = protocol.parse(text if text is not None else message.get("bytes"))
+            event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+            await self._handle(event)
+        except WhisperdError as error:
+            await self.send_error(error, event_id)
+
+    # --- events -------------------------------------------------------------------------
+    async def _handle(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "session.update":
+            await self._update(event.get("session"))
+        elif kind == "input_audio_buffer.append":
+            if not self.configured:
+                raise ProtocolError(
+                    "Audio came before the session was set up: send session.update with "
+                    "session.type 'transcription' first (or connect with "
+                    "?intent=transcription).",
+                    code="session_not_configured",
+                )
+            await self._append(self._input.convert(protocol.audio_bytes(event)))
+        elif kind == "input_audio_buffer.commit":
+            await self._commit_by_client()
+        else:
+            self._drop_turn()
+            self.buffer.drop_before(self.buffer.end)
+            await self.send(server_event("input_audio_buffer.cleared"))
+
+    async def _update(self, session: Any) -> None:
+        config = self.config.updated(session)
+        # the model is loaded (once) and the options checked against it before anything changes
+        await anyio.to_thread.run_sync(
+            functools.partial(self.engine.prepare, self._final_options(config), model=config.model),
+            limiter=self._limiter,
+        )
+        old = self.config
+        self.config = config
+        self.configured = True
+        if config.input.format != old.input.format:
+            self._input = InputAudio(config.input.format.type)
+        if config.input.turn_detection != old.input.turn_detection:
+            self._detect_turns()
+        await self.send(server_event("session.updated", session=self._described()))
+
+    def _detect_turns(self) -> None:
+        detection = self.config.input.turn_detection
+        self._vad = None
+        if detection is not None:
+            detector = TurnDetector(detection.threshold, detection.silence_ms)
+            detector.position = self.buffer.end
+            self._vad = (SpeechProbabilities(), detector)
+
+    def _described(self) -> dict[str, Any]:
+        return self.config.described(self.id)
+
+    # --- audio and turns ----------------------------------------------------------------
+    async def _append(self, samples: Audio) -> None:
+        self.buffer.append(samples)
+        self._observe("audio", samples.size / SAMPLE_RATE)
+        if self._vad is None:
+            if self.turn is None:
+                self.turn = Turn(protocol.new_id("item"), self.buffer.start)
+        else:
+            await self._follow_speech(samples)
+        turn = self.turn
+        if turn is None:
+            return
+        if self.buffer.end - turn.start >= _samples(self.settings.realtime_max_turn_seconds * 1000):
+            await self._commit(self.buffer.end, time.monotonic())
+            if self._vad is not None and self._vad[1].speaking:
+                await self._start_turn(self.buffer.end)
+            return
+        self._speculate(turn)
+        self._maybe_partial(turn)
+
+    async def _follow_speech(self, samples: Audio) -> None:
+        assert self._vad is not None
+        speech, detector = self._vad
+        probabilities = await anyio.to_thread.run_sync(speech.feed, samples, limiter=self._limiter)
+        detection = self.config.input.turn_detection
+        assert detection is not None
+        for change in detector.update(probabilities):
+            turn = self.turn
+            if change.kind == "started":
+                await self._start_turn(change.sample - _samples(detection.prefix_padding_ms))
+            elif turn is None:
+                continue
+            elif change.kind == "paused":
+                turn.speech_end = change.sample
+                turn.paused_at = time.monotonic()
+            elif change.kind == "resumed":
+                turn.speech_end = None
+                if turn.final is not None:
+                    turn.final[1].cancel()
+                    turn.final = None
+            else:
+                await self.send(
+                    server_event(
+                        "input_audio_buffer.speech_stopped",
+                        audio_end_ms=_ms(change.sample),
+                        item_id=turn.item_id,
+                    )
+                )
+                end = (turn.speech_end or change.sample) + _samples(self._tail_ms())
+                await self._commit(end, turn.paused_at or time.monotonic())
+        if self.turn is None:
+            keep = _samples(detection.prefix_padding_ms) + CHUNK_SLACK
+            self.buffer.drop_before(self.buffer.end - keep)
+
+    def _tail_ms(self) -> int:
+        detection = self.config.input.turn_detection
+        return min(TAIL_MS, detection.silence_ms) if detection is not None else 0
+
+    async def _start_turn(self, start: int) -> None:
+        turn = self.turn = Turn(protocol.new_id("item"), max(self.buffer.start, start))
+        await self.send(
+            server_event(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=_ms(turn.start),
+                item_id=turn.item_id,
+            )
+        )
+
+    def _speculate(self, turn: Turn) -> None:
+        """Start the final decode once a pause's tail has arrived."""
+        if turn.speech_end is None or turn.final is not None:
+            return
+        end = turn.speech_end + _samples(self._tail_ms())
+        if self.buffer.end >= end:
+            turn.final = (end, self._decode(turn.start, end, final=True))
+
+    def _maybe_partial(self, turn: Turn) -> None:
+        now = time.monotonic()
+        if (
+            turn.partial is not None
+            or turn.speech_end is not None
+            or now - turn.last_partial < self.settings.realtime_partial_interval
+            or self.buffer.end - turn.start < _samples(MIN_PARTIAL_SECONDS * 1000)
+        ):
+            return
+        turn.last_partial = now
+        decode = turn.partial = self._decode(turn.start, self.buffer.end, final=False)
+        assert self._group is not None
+        self._group.start_soon(self._send_partial, turn, decode, now)
+
+    async def _send_partial(self, turn: Turn, decode: Decode, started: float) -> None:
+        try:
+            text = (await decode.result()).text
+        except WhisperdError as error:
+            logger.debug("Live session %s: a partial decode failed: %s", self.id, error)
+            return
+        finally:
+            turn.partial = None
+        delta = turn.stable.update(text)
+        if delta and not turn.committed:
+            await self._send_delta(turn, delta)
+            self._observe("partial", time.monotonic() - started)
+
+    async def _commit_by_client(self) -> None:
+        turn = self.turn
+        start = self.buffer.start if turn is None else turn.start
+        held = self.buffer.end - start
+        if held < _samples(MIN_COMMIT_MS):
+            raise ProtocolError(
+                f"Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS}ms of audio, but buffer only has {held * 1000 / SAMPLE_RATE:.2f}"
+                "ms of audio.",
+                code="input_audio_buffer_commit_empty",
+            )
+        if turn is None:
+            self.turn = Turn(protocol.new_id("item"), start)
+        await self._commit(self.buffer.end, time.monotonic())
+        if self._vad is not None:
+            self._vad[1].reset()
+
+    async def _commit(self, end: int, ended_at: float) -> None:
+        """Commit the turn in progress, its audio ending at ``end``: the events, then its
+        transcript in line (waiting while MAX_PENDING_TURNS are)."""
+        turn = self.turn
+        assert turn is not None
+        self.turn = None
+        turn.committed = True
+        end = min(end, self.buffer.end)
+        if turn.partial is not None:
+            turn.partial.cancel()
+        if turn.final is not None and turn.final[0] != end:
+            turn.final[1].cancel()
+            turn.final = None
+        decode = turn.final[1] if turn.final else self._decode(turn.start, end, final=True)
+        samples = end - turn.start
+        self.buffer.drop_before(end)
+        previous, self.previous_item = self.previous_item, turn.item_id
+        await self.send(
+            server_event(
+                "input_audio_buffer.committed", item_id=turn.item_id, previous_item_id=previous
+            )
+        )
+        item = protocol.user_item(turn.item_id)
+        await self.send(
+            server_event("conversation.item.added", item=item, previous_item_id=previous)
+        )
+        await self.send(
+            server_event("conversation.item.done", item=item, previous_item_id=previous)
+        )
+        await self._commits.send(Committed(turn, samples, decode, ended_at))
+
+    def _drop_turn(self) -> None:
+        turn, self.turn = self.turn, None
+        if turn is not None:
+            for decode in (turn.partial, turn.final[1] if turn.final else None):
+                if decode is not None:
+                    decode.cancel()
+        if self._vad is not None:
+            self._vad[1].reset()
+
+    async def _end_turn(self) -> None:
+        """On drain or idle close: the turn in progress is committed (if it holds enough
+        audio), so it gets its transcript before the close frame."""
+        turn = self.turn
+        if turn is None:
+            return
+        if self.buffer.end - turn.start >= _samples(MIN_COMMIT_MS):
+            await self._commit(self.buffer.end, time.monotonic())
+        else:
+            self._drop_turn()
+
+    # --- transcripts ----------------------------------------------------------------------
+    def _decode(self, start: int, end: int, *, final: bool) -> Decode:
+        samples = self.buffer.audio(start, end)
+        options = self._final_options(self.config) if final else self._partial_options()
+        priority = FINAL_PRIORITY if final else PARTIAL_PRIORITY
+        deadline = time.monotonic() + self.settings.request_timeout
+        assert self._group is not None
+        submit = functools.partial(
+            self.engine.submit,
+            samples,
+            options,
+            model=self.config.model,
+            deadline=deadline,
+            priority=priority,
+        )
+        return Decode(self._group, submit, self._limiter)
+
+    def _final_options(self, config: SessionConfig) -> TranscribeOptions:
+        transcription = config.input.transcription
+        return TranscribeOptions.asked(
+            self.settings,
+            language=None if transcription is None else transcription.language,
+            prompt=None if transcription is None else transcription.prompt,
+            word_timestamps=config.logprobs,
+        )
+
+    def _partial_options(self) -> TranscribeOptions:
+        final = self._final_options(self.config)
+        return TranscribeOptions(
+            language=final.language,
+            beam_size=1,
+            temperature=(0.0,),
+            initial_prompt=final.initial_prompt,
+        )
+
+    async def _complete(self) -> None:
+        async with self._completions:
+            async for committed in self._completions:
+                await self._transcript(committed)
+        self._completed.set()
+
+    async def _transcript(self, committed: Committed) -> None:
+        turn = committed.turn
+        try:
+            result = await committed.decode.result()
+        except WhisperdError as error:
+            details = error.to_dict()["error"]
+            await self.send(
+                server_event(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=turn.item_id,
+                    content_index=0,
+                    error=details,
+                )
+            )
+            return
+        rest = turn.stable.finish(result.text)
+        if rest:
+            await self._send_delta(turn, rest)
+        fields: dict[str, Any] = {
+            "item_id": turn.item_id,
+            "content_index": 0,
+            "transcript": result.text,
+            "usage": {"type": "duration", "seconds": round(committed.samples / SAMPLE_RATE, 3)},
+        }
+        if self.config.logprobs:
+            fields["logprobs"] = _logprobs(result)
+        await self.send(
+            server_event("conversation.item.input_audio_transcription.completed", **fields)
+        )
+        self._observe("final", time.monotonic() - committed.ended_at)
+
+    async def _send_delta(self, turn: Turn, delta: str) -> None:
+        await self.send(
+            server_event(
+                "conversation.item.input_audio_transcription.delta",
+                item_id=turn.item_id,
+                content_index=0,
+                delta=delta,
+            )
+        )
+
+    # --- sending --------------------------------------------------------------------------
+    async def send(self, event: dict[str, Any]) -> None:
+        async with self._send_lock:
+            try:
+                await self.ws.send_text(json.dumps(event))
+            except (RuntimeError, WebSocketDisconnect, OSError) as exc:
+                raise ClientGone from exc
+
+    async def send_error(self, error: WhisperdError, event_id: str | None = None) -> None:
+        await self.send(protocol.error_event(error, event_id))
+
+
+CHUNK_SLACK = 512
+"""Samples kept beyond the prefix padding outside a turn: the VAD judges whole chunks."""
+
+
+def _logprobs(result: Transcription) -> list[dict[str, Any]]:
+    """One entry per word: the word, the log of its probability, its UTF-8 bytes."""
+    out = []
+    for segment in result.segments:
+        for word in segment.words or ():
+            out.append(
+                {
+                    "token": word.word,
+                    "logprob": math.log(max(word.probability, 1e-12)),
+                    "bytes": list(word.word.encode()),
+                }
+            )
+    return out

@@ -1,0 +1,94 @@
+"""The server's live sessions: how many may run, the drain that ends them, and their metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import anyio
+from starlette.websockets import WebSocket
+
+from whisperd.engine import Transcriber
+from whisperd.errors import RateLimitError, ServiceUnavailableError, WhisperdError
+from whisperd.realtime.session import LiveSession
+from whisperd.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DECODES_PER_SESSION = 4
+"""Engine decodes one session may wait on at once: a partial, a speculative final and the
+committed turns waiting for their transcripts."""
+TOO_MANY = 1013
+"""The close code of a session refused while the server is full ("try again later")."""
+GOING_AWAY = 1001
+
+
+class LiveSessions:
+    """Runs live sessions, at most ``realtime_max_sessions`` at once. Created in the event
+    loop; :meth:`drain` may be called from a signal handler."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Transcriber,
+        observe: Callable[[str, float], None],
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.active = 0
+        self._observe = observe
+        self._draining = anyio.Event()
+        self._loop = asyncio.get_running_loop()
+        limit = settings.realtime_max_sessions
+        self._threads = anyio.CapacityLimiter(max(1, DECODES_PER_SESSION * limit))
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def drain(self) -> None:
+        """No new sessions; open ones complete their turn in progress, then close."""
+        self._loop.call_soon_threadsafe(self._draining.set)
+
+    def _refusal(self) -> tuple[WhisperdError, int] | None:
+        if self.draining:
+            error: WhisperdError = ServiceUnavailableError(
+                "The server is shutting down.", code="draining"
+            )
+            return error, GOING_AWAY
+        limit = self.settings.realtime_max_sessions
+        if self.active >= limit:
+            message = (
+                f"All {limit} live sessions are in use; try again later."
+                if limit
+                else "Live transcription is off on this server (WHISPERD_REALTIME_MAX_SESSIONS=0)."
+            )
+            return RateLimitError(message, retry_after=1, code="too_many_sessions"), TOO_MANY
+        return None
+
+    async def serve(self, websocket: WebSocket, *, configured: bool) -> None:
+        """Run ``websocket``'s session (accepted already) to its end, or refuse it with an
+        ``error`` event and a close frame when the server is full or draining."""
+        session = LiveSession(
+            websocket,
+            self.settings,
+            self.engine,
+            configured=configured,
+            draining=self._draining,
+            limiter=self._threads,
+            observe=self._observe,
+        )
+        refusal = self._refusal()
+        if refusal is not None:
+            error, code = refusal
+            await session.refuse(error, code)
+            return
+        self.active += 1
+        self._observe("session", 1)
+        logger.info("Live session %s opened (%d open)", session.id, self.active)
+        try:
+            await session.run()
+        finally:
+            self.active -= 1
+            logger.info("Live session %s closed (%d open)", session.id, self.active)
