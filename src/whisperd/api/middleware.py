@@ -35,20 +35,15 @@ def is_public_page(scope: Scope) -> bool:
     )
 
 
-POLICY_VIOLATION = 1008
-
-
 async def send_error(
-    send: Send, error: WhisperdError, headers: dict[str, str] | None = None, prefix: str = ""
+    send: Send, error: WhisperdError, headers: dict[str, str] | None = None
 ) -> None:
-    """Send ``error`` as OpenAI's JSON body, outside FastAPI's exception handlers (with
-    ``prefix="websocket."``, as the answer to a WebSocket handshake)."""
+    """Send ``error`` as OpenAI's JSON body, outside FastAPI's exception handlers."""
     body = json.dumps(error.to_dict()).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    start = {"type": f"{prefix}http.response.start", "status": error.status_code, "headers": raw}
-    await send(start)
-    await send({"type": f"{prefix}http.response.body", "body": body})
+    await send({"type": "http.response.start", "status": error.status_code, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestContextMiddleware:
@@ -165,15 +160,16 @@ class ApiKeyMiddleware:
             scope.setdefault("state", {})["api_key"] = key
             await self.app(scope, receive, send)
             return
-        error = AuthenticationError(
-            "Missing or invalid API key; send it as 'Authorization: Bearer KEY'."
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close"})  # the handshake is refused: HTTP 403
+            return
+        await send_error(
+            send,
+            AuthenticationError(
+                "Missing or invalid API key; send it as 'Authorization: Bearer KEY'."
+            ),
+            {"www-authenticate": "Bearer"},
         )
-        if scope["type"] == "http":
-            await send_error(send, error, {"www-authenticate": "Bearer"})
-        elif "websocket.http.response" in scope.get("extensions", {}):
-            await send_error(send, error, {"www-authenticate": "Bearer"}, prefix="websocket.")
-        else:
-            await send({"type": "websocket.close", "code": POLICY_VIOLATION})
 
 
 FORM_OVERHEAD = 1 << 20

@@ -62,3 +62,13 @@ class InputAudio:
         if not pieces:
             return np.zeros(0, dtype=np.float32)
         return np.asarray(np.concatenate(pieces), dtype=np.float32)
+
+
+def pcm16(samples: Audio, rate: int = 24000) -> bytes:
+    """16 kHz samples as a client sends them: 16-bit little-endian PCM at ``rate``."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    linear = np.clip(samples * 32768.0, -32768, 32767).astype(np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(linear, format="s16", layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    frames = [*resampler.resample(frame), *resampler.resample(None)]
+    return b"".join(out.to_ndarray().astype("<i2").tobytes() for out in frames)

@@ -171,8 +171,11 @@ def _merge(current: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(current)
     for key, value in update.items():
         old = merged.get(key)
-        same_kind = isinstance(old, dict) and old.get("type") == value.get("type", old.get("type"))
-        if isinstance(value, dict) and isinstance(old, dict) and same_kind:
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and value.get("type", old.get("type")) == old.get("type")
+        ):
             merged[key] = _merge(old, value)
         else:
             merged[key] = value

@@ -81,6 +81,13 @@ class ClientGone(Exception):
     """The client closed the connection, or it broke."""
 
 
+async def refuse(websocket: WebSocket, error: WhisperdError, code: int) -> None:
+    """Answer an accepted WebSocket with ``error`` and close it, running no session."""
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+        await websocket.send_text(json.dumps(protocol.error_event(error)))
+        await websocket.close(code, error.message[:MAX_REASON])
+
+
 class Buffer:
     """The input audio buffer: samples from ``start`` (in samples since the session began)."""
 
@@ -247,13 +254,9 @@ class LiveSession:
                 group.cancel_scope.cancel()
         except* ClientGone:
             logger.info("Live session %s: the client left", self.id)
-
-    async def refuse(self, error: WhisperdError, code: int) -> None:
-        """Answer with ``error`` and close, without running the session."""
-        with contextlib.suppress(ClientGone):
-            await self.send_error(error)
-        with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
-            await self.ws.close(code, error.message[:MAX_REASON])
+        finally:
+            self._commits.close()
+            self._completions.close()
 
     async def _stop_on_drain(self) -> None:
         await self._draining.wait()
@@ -292,6 +295,11 @@ class LiveSession:
             await self._handle(event)
         except WhisperdError as error:
             await self.send_error(error, event_id)
+        except ClientGone:
+            raise
+        except Exception:
+            logger.exception("Live session %s: an event failed", self.id)
+            await self.send_error(WhisperdError("Internal server error; see the server log."))
 
     # --- events -------------------------------------------------------------------------
     async def _handle(self, event: dict[str, Any]) -> None:
@@ -343,23 +351,30 @@ class LiveSession:
 
     # --- audio and turns ----------------------------------------------------------------
     async def _append(self, samples: Audio) -> None:
-        self.buffer.append(samples)
         self._observe("audio", samples.size / SAMPLE_RATE)
+        # a second at a time, so that a large append finds its turns as a stream of small ones
+        for start in range(0, samples.size, SAMPLE_RATE):
+            await self._take_audio(samples[start : start + SAMPLE_RATE])
+
+    async def _take_audio(self, samples: Audio) -> None:
+        self.buffer.append(samples)
         if self._vad is None:
             if self.turn is None:
                 self.turn = Turn(protocol.new_id("item"), self.buffer.start)
         else:
             await self._follow_speech(samples)
-        turn = self.turn
-        if turn is None:
-            return
-        if self.buffer.end - turn.start >= _samples(self.settings.realtime_max_turn_seconds * 1000):
-            await self._commit(self.buffer.end, time.monotonic())
-            if self._vad is not None and self._vad[1].speaking:
-                await self._start_turn(self.buffer.end)
-            return
-        self._speculate(turn)
-        self._maybe_partial(turn)
+        longest = _samples(self.settings.realtime_max_turn_seconds * 1000)
+        while (turn := self.turn) is not None and self.buffer.end - turn.start >= longest:
+            # a turn at the longest length is committed there, and the next one goes on
+            end = turn.start + longest
+            await self._commit(end, time.monotonic())
+            if self._vad is None:
+                self.turn = Turn(protocol.new_id("item"), end)
+            elif self._vad[1].speaking:
+                await self._start_turn(end)
+        if self.turn is not None:
+            self._speculate(self.turn)
+            self._maybe_partial(self.turn)
 
     async def _follow_speech(self, samples: Audio) -> None:
         assert self._vad is not None

@@ -11,7 +11,7 @@ from starlette.websockets import WebSocket
 
 from whisperd.engine import Transcriber
 from whisperd.errors import RateLimitError, ServiceUnavailableError, WhisperdError
-from whisperd.realtime.session import LiveSession
+from whisperd.realtime.session import LiveSession, refuse
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,10 @@ class LiveSessions:
     async def serve(self, websocket: WebSocket, *, configured: bool) -> None:
         """Run ``websocket``'s session (accepted already) to its end, or refuse it with an
         ``error`` event and a close frame when the server is full or draining."""
+        refusal = self._refusal()
+        if refusal is not None:
+            await refuse(websocket, *refusal)
+            return
         session = LiveSession(
             websocket,
             self.settings,
@@ -79,11 +83,6 @@ class LiveSessions:
             limiter=self._threads,
             observe=self._observe,
         )
-        refusal = self._refusal()
-        if refusal is not None:
-            error, code = refusal
-            await session.refuse(error, code)
-            return
         self.active += 1
         self._observe("session", 1)
         logger.info("Live session %s opened (%d open)", session.id, self.active)
