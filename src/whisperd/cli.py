@@ -62,6 +62,7 @@ SERVE_FLAGS = (
     "fetch_allow_hosts",
     "fetch_enabled",
     "fetch_concurrency",
+    "realtime_max_sessions",
     "max_header_bytes",
     "drain_timeout",
     "data_dir",
