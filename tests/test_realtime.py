@@ -21,7 +21,7 @@ from whisperd import audio
 from whisperd.api import create_app
 from whisperd.bench import word_error_rate
 from whisperd.engine import Transcriber
-from whisperd.realtime.codecs import pcm16
+from whisperd.realtime.codecs import InputAudio, pcm16
 from whisperd.settings import Settings
 
 from support import assert_jfk, normalise, poll, running_app, server_process
@@ -210,6 +210,35 @@ def test_partial_text_grows_before_a_manual_commit(live: str, jfk_pcm: bytes) ->
     # what was sent while the speaker talked is never taken back: the transcript continues it
     assert normalise(final["transcript"]).startswith(normalise(deltas)), (deltas, final)
     assert final["usage"]["seconds"] >= 11
+
+
+def test_a_turns_final_text_is_the_file_transcription_of_its_audio(
+    live: str, jfk_pcm: bytes
+) -> None:
+    async def main() -> dict[str, Any]:
+        async with connect(live) as connection:
+            await connection.session.update(session=session(turn_detection=None))
+            await events_until(connection, "session.updated")
+            await append(connection, jfk_pcm, chunk_ms=1000)
+            await connection.input_audio_buffer.commit()
+            log = await events_until(
+                connection, "conversation.item.input_audio_transcription.completed"
+            )
+            return of(log, "conversation.item.input_audio_transcription.completed")[0]
+
+    final = asyncio.run(main())
+    # the same audio as the server turned it into 16 kHz samples, as a file
+    samples = InputAudio("audio/pcm").convert(jfk_pcm)
+    answer = httpx.post(
+        f"{live}/v1/audio/transcriptions",
+        files={"file": ("turn.flac", audio.encode_flac(samples))},
+        data={"model": "whisper-1", "language": "en"},
+        timeout=EVENT_TIMEOUT,
+    )
+    assert answer.status_code == 200, answer.text
+    file_text = answer.json()["text"]
+    assert_jfk(final["transcript"])
+    assert word_error_rate(final["transcript"], file_text) <= 0.05, (final, file_text)
 
 
 def test_telephony_mu_law_with_logprobs(live: str, jfk_audio: audio.Audio) -> None:
