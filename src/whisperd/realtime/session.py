@@ -77,6 +77,24 @@ def _samples(ms: float) -> int:
     return int(ms * SAMPLE_RATE / 1000)
 
 
+class Budget:
+    """At most ``limit`` of something at once, taken without waiting or not at all (used in
+    the event loop only)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+    def release(self) -> None:
+        self.used -= 1
+
+
 class ClientGone(Exception):
     """The client closed the connection, or it broke."""
 
@@ -210,6 +228,7 @@ class LiveSession:
         configured: bool,
         draining: anyio.Event,
         limiter: anyio.CapacityLimiter,
+        partials: Budget,
         observe: Callable[[str, float], None],
     ) -> None:
         self.ws = websocket
@@ -220,6 +239,9 @@ class LiveSession:
         self.configured = configured
         self._draining = draining
         self._limiter = limiter
+        self._partials = partials
+        self._pending = 0
+        """Committed turns still waiting for their transcript."""
         self._observe = observe
         self.buffer = Buffer()
         self._input = InputAudio(self.config.input.format.type)
@@ -439,6 +461,8 @@ class LiveSession:
             or turn.speech_end is not None
             or now - turn.last_partial < self.settings.realtime_partial_interval
             or self.buffer.end - turn.start < _samples(MIN_PARTIAL_SECONDS * 1000)
+            or self._pending  # finals first
+            or not self._partials.take()
         ):
             return
         turn.last_partial = now
@@ -454,6 +478,7 @@ class LiveSession:
             return
         finally:
             turn.partial = None
+            self._partials.release()
         delta = turn.stable.update(text)
         if delta and not turn.committed:
             await self._send_delta(turn, delta)
@@ -505,6 +530,7 @@ class LiveSession:
         await self.send(
             server_event("conversation.item.done", item=item, previous_item_id=previous)
         )
+        self._pending += 1
         await self._commits.send(Committed(turn, samples, decode, ended_at))
 
     def _drop_turn(self) -> None:
@@ -566,6 +592,7 @@ class LiveSession:
         async with self._completions:
             async for committed in self._completions:
                 await self._transcript(committed)
+                self._pending -= 1
         self._completed.set()
 
     async def _transcript(self, committed: Committed) -> None:

@@ -11,7 +11,7 @@ from starlette.websockets import WebSocket
 
 from whisperd.engine import Transcriber
 from whisperd.errors import RateLimitError, ServiceUnavailableError, WhisperdError
-from whisperd.realtime.session import LiveSession, refuse
+from whisperd.realtime.session import Budget, LiveSession, refuse
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 DECODES_PER_SESSION = 4
 """Engine decodes one session may wait on at once: a partial, a speculative final and the
 committed turns waiting for their transcripts."""
+PARTIALS_PER_BATCH = 4
+"""Partial decodes in flight, server-wide, are at most a quarter of a batch: under load they
+are what gives way, so that final transcripts and file requests keep their pace."""
 TOO_MANY = 1013
 """The close code of a session refused while the server is full ("try again later")."""
 GOING_AWAY = 1001
@@ -42,6 +45,7 @@ class LiveSessions:
         self._loop = asyncio.get_running_loop()
         limit = settings.realtime_max_sessions
         self._threads = anyio.CapacityLimiter(max(1, DECODES_PER_SESSION * limit))
+        self._partials = Budget(max(1, engine.plan.batch_size // PARTIALS_PER_BATCH))
 
     @property
     def draining(self) -> bool:
@@ -81,6 +85,7 @@ class LiveSessions:
             configured=configured,
             draining=self._draining,
             limiter=self._threads,
+            partials=self._partials,
             observe=self._observe,
         )
         self.active += 1
