@@ -1,11 +1,12 @@
-"""Headless Debian Chromium through Playwright, with every request off 127.0.0.1 blocked."""
+"""Headless Debian Chromium through Playwright, with every request (and WebSocket) off
+127.0.0.1 blocked."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,8 +35,9 @@ CHROMIUM_ARGS = [
 
 
 @contextlib.contextmanager
-def offline_page() -> Iterator[tuple[Any, list[tuple[str, str]]]]:
-    """A page whose requests to anything but 127.0.0.1 are aborted.
+def offline_page(args: Sequence[str] = ()) -> Iterator[tuple[Any, list[tuple[str, str]]]]:
+    """A page whose requests to anything but 127.0.0.1 are aborted, in a Chromium started
+    with ``args`` besides its usual flags.
 
     Yields the page and the list of (resource type, URL) it tried to reach elsewhere.
     """
@@ -52,11 +54,19 @@ def offline_page() -> Iterator[tuple[Any, list[tuple[str, str]]]]:
             blocked.append((route.request.resource_type, url))
             route.abort()
 
+    def off_host(url: str) -> bool:
+        return urlsplit(url).hostname != "127.0.0.1"
+
+    def refuse_socket(socket: Any) -> None:
+        blocked.append(("websocket", socket.url))
+        socket.close()
+
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *args])
         try:
             context = browser.new_context()
             context.route("**/*", guard)
+            context.route_web_socket(off_host, refuse_socket)  # routes don't see WebSockets
             yield context.new_page(), blocked
         finally:
             browser.close()

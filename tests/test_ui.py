@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import re
 import sys
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
-from whisperd import models
+from whisperd import audio, models
 from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
 from browser import offline_page
-from support import JFK, assert_jfk, normalise, poll, running_app, speech_flac
+from support import JFK, JFK_WORDS, assert_jfk, normalise, poll, running_app, speech_flac
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -333,3 +335,125 @@ def test_with_api_keys_the_page_asks_for_one_then_works(
             assert not dialog.is_visible()
             assert blocked == []
             assert errors == []
+
+
+def fake_microphone(directory: Path) -> list[str]:
+    """Chromium's flags for a microphone, allowed without asking, that plays jfk.flac with a
+    second of silence either side, over and over (Chromium loops the file)."""
+    gap = np.zeros(audio.SAMPLE_RATE, dtype=np.float32)
+    samples = np.concatenate([gap, audio.decode(JFK), gap])
+    path = directory / "jfk.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(audio.SAMPLE_RATE)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={path}",
+    ]
+
+
+# Run before the page's scripts: keeps the microphone tracks the page opens (to see them end),
+# and the first partial text shown with its colour (partial text can be gone by the next poll).
+WATCH_LIVE = """
+const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+window.tracks = [];
+navigator.mediaDevices.getUserMedia = async (constraints) => {
+  const stream = await open(constraints);
+  window.tracks.push(...stream.getTracks());
+  return stream;
+};
+window.partial = null;
+new MutationObserver(() => {
+  const text = document.querySelector(".turn.partial .text");
+  if (!window.partial && text?.textContent.trim())
+    window.partial = { text: text.textContent, color: getComputedStyle(text).color };
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+def final_lines(page: Any) -> list[str]:
+    texts: list[str] = page.eval_on_selector_all(
+        ".turn:not(.partial) .text", "lines => lines.map(line => line.textContent)"
+    )
+    return [" ".join(text.split()) for text in texts]
+
+
+def test_live_from_the_microphone_with_an_api_key(tmp_path: Path, engine: Transcriber) -> None:
+    settings = app_settings(tmp_path, api_keys=(KEY,), jobs_enabled=False)
+    app = create_app(settings, engine=engine)
+    with running_app(app) as url, offline_page(fake_microphone(tmp_path)) as (page, blocked):
+        page.add_init_script(WATCH_LIVE)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url)
+        page.locator("#key-dialog").wait_for(timeout=10_000)
+        page.fill("#key", KEY)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#server.ok", timeout=20_000)
+
+        # From the keyboard: the source switch, then Start.
+        page.focus("input[name=source][value=file]")
+        page.keyboard.press("ArrowRight")
+        assert page.is_checked("#live-mode")
+        assert page.is_hidden("#drop") and page.is_hidden("#submit")
+        page.focus("#live")
+        page.keyboard.press("Enter")
+
+        # The file loops: wait until the final lines hold the whole sentence once.
+        def heard() -> str | None:
+            said = normalise(" ".join(final_lines(page)))
+            return said if all(phrase in said for phrase in JFK_WORDS) else None
+
+        poll(heard, timeout=180, interval=0.2, what="the recording's words in final lines")
+        partial = page.evaluate("window.partial")
+        assert partial, "no partial text was shown"
+        final_color = page.eval_on_selector(
+            ".turn:not(.partial) .text", "t => getComputedStyle(t).color"
+        )
+        assert partial["color"] != final_color, "partial text looks like final text"
+        assert page.is_disabled("input[name=source][value=file]")
+
+        # The focus stayed on the button while it started; it is Stop listening now.
+        assert page.evaluate("document.activeElement.id") == "live"
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#live:has-text('Start listening')", timeout=90_000)
+        assert page.inner_text("#status").startswith("Stopped")
+        assert page.evaluate("tracks.length > 0 && tracks.every(t => t.readyState === 'ended')")
+        poll(lambda: app.state.live.active == 0, timeout=30, what="the session to close")
+        # The turn in progress at Stop was committed and got its final text too.
+        assert page.locator(".turn.partial").count() == 0
+        lines = final_lines(page)
+
+        with page.expect_download() as download:
+            page.click("[data-format=txt]")
+        assert re.fullmatch(r"live-\d{4}-\d{2}-\d{2}-\d{4}\.txt", download.value.suggested_filename)
+        assert Path(download.value.path()).read_text().splitlines() == lines
+        assert page.is_enabled("input[name=source][value=file]")
+        assert blocked == []
+        assert errors == []
+
+
+def test_a_live_session_the_server_refuses_is_explained(
+    tmp_path: Path, engine: Transcriber
+) -> None:
+    settings = app_settings(tmp_path, jobs_enabled=False, realtime_max_sessions=0)
+    with (
+        running_app(create_app(settings, engine=engine)) as url,
+        offline_page(fake_microphone(tmp_path)) as (page, blocked),
+    ):
+        page.add_init_script(WATCH_LIVE)
+        errors = open_page(page, url)
+        page.check("#live-mode")
+        page.click("#live")
+        error = page.locator("#error")
+        error.wait_for(timeout=30_000)
+        assert "The server can't take a live session now." in error.inner_text()
+        assert "Live transcription is off on this server" in error.inner_text()
+        page.wait_for_selector("#live:has-text('Start listening')")
+        assert page.evaluate("tracks.length > 0 && tracks.every(t => t.readyState === 'ended')")
+        assert page.is_enabled("input[name=source][value=file]")
+        assert blocked == []
+        assert errors == []

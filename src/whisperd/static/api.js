@@ -16,6 +16,11 @@ export class ApiError extends Error {
 // The status an error event of a stream stands for (it arrives after the 200).
 export const TYPE_STATUS = { timeout_error: 504, rate_limit_error: 429, service_unavailable: 503, cancelled: 499 };
 
+/** The API key this tab was given, if any. */
+export function savedKey() {
+  return sessionStorage.getItem(KEY_STORE);
+}
+
 let keyPrompt = null;
 
 /** Ask for an API key once, however many requests got a 401 at the same time. */
@@ -52,7 +57,7 @@ $("key-cancel").addEventListener("click", () => $("key-dialog").close(""));
 /** fetch() with the API key; on a 401, asks for a key and tries again. */
 export async function api(path, init = {}) {
   for (;;) {
-    const key = sessionStorage.getItem(KEY_STORE);
+    const key = savedKey();
     const headers = new Headers(init.headers);
     if (key) headers.set("Authorization", `Bearer ${key}`);
     let response;

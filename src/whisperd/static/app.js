@@ -1,7 +1,8 @@
 // The whisperd web page: plain JavaScript against the server's own API, nothing else.
 import { ApiError, TYPE_STATUS, api, apiJson, explain } from "./api.js";
 import { FINAL, WATCH_STORE, forgetJob, rememberJob, renderJobs, savedJobs } from "./jobs.js";
-import { clock, fitCues, parseCues, toJson, toSrt, toText, toVtt } from "./transcript.js";
+import { LiveSession, serverError } from "./live.js";
+import { clock, fitCues, parseCues, toJson, toLines, toSrt, toText, toVtt } from "./transcript.js";
 
 const $ = (id) => document.getElementById(id);
 const VIDEO_EXT = /\.(mp4|m4v|mov|webm|mkv|ogv|avi)(\?|#|$)/i;
@@ -23,8 +24,9 @@ const state = {
   duration: null, // seconds, once the player has read the file's header
   backgroundTouched: false,
   jobsEnabled: true,
-  running: null, // AbortController of the live request
-  transcript: null, // {name, task, language, duration, segments, verbose?}
+  running: null, // AbortController of the request that transcribes a file as it goes
+  live: null, // the LiveSession of the microphone, while it runs
+  transcript: null, // {name, task, language, duration, segments, verbose?, live?}
   watching: null, // the job id the transcript panel follows
   retryAt: 0, // after a 429: when the server said to try again (ms since the epoch)
 };
@@ -120,7 +122,8 @@ function updateOptions() {
   const translate = $("translate");
   translate.disabled = englishOnly;
   if (englishOnly && translate.checked) document.querySelector("input[name=task][value=transcribe]").checked = true;
-  const task = document.querySelector("input[name=task]:checked").value;
+  // Task is for files: a live session transcribes
+  const task = liveMode() ? "transcribe" : document.querySelector("input[name=task]:checked").value;
   $("task-note").hidden = !englishOnly;
   $("task-note").textContent = englishOnly
     ? `Translation needs a multilingual model; ${name} understands English only.`
@@ -153,6 +156,31 @@ function updateModeNote() {
 }
 
 $("model").addEventListener("change", updateOptions);
+
+// --- a file or the microphone ---------------------------------------------------------------------
+const HINTS = {
+  file: $("status").textContent,
+  live: "Press Start listening, then speak.",
+};
+
+function liveMode() {
+  return document.querySelector("input[name=source]:checked").value === "live";
+}
+
+function showSource() {
+  const source = liveMode() ? "live" : "file";
+  for (const part of document.querySelectorAll("[data-source]")) part.hidden = part.dataset.source !== source;
+  if (!state.transcript && !state.watching) setStatus(HINTS[source]);
+  updateOptions();
+}
+
+/** While a file or the microphone is being transcribed, the other can't be chosen. */
+function lockSource() {
+  const busy = Boolean(state.running || state.live);
+  for (const radio of document.querySelectorAll("input[name=source]")) radio.disabled = busy;
+}
+
+for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", showSource);
 for (const radio of document.querySelectorAll("input[name=task]")) radio.addEventListener("change", updateOptions);
 $("background").addEventListener("change", () => {
   state.backgroundTouched = true;
@@ -277,9 +305,12 @@ $("url").addEventListener("change", () => {
 
 // --- the transcript ------------------------------------------------------------------------------
 const EMPTY_TEXT = $("empty").querySelector("p").textContent;
+const SEGMENTS_LABEL = $("segments").getAttribute("aria-label");
 function startTranscript(name, task) {
   state.transcript = { name, task, language: null, duration: state.duration, segments: [] };
   revealTranscript();
+  delete $("transcript-title").closest(".card").dataset.live;
+  $("segments").setAttribute("aria-label", SEGMENTS_LABEL);
   $("segments").replaceChildren();
   active = activeWord = null;
   $("empty").hidden = true;
@@ -387,8 +418,11 @@ function cues(transcript) {
   return width && !$("cue-width").disabled ? fitCues(transcript.segments, width) : transcript.segments;
 }
 
+/** Plain text: a live transcript a line per turn, a file's as the API writes it. */
+const plainText = (t) => (t.live ? toLines(t.segments) : toText(t.segments));
+
 const EXPORTS = {
-  txt: ["text/plain", (t) => toText(t.segments)],
+  txt: ["text/plain", plainText],
   srt: ["application/x-subrip", (t) => toSrt(cues(t))],
   vtt: ["text/vtt", (t) => toVtt(cues(t))],
   json: ["application/json", (t) => toJson(t)],
@@ -410,7 +444,7 @@ for (const button of document.querySelectorAll("[data-format]")) {
 }
 
 $("copy").addEventListener("click", async () => {
-  const text = toText(state.transcript.segments);
+  const text = plainText(state.transcript);
   try {
     await navigator.clipboard.writeText(text);
   } catch {
@@ -472,6 +506,7 @@ function setRunning(controller) {
   $("submit").disabled = Boolean(controller) || Date.now() < state.retryAt;
   $("stop").hidden = !controller;
   $("form").setAttribute("aria-busy", String(Boolean(controller)));
+  lockSource();
 }
 
 async function runLive(opts) {
@@ -576,6 +611,142 @@ function showVerbose(result) {
 }
 
 $("stop").addEventListener("click", () => state.running?.abort());
+
+// --- live from the microphone ------------------------------------------------------------------
+const LIVE_BUTTON = { starting: "Starting…", listening: "Stop listening", stopping: "Stopping…" };
+
+function setLive(live, phase) {
+  state.live = live;
+  const button = $("live");
+  button.textContent = live ? LIVE_BUTTON[phase] : "Start listening";
+  // aria-disabled rather than disabled: a disabled button would lose the keyboard's focus
+  button.setAttribute("aria-disabled", String(phase === "starting" || phase === "stopping"));
+  button.classList.toggle("on", phase === "listening");
+  $("form").setAttribute("aria-busy", String(Boolean(live)));
+  lockSource();
+}
+
+async function startLive() {
+  clearError();
+  clearTimeout(watchTimer);
+  state.watching = null;
+  localStorage.removeItem(WATCH_STORE);
+  const live = new LiveSession({
+    model: $("model").value,
+    language: $("language").value,
+    onEvent: (event) => liveEvent(live, event),
+    onError: (err) => showError(err, err.explained),
+    onEnd: () => endLive(live),
+  });
+  setLive(live, "starting");
+  setStatus("Opening the microphone…");
+  try {
+    await live.start();
+  } catch (err) {
+    setLive(null);
+    setStatus("It didn't work: see why below the form.");
+    showError(err, err.explained);
+    return;
+  }
+  showLive(live);
+  setLive(live, "listening");
+  setStatus("Listening: speak, and each pause ends a line.");
+}
+
+function stopLive() {
+  setLive(state.live, "stopping");
+  setStatus("Finishing the last line…");
+  state.live.stop();
+}
+
+$("live").addEventListener("click", () => {
+  if ($("live").getAttribute("aria-disabled") === "true") return;
+  if (state.live) stopLive();
+  else startLive();
+});
+
+/** The transcript panel, given over to `live` (once). */
+function showLive(live) {
+  if (state.transcript?.live === live) return;
+  const now = new Date();
+  const pad = (n) => String(n).padStart(2, "0");
+  const day = `${now.getFullYear()}-${pad(now.getMonth() + 1)}-${pad(now.getDate())}`;
+  startTranscript(`live-${day}-${pad(now.getHours())}${pad(now.getMinutes())}`, "transcribe");
+  state.transcript.live = live;
+  $("transcript-title").closest(".card").dataset.live = "";
+  $("segments").setAttribute("aria-label", "Live transcript: a line for each turn");
+  $("empty").hidden = false;
+  $("empty").querySelector("p").textContent = "Listening. The text appears here as you speak.";
+}
+
+/** The line of turn `id`, made (as partial text) when it is first heard of. */
+function turnLine(id, start) {
+  for (const li of $("segments").children) if (li.dataset.item === id) return li;
+  const li = document.createElement("li");
+  li.className = "turn partial";
+  li.dataset.item = id;
+  const last = state.transcript.segments.at(-1);
+  li.dataset.start = String(start ?? last?.end ?? 0);
+  const time = document.createElement("span");
+  time.className = "time";
+  time.textContent = clock(Number(li.dataset.start));
+  const text = document.createElement("span");
+  text.className = "text";
+  li.append(time, text);
+  $("segments").append(li);
+  $("empty").hidden = true;
+  return li;
+}
+
+function liveEvent(live, event) {
+  showLive(live);
+  const list = $("segments");
+  const following = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  const id = event.item_id;
+  switch (event.type) {
+    case "input_audio_buffer.speech_started":
+      turnLine(id, event.audio_start_ms / 1000);
+      break;
+    case "conversation.item.input_audio_transcription.delta":
+      // Deltas only ever add to the text: what was shown stays.
+      turnLine(id).querySelector(".text").textContent += event.delta;
+      break;
+    case "conversation.item.input_audio_transcription.completed":
+      settleTurn(turnLine(id), event.transcript.trim(), event.usage?.seconds ?? 0);
+      break;
+    case "conversation.item.input_audio_transcription.failed": {
+      turnLine(id).remove();
+      const err = serverError(event.error);
+      showError(err, err.explained);
+      break;
+    }
+  }
+  if (following) list.scrollTop = list.scrollHeight;
+}
+
+/** A turn's final text replaces its partial text; a turn with no words (a cough) goes. */
+function settleTurn(li, text, seconds) {
+  if (!text) return li.remove();
+  li.classList.remove("partial");
+  li.querySelector(".text").textContent = text;
+  const segments = state.transcript.segments;
+  const start = Number(li.dataset.start);
+  segments.push({ id: segments.length, start, end: start + seconds, text });
+  setExport(true);
+}
+
+function endLive(live) {
+  setLive(null);
+  if (state.transcript?.live !== live) return;
+  // What was still partial never got its final text; what holds no text at all goes.
+  for (const li of $("segments").querySelectorAll(".turn.partial")) {
+    if (!li.querySelector(".text").textContent.trim()) li.remove();
+  }
+  const n = state.transcript.segments.length;
+  $("empty").hidden = $("segments").children.length > 0;
+  $("empty").querySelector("p").textContent = "No speech was heard.";
+  setStatus(`Stopped: ${n} line${n === 1 ? "" : "s"}.`);
+}
 
 // --- background jobs ----------------------------------------------------------------------------
 async function submitJob(opts) {
@@ -746,7 +917,7 @@ $("jobs-refresh").addEventListener("click", refreshJobs);
 // --- submit -------------------------------------------------------------------------------------
 $("form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  if (state.running) return;
+  if (state.running || liveMode()) return;
   clearError();
   const url = $("url").value.trim();
   if (!state.file && !url) {
@@ -778,7 +949,7 @@ $("form").addEventListener("submit", async (event) => {
 
 // --- start --------------------------------------------------------------------------------------
 fillLanguages();
-updateOptions();
+showSource();
 await loadModels();
 await refreshJobs();
 const watching = localStorage.getItem(WATCH_STORE);

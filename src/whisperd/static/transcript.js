@@ -30,6 +30,11 @@ export function toText(segments) {
   return oneLine(segments.map((s) => s.text).join(" ")) + "\n";
 }
 
+/** A line per segment: a live transcript, whose segments are the speaker's turns. */
+export function toLines(segments) {
+  return segments.map((s) => oneLine(s.text) + "\n").join("");
+}
+
 /** A cue's text: a segment's on one line, or the lines fitCues made. */
 const cueText = (cue, escape = (t) => t) => (cue.lines ?? [cue.text]).map((t) => oneLine(escape(t))).join("\n");
 
