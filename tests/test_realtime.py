@@ -428,13 +428,16 @@ def test_api_keys_as_the_sdks_and_browsers_send_them(engine: Transcriber, tmp_pa
         async with connect(url, key="sk-live") as connection:
             await connection.session.update(session=session())
             await events_until(connection, "session.updated")
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with connect(url, key="sk-wrong"):
-                pass
-        assert refused.value.response.status_code == 403
+        async with connect(url, key="sk-wrong") as refused:
+            event = (await refused.recv()).model_dump()
+            assert event["error"]["type"] == "authentication_error", event
+        # a browser is told why too: an error event, then close code 1008
         for subprotocols in (None, ["realtime", "openai-insecure-api-key.sk-wrong"]):
-            with pytest.raises(websockets.InvalidStatus):
-                await _raw(url, subprotocols=subprotocols)
+            async with await _raw(url, subprotocols=subprotocols) as ws:
+                assert (await _next(ws))["error"]["code"] == "invalid_api_key"
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         browser = ["realtime", "openai-insecure-api-key.sk-live"]
         async with await _raw(url, subprotocols=browser) as ws:
             assert ws.subprotocol == "realtime"

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whisperd.errors import AuthenticationError, PayloadTooLargeError, WhisperdError
 from whisperd.metrics import Metrics
+from whisperd.realtime.protocol import MAX_REASON, POLICY_VIOLATION, SUBPROTOCOL, error_event
 from whisperd.timings import Timings
 
 logger = logging.getLogger("whisperd.access")
@@ -161,7 +162,15 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close"})  # the handshake is refused: HTTP 403
+            await refuse_websocket(
+                scope,
+                receive,
+                send,
+                AuthenticationError(
+                    "Missing or invalid API key; send it as 'Authorization: Bearer KEY', or "
+                    f"from a browser as the subprotocol '{KEY_SUBPROTOCOL}KEY'."
+                ),
+            )
             return
         await send_error(
             send,
@@ -170,6 +179,22 @@ class ApiKeyMiddleware:
             ),
             {"www-authenticate": "Bearer"},
         )
+
+
+async def refuse_websocket(
+    scope: Scope, receive: Receive, send: Send, error: WhisperdError
+) -> None:
+    """Accept the WebSocket only to say why it is refused, in an ``error`` event (a browser
+    sees no reason in a refused handshake), then close it with 1008."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    accept: dict[str, Any] = {"type": "websocket.accept"}
+    if SUBPROTOCOL in (scope.get("subprotocols") or ()):
+        accept["subprotocol"] = SUBPROTOCOL
+    await send(accept)
+    await send({"type": "websocket.send", "text": json.dumps(error_event(error))})
+    reason = error.message[:MAX_REASON]
+    await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": reason})
 
 
 FORM_OVERHEAD = 1 << 20

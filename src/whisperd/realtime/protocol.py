@@ -20,6 +20,16 @@ from pydantic import ValidationError as PydanticValidationError
 from whisperd.errors import MAX_MESSAGE, WhisperdError, shown
 
 LOGPROBS = "item.input_audio_transcription.logprobs"
+SUBPROTOCOL = "realtime"
+"""The subprotocol browsers offer (with the key as ``openai-insecure-api-key.KEY``)."""
+MAX_REASON = 120
+"""Longest close reason sent (a close frame holds at most 123 bytes of it)."""
+GOING_AWAY = 1001
+"""The close code of a session ended by the server's drain."""
+POLICY_VIOLATION = 1008
+"""The close code of a session refused for good (no key, live transcription off)."""
+TOO_MANY = 1013
+"""The close code of a session refused while the server is full ("try again later")."""
 OPENAI_TRANSCRIPTION_MODELS = frozenset(
     {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-latest"}
 )

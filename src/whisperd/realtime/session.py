@@ -46,7 +46,13 @@ from whisperd.errors import ServiceUnavailableError, WhisperdError
 from whisperd.realtime import protocol
 from whisperd.realtime.agreement import StableText
 from whisperd.realtime.codecs import InputAudio
-from whisperd.realtime.protocol import ProtocolError, SessionConfig, server_event
+from whisperd.realtime.protocol import (
+    GOING_AWAY,
+    MAX_REASON,
+    ProtocolError,
+    SessionConfig,
+    server_event,
+)
 from whisperd.realtime.turns import SpeechProbabilities, TurnDetector
 from whisperd.scheduler import Task
 from whisperd.settings import Settings
@@ -65,8 +71,6 @@ MIN_COMMIT_MS = 100
 """The least audio a manual commit takes (as OpenAI's)."""
 MIN_PARTIAL_SECONDS = 0.5
 """No partial decode of a turn shorter than this."""
-MAX_REASON = 120
-"""Longest close reason sent (a close frame holds at most 123 bytes of it)."""
 
 
 def _ms(samples: int) -> int:
@@ -304,7 +308,7 @@ class LiveSession:
                     )
                 )
                 return 1000, "Idle timeout."
-        return 1001, "The server is shutting down."
+        return GOING_AWAY, "The server is shutting down."
 
     async def _take(self, message: Message) -> None:
         if message["type"] == "websocket.disconnect":

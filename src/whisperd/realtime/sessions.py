@@ -10,7 +10,13 @@ import anyio
 from starlette.websockets import WebSocket
 
 from whisperd.engine import Transcriber
-from whisperd.errors import RateLimitError, ServiceUnavailableError, WhisperdError
+from whisperd.errors import (
+    InvalidRequestError,
+    RateLimitError,
+    ServiceUnavailableError,
+    WhisperdError,
+)
+from whisperd.realtime.protocol import GOING_AWAY, POLICY_VIOLATION, TOO_MANY
 from whisperd.realtime.session import Budget, LiveSession, refuse
 from whisperd.settings import Settings
 
@@ -22,9 +28,6 @@ committed turns waiting for their transcripts."""
 PARTIALS_PER_BATCH = 4
 """Partial decodes in flight, server-wide, are at most a quarter of a batch: under load they
 are what gives way, so that final transcripts and file requests keep their pace."""
-TOO_MANY = 1013
-"""The close code of a session refused while the server is full ("try again later")."""
-GOING_AWAY = 1001
 
 
 class LiveSessions:
@@ -62,13 +65,19 @@ class LiveSessions:
             )
             return error, GOING_AWAY
         limit = self.settings.realtime_max_sessions
-        if self.active >= limit:
-            message = (
-                f"All {limit} live sessions are in use; try again later."
-                if limit
-                else "Live transcription is off on this server (WHISPERD_REALTIME_MAX_SESSIONS=0)."
+        if limit == 0:
+            off = InvalidRequestError(
+                "Live transcription is off on this server (WHISPERD_REALTIME_MAX_SESSIONS=0).",
+                code="realtime_disabled",
             )
-            return RateLimitError(message, retry_after=1, code="too_many_sessions"), TOO_MANY
+            return off, POLICY_VIOLATION
+        if self.active >= limit:
+            full = RateLimitError(
+                f"All {limit} live sessions are in use; try again later.",
+                retry_after=1,
+                code="too_many_sessions",
+            )
+            return full, TOO_MANY
         return None
 
     async def serve(self, websocket: WebSocket, *, configured: bool) -> None:

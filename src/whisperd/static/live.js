@@ -45,6 +45,8 @@ function microphoneError(err) {
 export function serverError(error) {
   if (error.code === "too_many_sessions")
     return new LiveError("The server can't take a live session now.", "Try again later.", error);
+  if (error.code === "realtime_disabled")
+    return new LiveError("Live transcription is off on this server.", "Transcribe a file or a link instead.", error);
   if (error.code === "idle_timeout")
     return new LiveError(
       "The live session stopped: no audio reached the server for a while.",
@@ -145,27 +147,30 @@ export class LiveSession {
     }
   }
 
-  /** The socket, open; when the server refuses it, asks for a key if that is why. */
+  /** The socket, its session created; when the server refuses it for want of a key, asks for one. */
   async open(retry) {
     const key = savedKey();
     const protocols = key ? ["realtime", KEY_PROTOCOL + key] : ["realtime"];
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(`${scheme}//${location.host}/v1/realtime?intent=transcription`, protocols);
-    const opened = await new Promise((resolve) => {
-      socket.onopen = () => resolve(true);
-      socket.onclose = () => resolve(false);
+    // The server's first event is session.created, or the error that says why it refuses.
+    const first = await new Promise((resolve) => {
+      socket.onmessage = (message) => resolve(JSON.parse(message.data));
+      socket.onclose = () => resolve(null);
     });
-    if (opened) return socket;
-    // A browser learns nothing about a refused handshake; the API's answer says whether the
-    // key was why (then api() asks for another, and this tries again with it).
-    if (retry) {
+    if (first?.type === "session.created") return socket;
+    socket.close();
+    if (first === null)
+      throw new LiveError(
+        "Couldn't open the live connection.",
+        "Check that whisperd is still running; a proxy in front of it must let WebSockets through.",
+      );
+    // api() asks for a key on the API's 401; with a new one, this tries again
+    if (first.error?.type === "authentication_error" && retry) {
       await api("/v1/models");
       if (savedKey() !== key) return this.open(false);
     }
-    throw new LiveError(
-      "Couldn't open the live connection.",
-      "Check that whisperd is still running; a proxy in front of it must let WebSockets through.",
-    );
+    throw serverError(first.error);
   }
 
   /** Send the session's settings; resolves with session.updated or error (null if it closed). */

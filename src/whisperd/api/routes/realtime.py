@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
 
+from whisperd.realtime.protocol import SUBPROTOCOL
 from whisperd.realtime.sessions import LiveSessions
 
 router = APIRouter(prefix="/v1", tags=["Live transcription"])
-
-SUBPROTOCOL = "realtime"
-"""The subprotocol browsers offer (with the key as ``openai-insecure-api-key.KEY``)."""
 
 
 @router.websocket("/realtime")
