@@ -39,6 +39,7 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -615,6 +616,8 @@ def main() -> int:
     if args.quick:
         args.runs, args.solo_seconds, args.live_seconds = 1, 40.0, 25.0
         args.sessions, args.file_seconds = [1, 4, 8], 60.0
+    # a SIGTERM stops the server this bench started, as Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     info = b.machine()
     print(f"machine: {b.describe(info)}; load average {b.load_average()}", flush=True)
     print(f"prompts of {MIN_PROMPT:g}-{MAX_PROMPT:g} s: {len(prompts())}", flush=True)
