@@ -397,7 +397,9 @@ def fmt(value: float | None, unit: str = "s") -> str:
 
 
 def wer(turns: Sequence[TurnResult]) -> float:
-    return b.word_error_rate(" ".join(t.transcript for t in turns), " ".join(t.text for t in turns))
+    """The word error rate of the completed turns (missing ones are counted apart)."""
+    done = [t for t in turns if t.to_completed is not None]
+    return b.word_error_rate(" ".join(t.transcript for t in done), " ".join(t.text for t in done))
 
 
 def measure_solo(server: b.Server, args: argparse.Namespace) -> dict[str, Any]:
@@ -478,26 +480,46 @@ def _solo_figures(turns: Sequence[TurnResult]) -> dict[str, Any]:
     }
 
 
+@dataclass(slots=True)
+class FileRequests:
+    """The file requests of one level: the times of those done, how long the last one had
+    run when the sessions ended (None if none was running), the statuses other than 200."""
+
+    seconds: list[float] = field(default_factory=list)
+    unfinished: float | None = None
+    failed: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        done = ", ".join(f"{t:.1f}" for t in self.seconds) or "none done"
+        if self.unfinished is not None:
+            done += f" (+{self.unfinished:.0f} s running)"
+        return done + (f", {len(self.failed)} failed" if self.failed else "")
+
+
 async def concurrent(
     server: b.Server, plans: Sequence[Script], file_data: bytes, args: argparse.Namespace
-) -> tuple[list[SessionResult], list[float], int | None]:
+) -> tuple[list[SessionResult], FileRequests, int | None]:
     """The sessions at once (their starts spread over the first second), file requests back
-    to back while they run; the sessions, the file requests' times, the server's peak RSS."""
-    file_times: list[float] = []
+    to back while they run; the sessions, the file requests, the server's peak RSS."""
+    requests = FileRequests()
+    running_since: list[float] = []
     rss: list[int] = []
     stop = asyncio.Event()
 
     async def files() -> None:
         async with httpx.AsyncClient(timeout=900) as http:
             while not stop.is_set():
-                started = time.perf_counter()
+                running_since[:] = [time.perf_counter()]
                 response = await http.post(
                     f"{server.url}{b.TRANSCRIPTIONS}",
                     files={"file": ("speech.flac", file_data)},
                     data={"response_format": "json"},
                 )
-                response.raise_for_status()
-                file_times.append(time.perf_counter() - started)
+                if response.status_code == 200:
+                    requests.seconds.append(time.perf_counter() - running_since[0])
+                else:
+                    requests.failed.append(f"{response.status_code} {response.text[:100]}")
+                running_since.clear()
 
     async def sample() -> None:
         while not stop.is_set():
@@ -516,10 +538,12 @@ async def concurrent(
     finally:
         stop.set()
         # the file request in flight is not waited for: its time is not a full one
+        if running_since:
+            requests.unfinished = time.perf_counter() - running_since[0]
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-    return list(sessions), file_times, max(rss, default=None)
+    return list(sessions), requests, max(rss, default=None)
 
 
 def measure_concurrent(
@@ -538,7 +562,7 @@ def measure_concurrent(
     for n in args.sessions:
         plans = [script(args.live_seconds, seed=100 + i, gap=args.gap) for i in range(n)]
         meter = CpuMeter(server.pid)
-        sessions, file_times, rss = asyncio.run(concurrent(server, plans, file_data, args))
+        sessions, files, rss = asyncio.run(concurrent(server, plans, file_data, args))
         cores = meter.cores()
         lags = [lag for s in sessions for lag in s.lags()]
         turns = [t for s in sessions for t in s.turns]
@@ -555,7 +579,7 @@ def measure_concurrent(
             "behind": behind,
             "keeping_up": keeping_up,
             "ok": keeping_up == n,
-            "file_seconds": file_times,
+            "file_requests": asdict(files),
             "wer": wer(turns),
             "rss_peak_bytes": rss,
             "cpu_cores": cores,
@@ -572,7 +596,7 @@ def measure_concurrent(
             f"{fmt(level['lag_p90']):>7} | {fmt(level['lag_max']):>7} | "
             f"{fmt(level['send_late_max']):>12} | {keeping_up:>2}/{n:<2} "
             f"{'yes' if level['ok'] else 'NO '}"
-            f"{missing} | {', '.join(f'{t:.1f}' for t in file_times) or '-'} | "
+            f"{missing} | {files.describe()} | "
             f"{level['wer']:.3f} | {(rss or 0) / 2**20:.0f} | "
             f"{cores['server']:.2f}/{cores['client']:.2f}/{cores['others']:.2f}",
             flush=True,
