@@ -164,11 +164,29 @@ def prompt_speech(seconds: float, *, seed: int = 0) -> tuple[bytes, str]:
 
     Needs the Debian packages ``PROMPTS_PACKAGES``.
     """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    parts: list[audio.Audio] = []
+    said: list[str] = []
+    total = 0.0
+    for samples, text in prompt_utterances(seed=seed):
+        gap = np.zeros(int(rng.uniform(0.3, 0.8) * audio.SAMPLE_RATE), np.float32)
+        parts += [samples, gap]
+        said.append(text)
+        total += audio.duration(samples) + audio.duration(gap)
+        if total >= seconds:
+            break
+    return audio.encode_flac(np.concatenate(parts)), " ".join(said)
+
+
+def prompt_utterances(*, seed: int = 0) -> Iterator[tuple[audio.Audio, str]]:
+    """Each recorded prompt (three words to a paragraph) once, in an order shuffled by
+    ``seed``: its 16 kHz samples and its text. Needs the Debian packages ``PROMPTS_PACKAGES``.
+    """
     import gzip
     import random
     import re
-
-    import numpy as np
 
     if not PROMPTS_DIR.is_dir() or not PROMPTS_TEXT.is_file():
         raise BenchError(f"real speech needs: apt-get install {PROMPTS_PACKAGES}")
@@ -183,19 +201,8 @@ def prompt_speech(seconds: float, *, seed: int = 0) -> tuple[bytes, str]:
             texts[name.strip()] = text
     names = sorted(n for n in texts if (PROMPTS_DIR / f"{n}.g722").is_file())
     random.Random(seed).shuffle(names)
-    rng = np.random.default_rng(seed)
-    parts: list[audio.Audio] = []
-    said: list[str] = []
-    total = 0.0
     for name in names:
-        samples = _decode_g722(PROMPTS_DIR / f"{name}.g722")
-        gap = np.zeros(int(rng.uniform(0.3, 0.8) * audio.SAMPLE_RATE), np.float32)
-        parts += [samples, gap]
-        said.append(texts[name])
-        total += audio.duration(samples) + audio.duration(gap)
-        if total >= seconds:
-            break
-    return audio.encode_flac(np.concatenate(parts)), " ".join(said)
+        yield _decode_g722(PROMPTS_DIR / f"{name}.g722"), texts[name]
 
 
 def _decode_g722(path: Path) -> audio.Audio:
