@@ -1,4 +1,4 @@
-"""Live transcription over the Realtime WebSocket, at real-time pace, the issue 14 way.
+"""Live transcription over the Realtime WebSocket, at real-time pace, against its targets.
 
 It starts ``whisperd serve`` with its defaults on 127.0.0.1 and drives
 ``GET /v1/realtime?intent=transcription`` with the official ``openai`` SDK, server VAD on
