@@ -417,6 +417,8 @@ class LiveSession:
             elif change.kind == "paused":
                 turn.speech_end = change.sample
                 turn.paused_at = time.monotonic()
+                if turn.partial is not None:  # the final decode comes next: it goes first
+                    turn.partial.cancel()
             elif change.kind == "resumed":
                 turn.speech_end = None
                 if turn.final is not None:
