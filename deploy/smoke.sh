@@ -183,6 +183,9 @@ if [[ -n "${base_job}" ]]; then
     }
     log "$(tail -n 1 "${work}/base.log")"
 fi
+# A run killed during a build leaves the build's container in the storage: all are ours.
+mapfile -t stale < <(pm ps -a --external -q)
+((${#stale[@]} == 0)) || pm rm --force --storage "${stale[@]}" >/dev/null
 if ! pm image exists "${base_image}"; then
     log "importing the base as ${base_image}"
     pm import --quiet "${base_tar}" "${base_image}" >/dev/null
