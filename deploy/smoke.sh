@@ -145,7 +145,10 @@ install() {
         updated=yes
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
-        >/dev/null
+        >"${work}/apt.log" 2>&1 || {
+        tail -n 20 "${work}/apt.log" >&2
+        fail "apt-get install $* failed (the end of its output is above)"
+    }
     if [[ -n "${policy}" ]]; then
         rm -f "${policy}"
         policy=""
