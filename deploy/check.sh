@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lint and validate everything under deploy/, offline:
 #   - yamllint on every YAML file (deploy/.yamllint.yaml)
-#   - hadolint on both Dockerfiles (deploy/.hadolint.yaml)
+#   - hadolint on the Dockerfiles (deploy/.hadolint.yaml)
 #   - shellcheck on the shell scripts
 #   - the compose files against the Compose Specification, the GitHub workflow against
 #     its schema (check-jsonschema's bundled copies)
@@ -49,7 +49,8 @@ echo "== yamllint"
 yamllint --strict --config-file deploy/.yamllint.yaml deploy/
 
 echo "== hadolint"
-hadolint --config deploy/.hadolint.yaml deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda
+hadolint --config deploy/.hadolint.yaml deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda \
+    deploy/docker/Dockerfile.redis
 
 echo "== shellcheck"
 mapfile -t scripts < <(find deploy -name '*.sh' -type f | sort)

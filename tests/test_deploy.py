@@ -249,6 +249,9 @@ def test_compose_distributed() -> None:
     assert redis["image"].startswith("redis:7")
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in redis["volumes"])
+    # Debian's redis-server (Dockerfile.redis) has protected mode on, which refuses the API
+    # and the workers on the project's network.
+    assert redis["command"][redis["command"].index("--protected-mode") + 1] == "no"
     api, worker = services["api"], services["worker"]
     assert api["command"] == ["serve"]
     assert api["environment"]["WHISPERD_QUEUE_CONSUMERS"] == "false"
@@ -304,6 +307,35 @@ def test_cloud_run_service() -> None:
     probe = container["startupProbe"]
     assert probe["httpGet"]["path"] == "/readyz"
     assert probe["periodSeconds"] * probe["failureThreshold"] <= 240
+
+
+def test_redis_image_runs_as_the_compose_file_runs_redis_7() -> None:
+    text = (DEPLOY / "docker" / "Dockerfile.redis").read_text(encoding="utf-8")
+    # A numeric user, as in redis:7, and the append-only file written to the /data volume.
+    assert re.search(r"^USER 999:999$", text, re.MULTILINE)
+    assert re.search(r"^WORKDIR /data$", text, re.MULTILINE)
+    assert re.search(r'^VOLUME \["/data"\]$', text, re.MULTILINE)
+    compose = _load_yaml(DEPLOY / "docker" / "compose.distributed.yaml")
+    assert compose["services"]["redis"]["command"][0] == "redis-server"
+
+
+# --- the image, built and run by deploy/smoke.sh --------------------------------------
+
+
+def test_ci_builds_and_runs_the_image() -> None:
+    steps = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    commands = [line.strip() for line in steps if line.strip() and not line.startswith("#")]
+    smoke = next(i for i, c in enumerate(commands) if c.endswith("bash deploy/smoke.sh"))
+    assert commands.index("bash deploy/check.sh") < smoke < commands.index("pytest")
+
+
+def test_docs_build_without_a_registry_as_the_smoke_test_does() -> None:
+    smoke = (DEPLOY / "smoke.sh").read_text(encoding="utf-8")
+    docs = DOCS.read_text(encoding="utf-8")
+    for flag in ("--isolation chroot", "--network host", "--format docker"):
+        assert flag in smoke, f"deploy/smoke.sh builds without {flag}"
+        assert flag in docs, f"docs/deploy.md builds without {flag}"
+    assert "bash deploy/docker/base.sh" in smoke and "bash deploy/docker/base.sh" in docs
 
 
 # --- the image's command, run here ----------------------------------------------------
