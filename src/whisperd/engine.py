@@ -290,10 +290,11 @@ class EnginePlan:
 
 
 # On CPU the decoder's cost per window keeps falling up to a batch of 8 (beam 5: 1.41 s at 1,
-# 0.56 s at 4, 0.50 s at 8 on 2 cores), while the encoder's is flat past 2 (0.21-0.26 s) and
-# costs about 64 MB a window (tiny.en; 730 MB peak at 8): windows are encoded two at a time.
+# 0.56 s at 4, 0.50 s at 8 on 2 cores), while the encoder's is flat from 1 (CPU per window
+# 0.50 s at 1, 0.52 s at 2) and a second window in its batch adds about 97 MiB to the peak
+# (tiny.en, attention over 1500 frames): windows are encoded one at a time.
 CPU_BATCH_SIZE = 8
-CPU_ENCODE_BATCH = 2
+CPU_ENCODE_BATCH = 1
 # Requests of at most this much audio go first (a short clip never waits in a long file's batch).
 SHORT_SECONDS = 30.0
 SHORT_PRIORITY = 1
