@@ -387,3 +387,26 @@ def test_close_fails_waiting_calls(fake: FakeWhisper) -> None:
     closer.join(10)
     with pytest.raises(errors.ServiceUnavailableError):
         Call(batcher, Owner(), "encode", window(1)).outcome()
+
+
+def test_the_idle_hook_runs_once_when_the_last_stream_has_left(fake: FakeWhisper) -> None:
+    """The engine gives freed memory back when idle: once after work, not while streams run."""
+    idled = threading.Event()
+    calls: list[int] = []
+
+    def on_idle() -> None:
+        calls.append(batcher.pending)
+        idled.set()
+
+    batcher = Batcher(fake, max_batch=4, linger=0.0, on_idle=on_idle)
+    try:
+        first = plug(batcher, fake)
+        assert not idled.is_set()
+        fake.gate.set()
+        first.outcome()
+        assert idled.wait(10)
+        Call(batcher, Owner(), "encode", window(1)).outcome()
+        poll(lambda: len(calls) == 2, timeout=10)
+        assert calls == [0, 0]
+    finally:
+        batcher.close()

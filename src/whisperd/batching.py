@@ -102,8 +102,12 @@ class Batcher:
         max_encode: int | None = None,
         linger: float = LINGER_SECONDS,
         name: str = "model",
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
+        # called on the worker's thread once each time the last stream has left
+        self.on_idle = on_idle
+        self._ran = False
         self.max_batch = max(1, max_batch)
         # encoder batches are costly in memory (attention over 1500 frames a window) and, on a
         # CPU, no cheaper per window past two: they may be held smaller than the others
@@ -172,6 +176,16 @@ class Batcher:
         while True:
             with self._cv:
                 while not self._pending and not self._closed:
+                    if self._ran and not self._streams and self.on_idle is not None:
+                        self._ran = False
+                        self._cv.release()
+                        try:
+                            self.on_idle()
+                        except Exception:
+                            logger.exception("The idle hook of the batcher failed")
+                        finally:
+                            self._cv.acquire()
+                        continue
                     self._cv.wait()
                 if self._closed:
                     return
@@ -183,6 +197,7 @@ class Batcher:
                 ):
                     self._cv.wait(left)
                 batch = self._take()
+                self._ran = self._ran or bool(batch)
             if batch:
                 self._run(batch)
 
