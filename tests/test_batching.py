@@ -410,3 +410,32 @@ def test_the_idle_hook_runs_once_when_the_last_stream_has_left(fake: FakeWhisper
         assert calls == [0, 0]
     finally:
         batcher.close()
+
+
+def test_while_live_sessions_are_open_other_work_is_batched_small(fake: FakeWhisper) -> None:
+    live = threading.Event()
+    batcher = Batcher(fake, max_batch=8, linger=0.0, live=live.is_set, live_priority=2)
+    try:
+        for open_sessions, sizes in ((False, [8]), (True, [2, 2, 2, 2])):
+            live.set() if open_sessions else live.clear()
+            fake.batches.clear()
+            first = plug(batcher, fake)
+            calls = [Call(batcher, Owner(), "encode", window(v)) for v in range(1, 9)]
+            queued(batcher, calls, 8)
+            fake.gate.set()
+            first.outcome()
+            for call in calls:
+                call.outcome()
+            assert [size for _, size, _ in fake.batches[1:]] == sizes
+        # a live decode's own batch is not held small
+        fake.batches.clear()
+        first = plug(batcher, fake)
+        turns = [Call(batcher, Owner(priority=2), "encode", window(v)) for v in range(1, 9)]
+        queued(batcher, turns, 8)
+        fake.gate.set()
+        first.outcome()
+        for call in turns:
+            call.outcome()
+        assert [size for _, size, _ in fake.batches[1:]] == [8]
+    finally:
+        batcher.close()

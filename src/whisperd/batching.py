@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 LINGER_SECONDS = 0.05
 # After this many batches without a turn, an owner leads the next batch whatever its priority.
 STARVING_BATCHES = 8
+# While live sessions are open, a batch led by other work holds at most this share of a full
+# batch: a call already running can't be interrupted, so live decodes wait behind small ones.
+LIVE_SHARE = 4
 
 Stopped = Callable[[], WhisperdError | None]
 
@@ -103,8 +106,13 @@ class Batcher:
         linger: float = LINGER_SECONDS,
         name: str = "model",
         on_idle: Callable[[], None] | None = None,
+        live: Callable[[], bool] = lambda: False,
+        live_priority: int = 0,
     ) -> None:
         self.model = model
+        # whether live sessions are open, and the priority of their decodes
+        self.live = live
+        self.live_priority = live_priority
         # called on the worker's thread once each time the last stream has left
         self.on_idle = on_idle
         self._ran = False
@@ -231,6 +239,8 @@ class Batcher:
         lead = queues[owners[0]][0]
         group = (lead.kind, lead.key)
         limit = self.max_encode if lead.kind == "encode" else self.max_batch
+        if owners[0].priority < self.live_priority and self.live():
+            limit = min(limit, max(1, self.max_batch // LIVE_SHARE))
         batch: list[_Call] = []
         while len(batch) < limit:
             took = False

@@ -323,6 +323,8 @@ CPU_ENCODE_BATCH = 1
 # Requests of at most this much audio go first (a short clip never waits in a long file's batch).
 SHORT_SECONDS = 30.0
 SHORT_PRIORITY = 1
+# Live turns' decodes go before everything else (their final decodes first of all).
+LIVE_PRIORITY = SHORT_PRIORITY + 1
 # GPU memory one 30 s window of a large model needs in a batch (encoder and beam states).
 _GPU_BYTES_PER_WINDOW = 256 << 20
 _GPU_MAX_BATCH = 32
@@ -375,6 +377,7 @@ class Transcriber:
         self._expiry: threading.Thread | None = None
         self._tasks: set[Task[Any]] = set()
         self._tasks_lock = threading.Lock()
+        self._live = 0
         self._started = False
         self._languages = _languages()
 
@@ -422,6 +425,18 @@ class Transcriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def live_session(self) -> Iterator[None]:
+        """While open (a live session runs), batches of other work are kept small on every
+        model, so that the session's decodes never wait long behind one."""
+        with self._lock:
+            self._live += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._live -= 1
 
     # --- models -----------------------------------------------------------------------
     @property
@@ -502,6 +517,8 @@ class Transcriber:
             max_encode=self.plan.encode_batch,
             name=resolved.name,
             on_idle=release_freed_memory,
+            live=lambda: self._live > 0,
+            live_priority=LIVE_PRIORITY,
         )
         sot = whisper.hf_tokenizer.token_to_id("<|startoftranscript|>")
         whisper.model = BatchedWhisper(whisper.model, batcher, sot)

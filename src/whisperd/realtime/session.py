@@ -33,7 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from whisperd.audio import SAMPLE_RATE, Audio
 from whisperd.engine import (
-    SHORT_PRIORITY,
+    LIVE_PRIORITY,
     Segment,
     TranscribeOptions,
     Transcriber,
@@ -59,9 +59,9 @@ from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_PRIORITY = SHORT_PRIORITY + 1
+PARTIAL_PRIORITY = LIVE_PRIORITY
 """Partial decodes go before file requests in every batch..."""
-FINAL_PRIORITY = SHORT_PRIORITY + 2
+FINAL_PRIORITY = LIVE_PRIORITY + 1
 """...and final decodes before partial ones."""
 MAX_PENDING_TURNS = 2
 """Committed turns waiting for their transcript; past it the session stops reading."""

@@ -101,7 +101,8 @@ class LiveSessions:
         self._observe("session", 1)
         logger.info("Live session %s opened (%d open)", session.id, self.active)
         try:
-            await session.run()
+            with self.engine.live_session():
+                await session.run()
         finally:
             self.active -= 1
             logger.info("Live session %s closed (%d open)", session.id, self.active)
