@@ -377,6 +377,7 @@ def test_every_serve_and_worker_flag_reaches_the_settings(tmp_path: Path) -> Non
             (["--api-keys-file", str(keys_file)], "api_keys_file", keys_file),
             (["--admin-api-key", "boss"], "admin_api_keys", ("boss",)),
             (["--fetch-concurrency", "4"], "fetch_concurrency", 4),
+            (["--realtime-max-sessions", "3"], "realtime_max_sessions", 3),
             (["--max-header-bytes", "8192"], "max_header_bytes", 8192),
             (
                 ["--fetch-allow-host", "10.0.0.0/8", "--fetch-allow-host", "redis"],

@@ -59,6 +59,18 @@ def open_page(page: Any, url: str) -> list[str]:
     return errors
 
 
+def open_page_with_key(page: Any, url: str) -> list[str]:
+    """Load the page on a server with keys, and give it KEY when it asks; returns its script
+    errors, if any."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    page.locator("#key-dialog").wait_for(timeout=10_000)
+    page.fill("#key", KEY)
+    page.keyboard.press("Enter")
+    return errors
+
+
 def transcribe(page: Any, path: Path | None) -> None:
     """Transcribe ``path`` (or the file already chosen) live, and wait until it is done."""
     if path is not None:
@@ -208,12 +220,7 @@ def test_with_several_keys_the_page_lists_only_its_own_jobs(
             assert response.status_code == 202, response.text
             ids[name] = response.json()["id"]
         with offline_page() as (page, blocked):
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(url)
-            page.locator("#key-dialog").wait_for(timeout=10_000)
-            page.fill("#key", KEY)
-            page.keyboard.press("Enter")
+            errors = open_page_with_key(page, url)
             page.wait_for_selector(f'.job[data-job="{ids["mine.flac"]}"]', timeout=10_000)
             assert page.locator(".job").count() == 1
             assert "theirs.flac" not in page.inner_text("#jobs")
@@ -386,12 +393,7 @@ def test_live_from_the_microphone_with_an_api_key(tmp_path: Path, engine: Transc
     app = create_app(settings, engine=engine)
     with running_app(app) as url, offline_page(fake_microphone(tmp_path)) as (page, blocked):
         page.add_init_script(WATCH_LIVE)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(url)
-        page.locator("#key-dialog").wait_for(timeout=10_000)
-        page.fill("#key", KEY)
-        page.keyboard.press("Enter")
+        errors = open_page_with_key(page, url)
         page.wait_for_selector("#server.ok", timeout=20_000)
 
         # From the keyboard: the source switch, then Start.
