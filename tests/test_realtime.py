@@ -410,14 +410,18 @@ def test_limits_sessions_idle_and_turn_length(
                 for e in of(log, "conversation.item.input_audio_transcription.completed")
             ]
             assert all(3.5 <= s <= 4.0 for s in seconds), seconds
-        # an idle session is told why, then closed
+        # an idle session is told why, then closed (once the first has gone)
+        await asyncio.to_thread(
+            poll, lambda: app.state.live.active == 0, timeout=60, what="the session to end"
+        )
         async with await _raw(url) as idle:
             assert (await _next(idle))["type"] == "session.created"
             assert (await _next(idle))["error"]["code"] == "idle_timeout"
             with pytest.raises(websockets.ConnectionClosed):
                 await idle.recv()
 
-    with running_app(create_app(settings, engine=engine)) as url:
+    app = create_app(settings, engine=engine)
+    with running_app(app) as url:
         asyncio.run(main(url))
 
 
