@@ -82,17 +82,15 @@ def _samples(ms: float) -> int:
 
 
 class Budget:
-    """The server's partial decodes: at most ``limit`` at once, and none while a final decode
-    runs anywhere, taken without waiting or not at all (used in the event loop only)."""
+    """At most ``limit`` of something at once, taken without waiting or not at all (used in
+    the event loop only)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self.finals = 0
-        """Final decodes running, in every session."""
 
     def take(self) -> bool:
-        if self.used >= self.limit or self.finals:
+        if self.used >= self.limit:
             return False
         self.used += 1
         return True
@@ -576,17 +574,7 @@ class LiveSession:
             deadline=deadline,
             priority=priority,
         )
-        decode = Decode(self._group, submit, self._limiter)
-        if final:
-            self._partials.finals += 1
-            self._group.start_soon(self._final_done, decode)
-        return decode
-
-    async def _final_done(self, decode: Decode) -> None:
-        try:
-            await decode.done.wait()
-        finally:
-            self._partials.finals -= 1
+        return Decode(self._group, submit, self._limiter)
 
     def _final_options(self, config: SessionConfig) -> TranscribeOptions:
         transcription = config.input.transcription
