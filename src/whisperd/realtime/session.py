@@ -53,7 +53,7 @@ from whisperd.realtime.protocol import (
     SessionConfig,
     server_event,
 )
-from whisperd.realtime.turns import SpeechProbabilities, TurnDetector
+from whisperd.realtime.turns import CHUNK, SpeechProbabilities, TurnDetector
 from whisperd.scheduler import Task
 from whisperd.settings import Settings
 
@@ -435,7 +435,8 @@ class LiveSession:
                 end = (turn.speech_end or change.sample) + _samples(self._tail_ms())
                 await self._commit(end, turn.paused_at or time.monotonic())
         if self.turn is None:
-            keep = _samples(detection.prefix_padding_ms) + CHUNK_SLACK
+            # the prefix padding, and a chunk more: the VAD judges whole chunks
+            keep = _samples(detection.prefix_padding_ms) + CHUNK
             self.buffer.drop_before(self.buffer.end - keep)
 
     def _tail_ms(self) -> int:
@@ -652,10 +653,6 @@ class LiveSession:
 
     async def send_error(self, error: WhisperdError, event_id: str | None = None) -> None:
         await self.send(protocol.error_event(error, event_id))
-
-
-CHUNK_SLACK = 512
-"""Samples kept beyond the prefix padding outside a turn: the VAD judges whole chunks."""
 
 
 def _logprobs(result: Transcription) -> list[dict[str, Any]]:
