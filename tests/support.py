@@ -178,20 +178,28 @@ def server_process(
         process.wait(30)
 
 
-class _AudioHandler(http.server.BaseHTTPRequestHandler):
-    routes: ClassVar[dict[str, tuple[int, dict[str, str], bytes]]] = {}
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A test server's request handler that logs nothing and answers with :meth:`reply`."""
 
-    def do_GET(self) -> None:
-        status, headers, body = self.routes.get(self.path, (404, {}, b"not found"))
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        """Answer with ``status``, ``headers`` and ``body`` (its Content-Length added)."""
         self.send_response(status)
-        for name, value in headers.items():
+        for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+
+class _AudioHandler(QuietHandler):
+    routes: ClassVar[dict[str, tuple[int, dict[str, str], bytes]]] = {}
+
+    def do_GET(self) -> None:
+        status, headers, body = self.routes.get(self.path, (404, {}, b"not found"))
+        self.reply(status, body, headers)
 
 
 @contextlib.contextmanager
@@ -229,19 +237,8 @@ class _Misbehaving(http.server.ThreadingHTTPServer):
     stop: threading.Event
 
 
-class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
+class _MisbehavingHandler(QuietHandler):
     server: _Misbehaving
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         server = self.server
@@ -257,17 +254,17 @@ class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, path: str) -> None:
         if path == "/ok":
-            self._send(200, JFK.read_bytes(), {"Content-Type": "audio/flac"})
+            self.reply(200, JFK.read_bytes(), {"Content-Type": "audio/flac"})
         elif path == "/fail":
-            self._send(503, b"down")
+            self.reply(503, b"down")
         elif path == "/close":
             self.connection.close()  # no answer at all
         elif path == "/redirect":
-            self._send(302, headers={"Location": "/close"})
+            self.reply(302, headers={"Location": "/close"})
         elif path == "/loop":
-            self._send(302, headers={"Location": "/loop"})
+            self.reply(302, headers={"Location": "/loop"})
         elif path == "/garbage":
-            self._send(200, bytes(range(256)) * 200)
+            self.reply(200, bytes(range(256)) * 200)
         else:
             self.send_response(200)
             self.end_headers()

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from socketserver import TCPServer
 from typing import Any
@@ -37,6 +37,8 @@ from whisperd.errors import (
 )
 from whisperd.fetch import check_url, fetch_to_file, guarded_client
 from whisperd.settings import Settings
+
+from support import QuietHandler
 
 AUDIO = Path(__file__).parents[2] / "shared" / "audio" / "jfk.flac"
 
@@ -114,19 +116,8 @@ class _Server(ThreadingHTTPServer):
         self.errors.append(sys.exc_info()[1] or RuntimeError("unknown"))
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         # The client may stop reading, as the size and time limits make it do.
@@ -144,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif self.path == "/slowhead":
                 self._slow_head()
             else:
-                self._reply(200, b"got:" + body)
+                self.reply(200, b"got:" + body)
 
     def _slow_head(self) -> None:
         # the status line, then a header a byte at a time: no single read ever times out
@@ -160,19 +151,19 @@ class _Handler(BaseHTTPRequestHandler):
         query = {key: values[0] for key, values in parse_qs(url.query).items()}
         stop = self.server.stop
         if url.path == "/jfk.flac":
-            self._reply(200, AUDIO.read_bytes(), {"Content-Type": "audio/flac"})
+            self.reply(200, AUDIO.read_bytes(), {"Content-Type": "audio/flac"})
         elif url.path == "/empty":
-            self._reply(200, b"")
+            self.reply(200, b"")
         elif url.path == "/redirect":
-            self._reply(302, b"", {"Location": query["to"]})
+            self.reply(302, b"", {"Location": query["to"]})
         elif url.path == "/slowhead":
             self._slow_head()
         elif url.path == "/badredirect":
-            self._reply(302, b"", {"Location": "http://xn--a/"})
+            self.reply(302, b"", {"Location": "http://xn--a/"})
         elif url.path == "/loop":
-            self._reply(302, b"", {"Location": "/loop"})
+            self.reply(302, b"", {"Location": "/loop"})
         elif url.path.startswith("/status/"):
-            self._reply(int(url.path.rsplit("/", 1)[1]), b"upstream says no")
+            self.reply(int(url.path.rsplit("/", 1)[1]), b"upstream says no")
         elif url.path == "/big":
             size = int(query["size"])
             self.send_response(200)
@@ -203,7 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(b"x")
         else:
-            self._reply(404, b"no such path")
+            self.reply(404, b"no such path")
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ from whisperd import audio
 from whisperd.jobs.embedded import redis_server_binary
 from whisperd.settings import Settings
 
-from support import AUDIO, HOTWORDS, JFK, poll
+from support import AUDIO, HOTWORDS, JFK, QuietHandler, poll
+
+TEXT = {"Content-Type": "text/plain"}
 
 JFK_WORDS = "ask not what your country can do for you"
 SECRET = "test-callback-secret"
@@ -115,11 +117,8 @@ class LocalServer:
         self._gated_once = False
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -129,12 +128,12 @@ class LocalServer:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with owner._lock:
                     owner.callbacks.append(Callback(name, headers, body, status))
-                self._send(status, b"ok")
+                self.reply(status, b"ok", TEXT)
 
             def do_GET(self) -> None:
                 parts = self.path.strip("/").split("/")
                 if parts[:1] != ["audio"] or len(parts) < 2:
-                    self._send(404, b"no such path")
+                    self.reply(404, b"no such path", TEXT)
                     return
                 if parts[1] == "gated":
                     if owner._enter_gate():
@@ -147,22 +146,15 @@ class LocalServer:
                         owner._hits[key] += 1
                         hit = owner._hits[key]
                     if hit <= failures:
-                        self._send(503, b"try later")
+                        self.reply(503, b"try later", TEXT)
                         return
                     parts = ["audio", *parts[3:]]
                 data = owner._file(parts[-1])
                 if data is None:
-                    self._send(404, b"not found")
+                    self.reply(404, b"not found", TEXT)
                     return
                 with contextlib.suppress(OSError):
-                    self._send(200, data, "audio/flac")
-
-            def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    self.reply(200, data, {"Content-Type": "audio/flac"})
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
