@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from whisperd.errors import MAX_MESSAGE, WhisperdError, shown
+from whisperd.errors import WhisperdError, shown
 
 LOGPROBS = "item.input_audio_transcription.logprobs"
 SUBPROTOCOL = "realtime"
@@ -40,6 +40,9 @@ CLIENT_EVENTS = (
     "input_audio_buffer.commit",
     "input_audio_buffer.clear",
 )
+THRESHOLD = 0.5
+PREFIX_PADDING_MS = 300
+"""Server VAD's defaults, which semantic VAD uses too."""
 EAGERNESS_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 500}
 """Semantic VAD's eagerness as the silence that ends a turn (server VAD decides here)."""
 
@@ -68,8 +71,8 @@ class Transcription(_Model):
 
 class ServerVad(_Model):
     type: Literal["server_vad"] = "server_vad"
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    prefix_padding_ms: int = Field(default=300, ge=0, le=5000)
+    threshold: float = Field(default=THRESHOLD, ge=0.0, le=1.0)
+    prefix_padding_ms: int = Field(default=PREFIX_PADDING_MS, ge=0, le=5000)
     silence_duration_ms: int = Field(default=500, ge=100, le=10000)
     # taken for compatibility; a transcription session creates no responses
     create_response: bool | None = None
@@ -89,11 +92,11 @@ class SemanticVad(_Model):
 
     @property
     def threshold(self) -> float:
-        return ServerVad.model_fields["threshold"].default  # type: ignore[no-any-return]
+        return THRESHOLD
 
     @property
     def prefix_padding_ms(self) -> int:
-        return ServerVad.model_fields["prefix_padding_ms"].default  # type: ignore[no-any-return]
+        return PREFIX_PADDING_MS
 
     @property
     def silence_ms(self) -> int:
@@ -241,9 +244,7 @@ def server_event(kind: str, **fields: Any) -> dict[str, Any]:
 
 def error_event(error: WhisperdError, client_event_id: str | None = None) -> dict[str, Any]:
     """``error``, in OpenAI's shape, answering the client event ``client_event_id``."""
-    details = error.to_dict()["error"]
-    details["message"] = details["message"][:MAX_MESSAGE]
-    return server_event("error", error={**details, "event_id": client_event_id})
+    return server_event("error", error={**error.to_dict()["error"], "event_id": client_event_id})
 
 
 def user_item(item_id: str) -> dict[str, Any]:
