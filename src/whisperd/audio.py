@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, cast
 
 import av
 import numpy as np
@@ -72,8 +73,75 @@ def probe_duration(source: AudioSource) -> float | None:
     return None
 
 
-def iter_chunks(source: AudioSource, *, max_seconds: float | None = None) -> Iterator[Audio]:
-    """Decode ``source`` piece by piece: 16 kHz mono float32 arrays of a few thousand samples.
+def channel_count(source: IO[bytes]) -> int:
+    """How many channels the first audio stream of ``source`` has (read from its start; the
+    position is put back to the start)."""
+    try:
+        with _open(source) as container:
+            if not container.streams.audio:
+                raise NoAudioStreamError("The file has no audio stream.", param="file")
+            return int(container.streams.audio[0].codec_context.channels)
+    finally:
+        source.seek(0)
+
+
+class _View(io.RawIOBase):
+    """A read-only view of an open file with a position of its own (``os.pread``): several
+    decoders can read one spooled upload at once."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = os.pread(self._fd, len(buffer), self._position)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            offset += os.fstat(self._fd).st_size
+        elif whence == io.SEEK_CUR:
+            offset += self._position
+        self._position = max(0, offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+
+def views(source: IO[bytes], count: int) -> list[IO[bytes]]:
+    """``count`` readers of ``source``, each with its own position (the file is not copied
+    when it has a descriptor; an in-memory one is)."""
+    try:
+        fd = source.fileno()  # a spooled file moves to disk here
+    except (OSError, ValueError, io.UnsupportedOperation):
+        source.seek(0)
+        data = source.read()
+        return [io.BytesIO(data) for _ in range(count)]
+    source.flush()
+    return [cast(IO[bytes], io.BufferedReader(_View(fd))) for _ in range(count)]
+
+
+def _samples(frame: av.AudioFrame, channel: int | None) -> Audio:
+    array = frame.to_ndarray()
+    row = array.reshape(-1) if channel is None else array[channel]
+    return np.ascontiguousarray(row, dtype=np.float32)
+
+
+def iter_chunks(
+    source: AudioSource, *, max_seconds: float | None = None, channel: int | None = None
+) -> Iterator[Audio]:
+    """Decode ``source`` piece by piece: 16 kHz mono float32 arrays of a few thousand samples,
+    the channels mixed down, or only ``channel`` (counted from 0).
 
     Raises a typed :class:`~whisperd.errors.AudioError` for empty input, input with no
     audio stream, undecodable or truncated data, and audio longer than ``max_seconds``.
@@ -84,12 +152,16 @@ def iter_chunks(source: AudioSource, *, max_seconds: float | None = None) -> Ite
         if not container.streams.audio:
             raise NoAudioStreamError("The file has no audio stream.", param="file")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        if channel is None:
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        else:
+            layout = stream.codec_context.layout
+            resampler = av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
         try:
             for frame in container.decode(stream):
                 # A frame with no timestamp (raw streams) is fine; resampling handles rates.
                 for out in resampler.resample(frame):
-                    chunk: Audio = np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1)
+                    chunk = _samples(out, channel)
                     decoded += chunk.size
                     if max_samples is not None and decoded > max_samples:
                         raise AudioTooLongError(
@@ -99,7 +171,7 @@ def iter_chunks(source: AudioSource, *, max_seconds: float | None = None) -> Ite
                         )
                     yield chunk
             for out in resampler.resample(None):
-                chunk = np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1)
+                chunk = _samples(out, channel)
                 decoded += chunk.size
                 yield chunk
         except (av.FFmpegError, ValueError) as exc:

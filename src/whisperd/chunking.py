@@ -216,14 +216,16 @@ def split(
     target_seconds: float,
     max_seconds: float | None = None,
     search_seconds: float = SEARCH_SECONDS,
+    channel: int | None = None,
 ) -> Iterator[Chunk]:
-    """Decode ``source`` and yield chunks of about ``target_seconds``, cut at pauses.
+    """Decode ``source`` (mixed down, or only ``channel``) and yield chunks of about
+    ``target_seconds``, cut at pauses.
 
     About ``2 x target_seconds + search_seconds`` of audio is held at most (the buffer and
     the chunk just yielded).
     """
     return split_pieces(
-        iter_chunks(source, max_seconds=max_seconds),
+        iter_chunks(source, max_seconds=max_seconds, channel=channel),
         target_seconds=target_seconds,
         search_seconds=search_seconds,
     )

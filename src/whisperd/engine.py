@@ -39,6 +39,7 @@ from whisperd.errors import (
 )
 from whisperd.scheduler import Speedometer, Task
 from whisperd.settings import Settings
+from whisperd.speakers.voices import Voice, voices
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,12 @@ class Segment:
     words: tuple[Word, ...] | None = None
     language: str | None = None
     """The language it was transcribed in, in multilingual mode (else None)."""
+    speaker: str | None = None
+    """Who said it, once speakers are told apart (else None)."""
+    channel: int | None = None
+    """The channel it was heard on, when each channel is transcribed on its own."""
+    voice: Voice | None = field(default=None, compare=False, repr=False)
+    """Embeddings of the voice over the segment's speech, when speakers are to be told apart."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,8 @@ class TranscribeOptions:
     word_timestamps: bool = False
     vad_filter: bool = False
     multilingual: bool = False
+    voices: bool = False
+    """Embed the voice of each segment (word timestamps on), to tell speakers apart."""
 
     @property
     def per_stretch(self) -> bool:
@@ -153,6 +162,7 @@ class TranscribeOptions:
         beam_size: int | None = None,
         word_timestamps: bool = False,
         multilingual: bool = False,
+        voices: bool = False,
     ) -> TranscribeOptions:
         """The options a request asks for in OpenAI's terms, with the server's defaults where
         it left one unset."""
@@ -163,9 +173,10 @@ class TranscribeOptions:
             temperature=temperatures_from(temperature),
             initial_prompt=prompt or None,
             hotwords=hotwords or None,
-            word_timestamps=word_timestamps,
+            word_timestamps=word_timestamps or voices,
             vad_filter=settings.vad_filter if vad_filter is None else vad_filter,
             multilingual=multilingual,
+            voices=voices,
         )
 
 
@@ -691,13 +702,15 @@ class Transcriber:
                 )
         return Prepared(loaded, options, estimate)
 
-    def chunks(self, source: AudioSource) -> Iterator[Chunk]:
-        """``source`` decoded as a stream, in chunks of about ``chunk_seconds`` cut at pauses
-        (nothing is decoded until the first is asked for)."""
+    def chunks(self, source: AudioSource, *, channel: int | None = None) -> Iterator[Chunk]:
+        """``source`` (mixed down, or only ``channel``) decoded as a stream, in chunks of
+        about ``chunk_seconds`` cut at pauses (nothing is decoded until the first is asked
+        for)."""
         return chunking.split(
             source,
             target_seconds=self.settings.chunk_seconds,
             max_seconds=self.settings.max_audio_seconds,
+            channel=channel,
         )
 
     def begin(
@@ -1107,8 +1120,17 @@ class _Run:
                     vad_filter=False,  # silence is left out when the pieces are cut
                 )
                 self.events.put((piece, "info", info))
-                for segment in segments:
-                    self.events.put((piece, "segment", segment))
+                if not options.voices:
+                    for segment in segments:
+                        self.events.put((piece, "segment", (segment, None)))
+                    segments = ()
+                else:
+                    segments = list(segments)
+            # the voices are embedded beside the batcher, not inside one of its windows
+            if segments:
+                found = voices(segments, piece.samples, piece.offset)
+                for segment, voice in zip(segments, found, strict=True):
+                    self.events.put((piece, "segment", (segment, voice)))
         except BaseException as exc:
             self.events.put((piece, "error", exc))
         else:
@@ -1130,9 +1152,9 @@ class _Run:
             self.task.put(self._info)
         while self._next_piece in self._buffers:
             buffered = self._buffers[self._next_piece]
-            for raw, piece in buffered:
+            for (raw, voice), piece in buffered:
                 language = self._piece_languages[piece.index] if self.options.per_stretch else None
-                segment = _segment(raw, self._next_id, piece, language)
+                segment = _segment(raw, self._next_id, piece, language, voice)
                 if language is not None:
                     self._labelled.append(segment)
                 self.task.put(segment)
@@ -1156,7 +1178,9 @@ def spoken_longest(segments: Iterable[Segment]) -> str | None:
     return max(seconds, key=seconds.__getitem__) if seconds else None
 
 
-def _segment(s: Any, index: int, piece: Chunk, language: str | None) -> Segment:
+def _segment(
+    s: Any, index: int, piece: Chunk, language: str | None, voice: Voice | None = None
+) -> Segment:
     """faster-whisper's segment as ours, with times shifted to the whole file and kept inside
     the piece (the library can place a last segment past the end of the audio:
     https://github.com/SYSTRAN/faster-whisper/issues/1334).
@@ -1184,4 +1208,5 @@ def _segment(s: Any, index: int, piece: Chunk, language: str | None) -> Segment:
         no_speech_prob=float(s.no_speech_prob),
         words=words,
         language=language,
+        voice=voice,
     )

@@ -10,10 +10,11 @@ from typing import Any
 from whisperd.engine import Segment, Transcription, Word
 from whisperd.subtitles import DEFAULT_CUES, Cue, Cuer, SubtitleOptions
 
-FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "tsv")
+FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "tsv", "diarized_json")
 MEDIA_TYPES = {
     "json": "application/json",
     "verbose_json": "application/json",
+    "diarized_json": "application/json",
     "text": "text/plain; charset=utf-8",
     "srt": "application/x-subrip; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
@@ -22,6 +23,7 @@ MEDIA_TYPES = {
 EXTENSIONS = {
     "json": "json",
     "verbose_json": "json",
+    "diarized_json": "json",
     "text": "txt",
     "srt": "srt",
     "vtt": "vtt",
@@ -154,7 +156,35 @@ def segment_dict(segment: Segment) -> dict[str, Any]:
     }
     if segment.language is not None:
         body["language"] = LANGUAGE_NAMES.get(segment.language, segment.language)
+    if segment.speaker is not None:
+        body["speaker"] = segment.speaker
+    if segment.channel is not None:
+        body["channel"] = segment.channel
     return body
+
+
+def diarized_segment(segment: Segment) -> dict[str, Any]:
+    """One segment as OpenAI's ``transcript.text.segment`` (a diarized_json segment, and the
+    event streamed for it)."""
+    return {
+        "type": "transcript.text.segment",
+        "id": f"seg_{segment.id}",
+        "start": round(segment.start, 3),
+        "end": round(segment.end, 3),
+        "text": segment.text.strip(),
+        "speaker": segment.speaker or "A",
+    }
+
+
+def to_diarized_json(transcription: Transcription) -> dict[str, Any]:
+    """OpenAI's diarized_json: the text, and its segments with their speakers."""
+    return {
+        "task": transcription.task,
+        "duration": round(transcription.duration, 3),
+        "text": transcription.text,
+        "segments": [diarized_segment(s) for s in transcription.segments],
+        "usage": usage(transcription),
+    }
 
 
 def word_dicts(words: Iterable[Word]) -> list[dict[str, Any]]:
@@ -225,40 +255,46 @@ def _cue_text(cue: Cue, escape: Callable[[str], str] = str) -> str:
     return "\n".join(lines)
 
 
-def srt_block(index: int, cue: Cue) -> str:
-    """One SRT cue (1-based ``index``)."""
+def srt_block(index: int, cue: Cue, speaker: str | None = None) -> str:
+    """One SRT cue (1-based ``index``), its text after ``speaker: `` when one is given."""
     span = f"{timestamp(cue.start)} --> {timestamp(cue.end)}"
-    return f"{index}\n{span}\n{_cue_text(cue)}\n\n"
+    said = f"{speaker}: " if speaker is not None else ""
+    return f"{index}\n{span}\n{said}{_cue_text(cue)}\n\n"
 
 
 def to_srt(transcription: Transcription, subtitles: SubtitleOptions = DEFAULT_CUES) -> str:
     cuer = Cuer(subtitles)
-    cues = (cue for s in transcription.segments for cue in cuer.cues(s))
-    return "".join(srt_block(i, cue) for i, cue in enumerate(cues, start=1))
+    cues = ((cue, s.speaker) for s in transcription.segments for cue in cuer.cues(s))
+    return "".join(srt_block(i, *cue) for i, cue in enumerate(cues, start=1))
 
 
 def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def vtt_block(cue: Cue) -> str:
+def vtt_block(cue: Cue, speaker: str | None = None) -> str:
+    """One VTT cue, in a voice span (``<v A>``) when a ``speaker`` is given."""
     span = f"{timestamp(cue.start, '.')} --> {timestamp(cue.end, '.')}"
-    return f"{span}\n{_cue_text(cue, _vtt_escape)}\n\n"
+    voice = f"<v {_vtt_escape(speaker)}>" if speaker is not None else ""
+    return f"{span}\n{voice}{_cue_text(cue, _vtt_escape)}\n\n"
 
 
 def to_vtt(transcription: Transcription, subtitles: SubtitleOptions = DEFAULT_CUES) -> str:
     cuer = Cuer(subtitles)
-    cues = "".join(vtt_block(cue) for s in transcription.segments for cue in cuer.cues(s))
+    segments = transcription.segments
+    cues = "".join(vtt_block(cue, s.speaker) for s in segments for cue in cuer.cues(s))
     return "WEBVTT\n\n" + cues
 
 
 def to_tsv(transcription: Transcription) -> str:
-    """openai-whisper's TSV: start and end in integer milliseconds, then the text."""
-    rows = ["start\tend\ttext"]
-    rows.extend(
-        f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{_one_line(s.text)}"
-        for s in transcription.segments
-    )
+    """openai-whisper's TSV: start and end in integer milliseconds, then the text (after a
+    speaker column, when segments have speakers)."""
+    speakers = any(s.speaker is not None for s in transcription.segments)
+    rows = ["start\tend\tspeaker\ttext" if speakers else "start\tend\ttext"]
+    for s in transcription.segments:
+        said = [s.speaker or ""] if speakers else []
+        cells = [str(round(s.start * 1000)), str(round(s.end * 1000)), *said, _one_line(s.text)]
+        rows.append("\t".join(cells))
     return "\n".join(rows) + "\n"
 
 
@@ -267,6 +303,7 @@ _RENDER: dict[str, Callable[[Transcription], str]] = {
     "tsv": to_tsv,
     "json": lambda t: json.dumps(to_json(t), ensure_ascii=False),
     "verbose_json": lambda t: json.dumps(to_verbose_json(t), ensure_ascii=False),
+    "diarized_json": lambda t: json.dumps(to_diarized_json(t), ensure_ascii=False),
 }
 
 

@@ -14,6 +14,7 @@ from whisperd.errors import ServiceUnavailableError, ValidationError, shown
 from whisperd.jobs.owners import Owner
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.settings import Settings
+from whisperd.speakers.options import SpeakerFields
 from whisperd.subtitles import SubtitleOptions
 from whisperd.timings import Timings
 
@@ -113,6 +114,74 @@ def subtitles_query(
     )
 
 
+def speakers_form(
+    diarize: Annotated[
+        bool,
+        Form(
+            description="Extra: tell speakers apart by voice, labelled in verbose_json, srt, "
+            "vtt and tsv (diarized_json always is)."
+        ),
+    ] = False,
+    multichannel: Annotated[
+        bool,
+        Form(
+            description="Extra: transcribe each channel on its own and merge them by time; "
+            "the speaker is the channel (A for channel 0)."
+        ),
+    ] = False,
+    known_speaker_names: Annotated[
+        list[str] | None,
+        Form(
+            alias="known_speaker_names[]",
+            description="Names of known speakers, one per reference (with multichannel: "
+            "the channels' names, in order).",
+        ),
+    ] = None,
+    known_speaker_references: Annotated[
+        list[str] | None,
+        Form(
+            alias="known_speaker_references[]",
+            description="Data URLs of 2-10 s of each known speaker's voice "
+            "(data:audio/wav;base64,...).",
+        ),
+    ] = None,
+    min_speakers: Annotated[
+        int | None, Form(description="Extra: the fewest speakers to find.")
+    ] = None,
+    max_speakers: Annotated[
+        int | None, Form(description="Extra: the most speakers to find.")
+    ] = None,
+    chunking_strategy: Annotated[
+        str | None,
+        Form(description="`auto` or a `server_vad` object; long audio is always cut at pauses."),
+    ] = None,
+) -> SpeakerFields:
+    """Who said what, as the form asks (checked by :meth:`SpeakerFields.checked`)."""
+    return SpeakerFields(
+        diarize,
+        multichannel,
+        tuple(known_speaker_names or ()),
+        tuple(known_speaker_references or ()),
+        min_speakers,
+        max_speakers,
+        chunking_strategy,
+    )
+
+
+def speakers_query(
+    diarize: Annotated[bool, Query(description="Tell speakers apart by voice.")] = False,
+    multichannel: Annotated[
+        bool, Query(description="Transcribe each channel on its own; the speaker is the channel.")
+    ] = False,
+    min_speakers: Annotated[int | None, Query(description="The fewest speakers to find.")] = None,
+    max_speakers: Annotated[int | None, Query(description="The most speakers to find.")] = None,
+) -> SpeakerFields:
+    """Who said what, from query parameters (the function route's options)."""
+    return SpeakerFields(
+        diarize, multichannel, min_speakers=min_speakers, max_speakers=max_speakers
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Transcriber, Depends(get_engine)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
@@ -122,3 +191,5 @@ TimingsDep = Annotated[Timings, Depends(get_timings)]
 DeadlineDep = Annotated[float, Depends(get_deadline)]
 SubtitlesFormDep = Annotated[SubtitleOptions, Depends(subtitles_form)]
 SubtitlesQueryDep = Annotated[SubtitleOptions, Depends(subtitles_query)]
+SpeakersFormDep = Annotated[SpeakerFields, Depends(speakers_form)]
+SpeakersQueryDep = Annotated[SpeakerFields, Depends(speakers_query)]

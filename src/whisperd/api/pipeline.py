@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from starlette.requests import Request
 
+from whisperd import audio
 from whisperd.engine import (
     DETECT_SECONDS,
     LanguageDetection,
@@ -29,8 +30,11 @@ from whisperd.engine import (
     TranscriptionInfo,
     collect,
 )
+from whisperd.errors import InvalidRequestError
 from whisperd.scheduler import Admission, Task
 from whisperd.settings import Settings
+from whisperd.speakers.diarize import attribute, merge_channels
+from whisperd.speakers.options import NO_SPEAKERS, SpeakerOptions
 from whisperd.timings import Timings
 
 if TYPE_CHECKING:
@@ -86,27 +90,49 @@ class Pipeline:
         The model and options are checked, and the declared length against the limit, before
         the request waits or decodes anything.
         """
+        async with self._started(
+            [source], options, model=model, deadline=deadline, timings=timings
+        ) as runs:
+            yield runs[0]
+
+    @asynccontextmanager
+    async def _started(
+        self,
+        sources: Sequence[IO[bytes]],
+        options: TranscribeOptions,
+        *,
+        model: str | None,
+        deadline: float,
+        timings: Timings,
+        channels: Sequence[int | None] = (None,),
+    ) -> AsyncIterator[list[Run]]:
+        """Admit once, then begin a transcription of each of ``channels`` (None: mixed
+        down), each read from its own of ``sources`` (views of one file)."""
         engine = self.engine
         prepared = await anyio.to_thread.run_sync(
-            functools.partial(engine.prepare, options, model=model, source=source)
+            functools.partial(engine.prepare, options, model=model, source=sources[0])
         )
+        estimate = None if prepared.estimate is None else prepared.estimate * len(channels)
         async with AsyncExitStack() as stack:
             with timings.measure("queue"):
-                await stack.enter_async_context(
-                    self.admission.enter(prepared.estimate, deadline=deadline)
-                )
+                await stack.enter_async_context(self.admission.enter(estimate, deadline=deadline))
+            runs: list[Run] = []
             with timings.measure("decode"):
-                task = await anyio.to_thread.run_sync(
-                    functools.partial(
-                        engine.begin, prepared, engine.chunks(source), deadline=deadline
+                for source, channel in zip(sources, channels, strict=True):
+                    task = await anyio.to_thread.run_sync(
+                        functools.partial(
+                            engine.begin,
+                            prepared,
+                            engine.chunks(source, channel=channel),
+                            deadline=deadline,
+                        )
                     )
-                )
-            run = Run(task, timings)
+                    stack.callback(task.cancel)
+                    runs.append(Run(task, timings))
             started = time.perf_counter()
             try:
-                yield run
+                yield runs
             finally:
-                task.cancel()
                 timings.add("inference", time.perf_counter() - started)
 
     async def transcribe(
@@ -118,14 +144,41 @@ class Pipeline:
         model: str | None,
         deadline: float,
         timings: Timings,
+        speakers: SpeakerOptions = NO_SPEAKERS,
     ) -> Transcription:
-        """Transcribe completely, stopping the work if the client disconnects."""
-        async with self.started(
-            source, options, model=model, deadline=deadline, timings=timings
-        ) as run:
-            return await watch_disconnect(
-                request, run.task.cancel, lambda: anyio.to_thread.run_sync(collect, run)
-            )
+        """Transcribe completely (each channel on its own, with ``multichannel``), with the
+        speakers ``speakers`` asks for, stopping the work if the client disconnects."""
+        if speakers.multichannel:
+            channels = await anyio.to_thread.run_sync(_channels, source)
+            sources = audio.views(source, len(channels))
+        else:
+            channels, sources = [None], [source]
+        async with self._started(
+            sources, options, model=model, deadline=deadline, timings=timings, channels=channels
+        ) as runs:
+
+            def cancel() -> None:
+                for run in runs:
+                    run.task.cancel()
+
+            async def collected() -> list[Transcription]:
+                results: dict[int, Transcription] = {}
+
+                async def one(i: int) -> None:
+                    results[i] = await anyio.to_thread.run_sync(collect, runs[i])
+
+                async with anyio.create_task_group() as group:
+                    for i in range(len(runs)):
+                        group.start_soon(one, i)
+                return [results[i] for i in range(len(runs))]
+
+            results = await watch_disconnect(request, cancel, collected)
+        if speakers.multichannel:
+            return merge_channels(results, speakers.names)
+        if not speakers.by_voice:
+            return results[0]
+        with timings.measure("speakers"):
+            return await anyio.to_thread.run_sync(attribute, results[0], speakers)
 
     async def detect(
         self,
@@ -192,6 +245,26 @@ class Pipeline:
                 yield item
 
         return items(), stack.aclose
+
+
+MAX_CHANNELS = 8
+
+
+def _channels(source: IO[bytes]) -> list[int | None]:
+    """The channels of ``source`` to transcribe each on its own: two or more."""
+    count = audio.channel_count(source)
+    if count < 2:
+        raise InvalidRequestError(
+            "multichannel=true transcribes each channel on its own; this audio has one "
+            "channel (send a stereo or multi-channel recording, or leave multichannel off).",
+            param="multichannel",
+        )
+    if count > MAX_CHANNELS:
+        raise InvalidRequestError(
+            f"multichannel=true takes up to {MAX_CHANNELS} channels; this audio has {count}.",
+            param="multichannel",
+        )
+    return list(range(count))
 
 
 def _next_or_none(iterator: Any) -> Item | None:

@@ -22,7 +22,7 @@ from whisperd.errors import EmptyAudioError, InvalidRequestError, WhisperdError
 from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
 from whisperd.timings import Timings
 
-_STREAMED_FORMATS = ("json", "text")
+_STREAMED_FORMATS = ("json", "text", "diarized_json")
 
 
 @asynccontextmanager
@@ -103,12 +103,36 @@ def render(
             return JSONResponse(body)
         if response_format == "json":
             return JSONResponse(formats.to_json(transcription))
+        if response_format == "diarized_json":
+            return JSONResponse(formats.to_diarized_json(transcription))
         text = formats.render(transcription, response_format, subtitles)
         return PlainTextResponse(text, media_type=formats.MEDIA_TYPES[response_format])
 
 
 def sse(data: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _delta(segment: Segment) -> dict[str, Any]:
+    delta: dict[str, Any] = {
+        "type": "transcript.text.delta",
+        "delta": segment.text,
+        "segment_id": segment.id,
+        "start": round(segment.start, 3),
+        "end": round(segment.end, 3),
+    }
+    if segment.words is not None:
+        delta["words"] = formats.word_dicts(segment.words)
+    return delta
+
+
+def _done(texts: list[str], info: TranscriptionInfo | Transcription | None) -> dict[str, Any]:
+    done: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(texts).strip()}
+    if info is not None:
+        done["usage"] = {"type": "duration", "seconds": math.ceil(info.duration)}
+        done["language"] = formats.LANGUAGE_NAMES.get(info.language, info.language)
+        done["duration"] = round(info.duration, 3)
+    return done
 
 
 async def sse_events(items: AsyncIterator[TranscriptionInfo | Segment]) -> AsyncIterator[bytes]:
@@ -121,25 +145,23 @@ async def sse_events(items: AsyncIterator[TranscriptionInfo | Segment]) -> Async
                 info = item
                 continue
             texts.append(item.text)
-            delta: dict[str, Any] = {
-                "type": "transcript.text.delta",
-                "delta": item.text,
-                "segment_id": item.id,
-                "start": round(item.start, 3),
-                "end": round(item.end, 3),
-            }
-            if item.words is not None:
-                delta["words"] = formats.word_dicts(item.words)
-            yield sse(delta)
+            yield sse(_delta(item))
     except WhisperdError as exc:
         yield sse(exc.to_dict())
         return
-    done: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(texts).strip()}
-    if info is not None:
-        done["usage"] = {"type": "duration", "seconds": math.ceil(info.duration)}
-        done["language"] = formats.LANGUAGE_NAMES.get(info.language, info.language)
-        done["duration"] = round(info.duration, 3)
-    yield sse(done)
+    yield sse(_done(texts, info))
+
+
+async def sse_transcript(
+    transcription: Transcription, response_format: str
+) -> AsyncIterator[bytes]:
+    """The stream of a transcript already complete: a delta event per segment (and, for
+    diarized_json, its ``transcript.text.segment`` event with the speaker), then done."""
+    for segment in transcription.segments:
+        yield sse(_delta(segment))
+        if response_format == "diarized_json":
+            yield sse(formats.diarized_segment(segment))
+    yield sse(_done([s.text for s in transcription.segments], transcription))
 
 
 class CleanupStreamingResponse(StreamingResponse):

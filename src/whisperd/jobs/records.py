@@ -8,15 +8,21 @@ A record lives in Redis as a hash of strings; :meth:`Job.from_hash` reads one ba
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any, Literal
 
+import numpy as np
+
 from whisperd import formats
 from whisperd.engine import Segment, TaskName, TranscribeOptions, Transcription, Word
 from whisperd.jobs.states import ChunkState, JobState
 from whisperd.settings import Settings
+from whisperd.speakers.diarize import attribute
+from whisperd.speakers.options import NO_SPEAKERS, SpeakerOptions
+from whisperd.speakers.voices import Voice
 from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
 
 Source = Literal["url", "upload"]
@@ -53,6 +59,8 @@ class JobSpec:
     subtitles: SubtitleOptions = DEFAULT_CUES
     """How SRT/VTT cues are cut (applied when the result is rendered)."""
     multilingual: bool = False
+    speakers: SpeakerOptions = NO_SPEAKERS
+    """Who said what (told apart when the whole transcript is in: across every chunk)."""
 
     def options(self, settings: Settings) -> TranscribeOptions:
         """The engine options, with the server's defaults where the job left one unset."""
@@ -69,10 +77,12 @@ class JobSpec:
             or "word" in self.timestamp_granularities
             or self.subtitles.active,
             multilingual=self.multilingual,
+            voices=self.speakers.by_voice,
         )
 
     def render(self, transcription: Transcription) -> tuple[str, str]:
-        """The transcript in ``response_format``: (body, media type)."""
+        """The transcript in ``response_format``, with its speakers: (body, media type)."""
+        transcription = attribute(transcription, self.speakers)
         fmt = self.response_format
         if fmt == "verbose_json":
             granularities = self.timestamp_granularities
@@ -101,7 +111,15 @@ class JobSpec:
         data["subtitles"] = SubtitleOptions(
             **{k: v for k, v in cuts.items() if k in SubtitleOptions.__dataclass_fields__}
         )
+        data["speakers"] = _speakers_from(data.get("speakers") or {})
         return cls(**data)
+
+
+def _speakers_from(stored: dict[str, Any]) -> SpeakerOptions:
+    known = {k: v for k, v in stored.items() if k in SpeakerOptions.__dataclass_fields__}
+    known["names"] = tuple(known.get("names") or ())
+    known["references"] = tuple(tuple(r) for r in known.get("references") or ())
+    return SpeakerOptions(**known)
 
 
 def _float(value: str) -> float | None:
@@ -297,12 +315,15 @@ def segments_to_json(segments: list[Segment] | tuple[Segment, ...]) -> str:
     """Segments as compact JSON (times and words included) to keep until the merge."""
     rows = []
     for s in segments:
-        row = asdict(s)
-        if s.language is None:
-            del row["language"]  # as stored before segments had a language
+        row = {f.name: getattr(s, f.name) for f in fields(s)}
+        for name in ("language", "speaker", "channel", "voice"):
+            if row[name] is None:
+                del row[name]  # as stored before segments had them
         row["tokens"] = list(s.tokens)
         if s.words is not None:
             row["words"] = [[w.start, w.end, w.word, w.probability] for w in s.words]
+        if s.voice is not None:
+            row["voice"] = _voice_to_json(s.voice)
         rows.append(row)
     return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
 
@@ -315,5 +336,23 @@ def segments_from_json(text: str, *, first_id: int = 0) -> list[Segment]:
         row["id"] = number
         row["tokens"] = tuple(row["tokens"])
         row["words"] = None if words is None else tuple(Word(*w) for w in words)
+        if "voice" in row:
+            row["voice"] = _voice_from_json(row["voice"])
         segments.append(Segment(**row))
     return segments
+
+
+def _voice_to_json(voice: Voice) -> dict[str, Any]:
+    """A voice's spans, and its embeddings as base64 of float16 (enough to cluster by)."""
+    vectors = np.asarray(voice.vectors, dtype="<f2")
+    return {
+        "spans": [list(span) for span in voice.spans],
+        "shape": list(vectors.shape),
+        "vectors": base64.b64encode(vectors.tobytes()).decode("ascii"),
+    }
+
+
+def _voice_from_json(stored: dict[str, Any]) -> Voice:
+    data = base64.b64decode(stored["vectors"])
+    vectors = np.frombuffer(data, dtype="<f2").reshape(stored["shape"]).astype(np.float32)
+    return Voice(tuple((float(a), float(b)) for a, b in stored["spans"]), vectors)

@@ -16,6 +16,7 @@ from whisperd.api.deps import (
     DeadlineDep,
     EngineDep,
     PipelineDep,
+    SpeakersQueryDep,
     SubtitlesQueryDep,
     TimingsDep,
 )
@@ -32,7 +33,7 @@ from whisperd.timings import Timings
 router = APIRouter()
 F = TypeVar("F", bound=Callable[..., Any])
 
-FUNCTION_FORMATS = Literal["text", "json", "verbose_json", "srt", "vtt", "tsv"]
+FUNCTION_FORMATS = Literal["text", "json", "verbose_json", "srt", "vtt", "tsv", "diarized_json"]
 STREAMED_FORMATS = ("text", "srt", "vtt", "tsv")
 """The function streams these as segments are transcribed; JSON comes whole, at the end."""
 _MAX_URL_BYTES = 8192
@@ -177,19 +178,23 @@ async def function_whisper(
     timings: TimingsDep,
     deadline: DeadlineDep,
     subtitles: SubtitlesQueryDep,
+    speaker_fields: SpeakersQueryDep,
     format: Annotated[FUNCTION_FORMATS, Query(description="Output format.")] = "text",
 ) -> Response:
     """The body is an audio URL (or raw audio); the answer is the transcript as text,
-    streamed as it is transcribed."""
+    streamed as it is transcribed (whole, once speakers are told apart)."""
     check_format(format, subtitles=subtitles)
+    speakers = await anyio.to_thread.run_sync(speaker_fields.checked, format)
     with timings.measure("receive"):  # the body is read here, after the dependencies
         url, raw = await _read_function_body(request, pipeline.settings.max_upload_bytes)
-    options = TranscribeOptions.asked(pipeline.settings, word_timestamps=subtitles.active)
+    options = TranscribeOptions.asked(
+        pipeline.settings, word_timestamps=subtitles.active, voices=speakers.by_voice
+    )
     opened = _function_source(
         url, raw, pipeline.fetcher, request=request, deadline=deadline, timings=timings
     )
     del raw  # the source owns it now (and spools it)
-    if format in STREAMED_FORMATS:
+    if format in STREAMED_FORMATS and not speakers.active:
         # Bad input (decoding the first piece, admission) raises here: still a proper 4xx.
         items, cleanup = await pipeline.stream(
             request, opened, options, model=None, deadline=deadline, timings=timings
@@ -199,7 +204,13 @@ async def function_whisper(
         )
     async with opened as source:
         result = await pipeline.transcribe(
-            request, source, options, model=None, deadline=deadline, timings=timings
+            request,
+            source,
+            options,
+            model=None,
+            deadline=deadline,
+            timings=timings,
+            speakers=speakers,
         )
     return render(result, format, timings, subtitles=subtitles)
 

@@ -23,6 +23,8 @@ from whisperd.api.deps import (
     JobsDep,
     OwnerDep,
     SettingsDep,
+    SpeakersFormDep,
+    SpeakersQueryDep,
     SubtitlesFormDep,
     SubtitlesQueryDep,
 )
@@ -56,6 +58,7 @@ from whisperd.jobs.records import Job, JobSpec
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.jobs.states import JobState
 from whisperd.settings import ResponseFormat, Settings
+from whisperd.speakers.options import SpeakerFields, SpeakerOptions
 
 router = APIRouter(tags=["Async jobs"])
 
@@ -221,6 +224,17 @@ async def _read_upload(file: UploadFile, limit: int) -> bytes:
 
 
 # --- routes -------------------------------------------------------------------------------
+async def _job_speakers(fields: SpeakerFields, response_format: str) -> SpeakerOptions:
+    """The job's speaker options; a job transcribes the channels mixed down."""
+    if fields.multichannel:
+        raise InvalidRequestError(
+            "multichannel=true is for /v1/audio/transcriptions and /function/whisper; a job "
+            "transcribes the channels mixed down (diarize=true tells its speakers apart).",
+            param="multichannel",
+        )
+    return await anyio.to_thread.run_sync(fields.checked, response_format)
+
+
 @router.post(
     "/v1/jobs",
     summary="Submit a transcription job",
@@ -237,6 +251,7 @@ async def create_job(
     engine: EngineDep,
     settings: SettingsDep,
     subtitles: SubtitlesFormDep,
+    speaker_fields: SpeakersFormDep,
     file: FileField = None,
     url: UrlField = None,
     model: ModelField = "whisper-1",
@@ -259,6 +274,7 @@ async def create_job(
     `/v1/audio/translations` gives). Answers 202 with the job; `callback_url`, if given, gets
     the result POSTed when the job ends. 429 with Retry-After past the caps on jobs not yet
     ended (`WHISPERD_JOB_MAX_QUEUED*`)."""
+    speakers = await _job_speakers(speaker_fields, response_format)
     spec = JobSpec(
         model=model,
         task=task,
@@ -273,6 +289,7 @@ async def create_job(
         word_timestamps=word_timestamps,
         subtitles=subtitles,
         multilingual=multilingual,
+        speakers=speakers,
     )
     check_format(response_format, granularities=spec.timestamp_granularities, subtitles=subtitles)
     if file is not None and url:
@@ -329,6 +346,7 @@ async def async_function(
     owner: OwnerDep,
     settings: SettingsDep,
     subtitles: SubtitlesQueryDep,
+    speaker_fields: SpeakersQueryDep,
     format: Annotated[ResponseFormat, Query(description="Output format.")] = "text",
     x_callback_url: Annotated[
         str | None, Header(description="Where to POST the result when the job ends.")
@@ -350,7 +368,8 @@ async def async_function(
     callback = (
         await _check_url(x_callback_url, settings, "X-Callback-Url") if x_callback_url else None
     )
-    spec = JobSpec(response_format=format, subtitles=subtitles)
+    speakers = await _job_speakers(speaker_fields, format)
+    spec = JobSpec(response_format=format, subtitles=subtitles, speakers=speakers)
     if is_audio:
         if not body:
             raise EmptyAudioError("The body is empty: send the audio or its URL.", param="body")

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
@@ -16,6 +16,7 @@ from whisperd.api.deps import (
     DeadlineDep,
     EngineDep,
     PipelineDep,
+    SpeakersFormDep,
     SubtitlesFormDep,
     TimingsDep,
 )
@@ -25,6 +26,7 @@ from whisperd.api.responses import (
     check_format,
     render,
     sse_events,
+    sse_transcript,
 )
 from whisperd.api.schemas import (
     ModelList,
@@ -37,6 +39,7 @@ from whisperd.api.schemas import (
 from whisperd.engine import TranscribeOptions, Transcriber
 from whisperd.errors import ModelNotFoundError, shown
 from whisperd.settings import ResponseFormat
+from whisperd.speakers.options import NO_SPEAKERS, SpeakerOptions
 from whisperd.subtitles import SubtitleOptions
 
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
@@ -135,12 +138,13 @@ async def _respond(
     stream: bool,
     granularities: Sequence[str],
     subtitles: SubtitleOptions,
+    speakers: SpeakerOptions = NO_SPEAKERS,
 ) -> Response:
     check_format(response_format, stream=stream, granularities=granularities, subtitles=subtitles)
     opened = audio_input(
         file, url, pipeline.fetcher, request=request, deadline=deadline, timings=timings
     )
-    if stream:
+    if stream and not speakers.active:
         items, cleanup = await pipeline.stream(
             request, opened, options, model=model, deadline=deadline, timings=timings
         )
@@ -152,7 +156,19 @@ async def _respond(
         )
     async with opened as source:
         result = await pipeline.transcribe(
-            request, source, options, model=model, deadline=deadline, timings=timings
+            request,
+            source,
+            options,
+            model=model,
+            deadline=deadline,
+            timings=timings,
+            speakers=speakers,
+        )
+    if stream:  # speakers are known once the whole file is heard: the events come then
+        return StreamingResponse(
+            sse_transcript(result, response_format),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
         )
     return render(
         result,
@@ -176,6 +192,7 @@ async def create_transcription(
     timings: TimingsDep,
     deadline: DeadlineDep,
     subtitles: SubtitlesFormDep,
+    speaker_fields: SpeakersFormDep,
     file: FileField = None,
     url: UrlField = None,
     model: ModelField = "whisper-1",
@@ -195,6 +212,7 @@ async def create_transcription(
 ) -> Response:
     """Transcribe the audio in its own language (OpenAI-compatible)."""
     granularities = list(timestamp_granularities or [])
+    speakers = await anyio.to_thread.run_sync(speaker_fields.checked, response_format)
     options = TranscribeOptions.asked(
         pipeline.settings,
         language=language,
@@ -206,6 +224,7 @@ async def create_transcription(
         beam_size=beam_size,
         word_timestamps=word_timestamps or "word" in granularities or subtitles.active,
         multilingual=multilingual,
+        voices=speakers.by_voice,
     )
     return await _respond(
         request,
@@ -220,6 +239,7 @@ async def create_transcription(
         stream=stream,
         granularities=granularities,
         subtitles=subtitles,
+        speakers=speakers,
     )
 
 
