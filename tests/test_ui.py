@@ -5,6 +5,7 @@ Every page runs offline: requests anywhere but 127.0.0.1 are blocked and must no
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import re
@@ -577,6 +578,14 @@ def test_speakers_by_channel_are_shown_renamed_and_downloaded(
         vtt = download(page, "vtt")
         txt = download(page, "txt")
         body = json.loads(download(page, "json"))
+
+        # Cues fit for a screen keep their speakers too (the words of this run tell it apart
+        # from the last).
+        page.check("#words")
+        page.click("#submit")
+        page.wait_for_selector("#segments .word", timeout=60_000)
+        page.select_option("#cue-width", "32")
+        fitted = download(page, "srt")
         assert blocked == [] and errors == []
 
     # The page's subtitles are the API's, with the speaker's new name.
@@ -590,7 +599,45 @@ def test_speakers_by_channel_are_shown_renamed_and_downloaded(
         assert api.status_code == 200, api.text
         assert text == api.text.replace("A: ", "Agent: ").replace("<v A>", "<v Agent>")
     assert "Agent: " in srt and "\nB: " in srt
+    api = httpx.post(
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": ("call.wav", call.read_bytes())},
+        data={
+            "response_format": "srt",
+            "multichannel": "true",
+            "max_line_width": "32",
+            "max_line_count": "2",
+        },
+        timeout=60,
+    )
+    assert fitted == api.text and fitted.count("A: ") > 2, fitted
     lines = txt.splitlines()
     assert [line.split(":")[0] for line in lines] == ["Agent", "B"]
     assert_jfk(lines[0])
     assert {s["speaker"] for s in body["segments"]} == {"Agent", "B"}
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("whisperd.speakers.encoder") is None,
+    reason="the speaker model is not in this tree yet",
+)
+def test_speakers_by_voice_are_told_apart_live_and_in_a_job(
+    base_url: str, tmp_path: Path, two_voices: tuple[audio.Audio, audio.Audio]
+) -> None:
+    talk = tmp_path / "talk.wav"
+    talk.write_bytes(wav(two_voices[0] + two_voices[1]))  # one channel: JFK, then the other
+    with offline_page() as (page, blocked):
+        errors = open_page(page, base_url)
+        page.check("#speakers-voice")
+        # (A job's status says where it came from: not the "Done" of the run before it.)
+        for background, done in ((False, "Done: "), (True, "from a background job")):
+            page.set_checked("#background", background)
+            page.set_input_files("#file", str(talk))
+            page.click("#submit")
+            page.wait_for_selector(f"#status:has-text('{done}')", timeout=120_000)
+            assert page.locator("#speaker-list .speaker").all_inner_texts() == ["A", "B"]
+            said = said_by(page)
+            assert set(said) == {"A", "B"}, said
+            assert "country" in said["A"] and "folder" not in said["A"], said
+            assert "folder" in said["B"] and "country" not in said["B"], said
+        assert blocked == [] and errors == []
