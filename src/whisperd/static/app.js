@@ -156,7 +156,7 @@ function updateOptions() {
 
 const SPEAKER_NOTES = {
   voice: "Speakers are told apart by their voices; the segments appear when it is done.",
-  channel: "For stereo calls: each channel is one speaker. It runs here, not as a background job.",
+  channel: "For stereo calls: each channel is one speaker.",
   translate: "Speakers are labelled in transcriptions, not translations.",
 };
 
@@ -200,7 +200,7 @@ for (const radio of document.querySelectorAll("input[name=task]")) radio.addEven
 for (const radio of document.querySelectorAll("input[name=speakers]")) {
   radio.addEventListener("change", () => {
     updateOptions();
-    describeChoice(); // off by channel, a long file is a background job again
+    describeChoice(); // leaving By channel, a long file is a background job again
   });
 }
 $("background").addEventListener("change", () => {
