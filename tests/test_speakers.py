@@ -144,10 +144,8 @@ def test_a_known_speakers_reference_names_their_voice(
         model="whisper-1",
         file=("talk.wav", conversation),
         response_format="diarized_json",
-        extra_body={
-            "known_speaker_names[]": ["JFK"],
-            "known_speaker_references[]": [data_url(reference)],
-        },
+        known_speaker_names=["JFK"],
+        known_speaker_references=[data_url(reference)],
     )
     assert_two_men([s.model_dump() for s in result.segments], first="JFK", second="A")
 

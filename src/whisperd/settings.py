@@ -27,7 +27,7 @@ ComputeType = Literal[
     "bfloat16",
     "float32",
 ]
-ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "tsv"]
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "tsv", "diarized_json"]
 StrList = Annotated[tuple[str, ...], NoDecode]
 
 

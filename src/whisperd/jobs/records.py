@@ -270,7 +270,7 @@ class Job:
         """The result as JSON for the json formats, else the text; None until it succeeds."""
         if self.result is None:
             return None
-        if self.spec.response_format in ("json", "verbose_json"):
+        if formats.MEDIA_TYPES[self.spec.response_format] == "application/json":
             return json.loads(self.result)
         return self.result
 
