@@ -273,7 +273,7 @@ json() {
     "${py}" -c 'import json, sys
 value = json.load(sys.stdin)
 for key in sys.argv[1:]:
-    value = value[key]
+    value = value[int(key)] if isinstance(value, list) else value[key]
 print(value)' "$@"
 }
 
@@ -371,6 +371,12 @@ done
 body="$(curl -fsS --max-time 120 "${auth[@]}" -H 'Content-Type: audio/flac' \
     --data-binary "@${jfk}" "${url}/function/whisper")" || fail "POST /function/whisper failed"
 check_text "/function/whisper" "${body}"
+log "diarized_json: the speaker model is in the image"
+body="$(curl -fsS --max-time 120 "${auth[@]}" -F "file=@${jfk}" \
+    -F response_format=diarized_json "${url}/v1/audio/transcriptions")" \
+    || fail "POST /v1/audio/transcriptions (diarized_json) failed"
+check_text "/v1/audio/transcriptions, diarized_json" "$(json text <<<"${body}")"
+[[ "$(json segments 0 speaker <<<"${body}")" == A ]] || fail "diarized_json gave no speaker A"
 code="$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -F "file=@${jfk}" \
     "${url}/v1/audio/transcriptions")"
 [[ "${code}" == 401 ]] || fail "a request without the API key got ${code}, not 401"

@@ -276,10 +276,14 @@ def test_references_that_are_not_audio_too_short_or_too_long_are_400(
         assert response.json()["error"]["param"] == "known_speaker_references[]", what
 
 
-def test_multichannel_on_a_mono_file_is_400(base_url: str) -> None:
+@pytest.mark.parametrize("recording", ["mono", "mono stored as stereo"])
+def test_multichannel_on_a_mono_recording_is_400(
+    base_url: str, jfk_path: Path, recording: str
+) -> None:
+    data = audio.test_tone(1.0) if recording == "mono" else jfk_path.read_bytes()
     response = httpx.post(
         f"{base_url}/v1/audio/transcriptions",
-        files={"file": ("tone.wav", audio.test_tone(1.0))},
+        files={"file": ("call.wav", data)},
         data={"multichannel": "true"},
         timeout=60,
     )

@@ -131,6 +131,41 @@ def views(source: IO[bytes], count: int) -> list[IO[bytes]]:
     return [cast(IO[bytes], io.BufferedReader(_View(fd))) for _ in range(count)]
 
 
+def channels_alike(source: IO[bytes], *, seconds: float = 30.0) -> bool:
+    """Whether every channel of ``source`` carries the same sound over its first ``seconds``
+    (a mono recording stored as stereo), and it is not silence. The position is put back to
+    the start."""
+    try:
+        with _open(source) as container:
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(
+                format="fltp", layout=stream.codec_context.layout, rate=SAMPLE_RATE
+            )
+            frames, wanted = [], int(seconds * SAMPLE_RATE)
+            for frame in container.decode(stream):
+                frames += [out.to_ndarray() for out in resampler.resample(frame)]
+                if sum(f.shape[1] for f in frames) >= wanted:
+                    break
+    except (av.FFmpegError, ValueError):
+        return False  # the decoder's own errors come when the audio is transcribed
+    finally:
+        source.seek(0)
+    if not frames:
+        return False
+    heard = np.concatenate(frames, axis=1)[:, :wanted]
+    shared = _rms(heard.mean(axis=0))
+    return shared > _SILENT and _rms(heard - heard.mean(axis=0)) <= _ALIKE * shared
+
+
+def _rms(samples: npt.NDArray[np.float32]) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+
+
+_SILENT = 1e-4
+_ALIKE = 0.1
+"""Channels whose differences are 20 dB below what they share carry the same sound."""
+
+
 def _samples(frame: av.AudioFrame, channel: int | None) -> Audio:
     array = frame.to_ndarray()
     row = array.reshape(-1) if channel is None else array[channel]

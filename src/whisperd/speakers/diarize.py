@@ -156,6 +156,13 @@ def channels_of(source: IO[bytes]) -> list[int | None]:
             f"multichannel=true takes up to {MAX_CHANNELS} channels; this audio has {count}.",
             param="multichannel",
         )
+    if audio.channels_alike(source):
+        raise InvalidRequestError(
+            f"multichannel=true transcribes each channel on its own; this audio's {count} "
+            "channels carry the same sound (a mono recording): tell its speakers apart by "
+            "voice with diarize=true instead.",
+            param="multichannel",
+        )
     return list(range(count))
 
 
