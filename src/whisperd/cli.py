@@ -7,7 +7,7 @@ import inspect
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args, get_origin
+from typing import IO, Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
 from rich.console import Console
@@ -30,7 +30,7 @@ app.add_typer(models_app, name="models")
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
 
-FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv")
+FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv", "diarized_json")
 Command = TypeVar("Command", bound=Callable[..., None])
 T = TypeVar("T")
 STDIN = Path("-")  # the input name that reads audio from standard input
@@ -245,14 +245,30 @@ def transcribe(
     highlight_words: Annotated[
         bool, typer.Option(help="srt/vtt: a cue per word, the spoken one underlined.")
     ] = False,
+    diarize: Annotated[
+        bool, typer.Option(help="Tell speakers apart by voice (needs whisperd[speakers]).")
+    ] = False,
+    multichannel: Annotated[
+        bool, typer.Option(help="Transcribe each channel on its own; the speaker is the channel.")
+    ] = False,
+    speaker: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A known speaker: NAME=FILE (2-10 s of their voice), or with --multichannel "
+            "NAME (the channels' names, in order). Repeatable."
+        ),
+    ] = None,
+    min_speakers: Annotated[int | None, typer.Option(help="The fewest speakers to find.")] = None,
+    max_speakers: Annotated[int | None, typer.Option(help="The most speakers to find.")] = None,
 ) -> None:
     """Transcribe files: print to stdout (one file) or write one output per input into -o DIR."""
     import shutil
     import tempfile
     from importlib import resources
 
-    from whisperd import formats
-    from whisperd.engine import TranscribeOptions
+    from whisperd import audio, formats
+    from whisperd.engine import TranscribeOptions, collect, items
+    from whisperd.speakers.diarize import attribute, channels_of, merge_channels
     from whisperd.subtitles import SubtitleOptions
 
     if fmt not in FORMAT_CHOICES:
@@ -266,6 +282,12 @@ def transcribe(
         raise _fail(exc.message, 2) from None
     if task not in ("transcribe", "translate"):
         raise _fail(f"unknown task {task!r}; use transcribe or translate", 2)
+    try:
+        speakers = _speaker_fields(
+            speaker or [], diarize, multichannel, min_speakers, max_speakers
+        ).checked(fmt)
+    except WhisperdError as exc:
+        raise _fail(exc.message, 2) from None
     with contextlib.ExitStack() as stack:
         paths = list(files or [])
         if sample:
@@ -287,6 +309,7 @@ def transcribe(
             beam_size=beam_size,
             word_timestamps=word_timestamps or subtitles.active,
             multilingual=multilingual,
+            voices=speakers.by_voice,
         )
         engine = _start_engine(stack, settings)
         try:
@@ -309,9 +332,20 @@ def transcribe(
         def run(path: Path, name: str) -> str:
             with path.open("rb") as source:
                 prepared = engine.prepare(options, source=source)
-                task = engine.begin(prepared, engine.chunks(source))
-                result = _collect_with_progress(task, prepared.estimate, name, single)
-            return formats.render(result, fmt, subtitles)
+                channels: list[int | None] = [None]
+                views: list[IO[bytes]] = [source]
+                if speakers.multichannel:
+                    channels = channels_of(source)
+                    views = audio.views(source, len(channels))
+                tasks = [
+                    engine.begin(prepared, engine.chunks(view, channel=channel))
+                    for view, channel in zip(views, channels, strict=True)
+                ]
+                results = [_collect_with_progress(tasks[0], prepared.estimate, name, single)]
+                results += [collect(items(task)) for task in tasks[1:]]
+            if speakers.multichannel:
+                return formats.render(merge_channels(results, speakers.names), fmt, subtitles)
+            return formats.render(attribute(results[0], speakers), fmt, subtitles)
 
         failures = 0
         try:
@@ -452,6 +486,36 @@ def _deliver(text: str, target: Path | None) -> bool:
         return False
     err.print(f"wrote {target}")
     return True
+
+
+def _speaker_fields(
+    known: list[str],
+    diarize: bool,
+    multichannel: bool,
+    min_speakers: int | None,
+    max_speakers: int | None,
+) -> Any:
+    """The speaker options as a request sends them: ``--speaker NAME=FILE`` as a name and
+    the file as a data URL (with --multichannel, ``--speaker NAME`` names a channel)."""
+    import base64
+    import mimetypes
+
+    from whisperd.speakers.options import SpeakerFields
+
+    names, references = [], []
+    for entry in known:
+        name, _, path = entry.partition("=")
+        names.append(name)
+        if path:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise _fail(f"cannot read {path}: {exc.strerror}", 2) from None
+            kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
+            references.append(f"data:{kind};base64,{base64.b64encode(data).decode()}")
+    return SpeakerFields(
+        diarize, multichannel, tuple(names), tuple(references), min_speakers, max_speakers
+    )
 
 
 def _collect_with_progress(task: Any, total: float | None, name: str, show: bool) -> Any:

@@ -30,10 +30,9 @@ from whisperd.engine import (
     TranscriptionInfo,
     collect,
 )
-from whisperd.errors import InvalidRequestError
 from whisperd.scheduler import Admission, Task
 from whisperd.settings import Settings
-from whisperd.speakers.diarize import attribute, merge_channels
+from whisperd.speakers.diarize import attribute, channels_of, merge_channels
 from whisperd.speakers.options import NO_SPEAKERS, SpeakerOptions
 from whisperd.timings import Timings
 
@@ -149,7 +148,7 @@ class Pipeline:
         """Transcribe completely (each channel on its own, with ``multichannel``), with the
         speakers ``speakers`` asks for, stopping the work if the client disconnects."""
         if speakers.multichannel:
-            channels = await anyio.to_thread.run_sync(_channels, source)
+            channels = await anyio.to_thread.run_sync(channels_of, source)
             sources = audio.views(source, len(channels))
         else:
             channels, sources = [None], [source]
@@ -245,26 +244,6 @@ class Pipeline:
                 yield item
 
         return items(), stack.aclose
-
-
-MAX_CHANNELS = 8
-
-
-def _channels(source: IO[bytes]) -> list[int | None]:
-    """The channels of ``source`` to transcribe each on its own: two or more."""
-    count = audio.channel_count(source)
-    if count < 2:
-        raise InvalidRequestError(
-            "multichannel=true transcribes each channel on its own; this audio has one "
-            "channel (send a stereo or multi-channel recording, or leave multichannel off).",
-            param="multichannel",
-        )
-    if count > MAX_CHANNELS:
-        raise InvalidRequestError(
-            f"multichannel=true takes up to {MAX_CHANNELS} channels; this audio has {count}.",
-            param="multichannel",
-        )
-    return list(range(count))
 
 
 def _next_or_none(iterator: Any) -> Item | None:

@@ -86,6 +86,27 @@ class TranscriptTextDone(BaseModel):
     duration: float | SkipJsonSchema[None] = Field(None, examples=[11.0])
 
 
+class DiarizedSegment(BaseModel):
+    """A segment with its speaker (and, streamed, the event sent for it)."""
+
+    type: Literal["transcript.text.segment"]
+    id: str = Field(examples=["seg_0"])
+    start: float
+    end: float
+    text: str
+    speaker: str = Field(examples=["A"], description="A, B, ... or a known speaker's name.")
+
+
+class TranscriptionDiarized(BaseModel):
+    """``response_format=diarized_json``: the text, and its segments with their speakers."""
+
+    task: str = Field(examples=["transcribe"])
+    duration: float = Field(examples=[11.0])
+    text: str
+    segments: list[DiarizedSegment]
+    usage: Usage
+
+
 def _inline(model: type[BaseModel]) -> dict[str, Any]:
     """``model``'s JSON schema, written in place; the models inside it are referred to in
     ``#/components/schemas``, so the route must register them (through its other responses)."""
@@ -111,6 +132,7 @@ def sse_event_schema() -> dict[str, Any]:
                 "contentSchema": {
                     "anyOf": [
                         _inline(TranscriptTextDelta),
+                        _inline(DiarizedSegment),
                         _inline(TranscriptTextDone),
                         {"$ref": "#/components/schemas/ErrorResponse"},
                     ]
@@ -142,6 +164,12 @@ class SegmentModel(BaseModel):
         None,
         examples=["german"],
         description="The language of the segment, with `multilingual=true` (ours).",
+    )
+    speaker: str | SkipJsonSchema[None] = Field(
+        None, examples=["A"], description="Who said it, with `diarize` or `multichannel` (ours)."
+    )
+    channel: int | SkipJsonSchema[None] = Field(
+        None, examples=[0], description="The channel it was heard on, with `multichannel` (ours)."
     )
 
 

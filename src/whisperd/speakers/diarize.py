@@ -13,10 +13,13 @@ import dataclasses
 import itertools
 import string
 from collections.abc import Iterator, Sequence
+from typing import IO
 
 import numpy as np
 
+from whisperd import audio
 from whisperd.engine import Segment, Transcription, Word
+from whisperd.errors import InvalidRequestError
 from whisperd.speakers.options import SpeakerOptions
 from whisperd.speakers.voices import Vectors, Voice
 
@@ -134,6 +137,26 @@ def _smoothed(said: list[str]) -> list[str]:
 
 def _most(speakers: list[str]) -> str:
     return max(set(speakers), key=lambda s: (speakers.count(s), -speakers.index(s)))
+
+
+MAX_CHANNELS = 8
+
+
+def channels_of(source: IO[bytes]) -> list[int | None]:
+    """The channels of ``source`` to transcribe each on its own: two or more."""
+    count = audio.channel_count(source)
+    if count < 2:
+        raise InvalidRequestError(
+            "multichannel=true transcribes each channel on its own; this audio has one "
+            "channel (send a stereo or multi-channel recording, or leave multichannel off).",
+            param="multichannel",
+        )
+    if count > MAX_CHANNELS:
+        raise InvalidRequestError(
+            f"multichannel=true takes up to {MAX_CHANNELS} channels; this audio has {count}.",
+            param="multichannel",
+        )
+    return list(range(count))
 
 
 def merge_channels(

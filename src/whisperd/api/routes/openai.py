@@ -31,6 +31,7 @@ from whisperd.api.responses import (
 from whisperd.api.schemas import (
     ModelList,
     ModelObject,
+    TranscriptionDiarized,
     TranscriptionJson,
     TranscriptionVerbose,
     error_responses,
@@ -50,9 +51,9 @@ SUCCESS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The transcript in `response_format` (JSON, text, SRT, VTT, TSV), or a "
         "`text/event-stream` of `transcript.text.delta` / `transcript.text.done` events "
-        "when `stream=true`.",
+        "when `stream=true` (with `transcript.text.segment` events for diarized_json).",
         # `model` registers both bodies in the components (a bare $ref would dangle)
-        "model": TranscriptionJson | TranscriptionVerbose,
+        "model": TranscriptionJson | TranscriptionVerbose | TranscriptionDiarized,
         "content": {
             **{t: {"schema": {"type": "string"}} for t in TEXT_TYPES},
             "text/event-stream": {"schema": sse_event_schema()},

@@ -1,0 +1,373 @@
+"""Who said what, through a real server: diarized_json by voice (the official client parses
+it), known speakers, per-channel transcripts of a stereo call, jobs, and the errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import openai
+import pytest
+from openai.types.audio import TranscriptionDiarized
+
+from whisperd import audio, formats
+from whisperd.api import create_app
+from whisperd.engine import Segment, Transcriber, Transcription, Word
+from whisperd.jobs.records import JobSpec, segments_from_json, segments_to_json
+from whisperd.settings import Settings
+from whisperd.speakers.options import SpeakerOptions
+from whisperd.speakers.voices import Voice, window_spans
+
+from support import assert_jfk, normalise, poll, running_app
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+GAP = np.zeros(int(0.8 * audio.SAMPLE_RATE), np.float32)
+
+
+def wav(*channels: audio.Audio) -> bytes:
+    """16 kHz 16-bit WAV of equally long ``channels``."""
+    buffer = io.BytesIO()
+    layout = "mono" if len(channels) == 1 else "stereo"
+    with av.open(buffer, mode="w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=audio.SAMPLE_RATE, layout=layout)
+        pcm = (np.clip(np.stack(channels), -1, 1) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm.T).reshape(1, -1), format="s16", layout=layout
+        )
+        frame.sample_rate = audio.SAMPLE_RATE
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def level(samples: audio.Audio) -> audio.Audio:
+    """``samples`` at a common loudness, so neither voice stands out by level alone."""
+    rms = float(np.sqrt(np.mean(samples**2)))
+    return (samples * (0.08 / max(rms, 1e-6))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def voices(jfk_audio: audio.Audio, hotwords_audio: audio.Audio) -> tuple[audio.Audio, audio.Audio]:
+    return level(jfk_audio), level(hotwords_audio)
+
+
+@pytest.fixture(scope="module")
+def conversation(voices: tuple[audio.Audio, audio.Audio]) -> bytes:
+    """Two real men taking turns, mono: JFK, the other, JFK, the other."""
+    jfk, other = voices
+    return wav(np.concatenate([jfk, GAP, other, GAP, jfk, GAP, other]))
+
+
+@pytest.fixture(scope="module")
+def call(voices: tuple[audio.Audio, audio.Audio]) -> tuple[bytes, audio.Audio, audio.Audio]:
+    """A stereo call: JFK on channel 0, then the other man on channel 1 (silence on each
+    channel while the other speaks); and each channel alone."""
+    jfk, other = voices
+    left = np.concatenate([jfk, GAP, np.zeros_like(other)])
+    right = np.concatenate([np.zeros_like(jfk), GAP, other])
+    return wav(left, right), left, right
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("speakers")
+    return Settings(model_cache_dir=root / "cache", tmp_dir=root / "tmp", data_dir=root / "data")
+
+
+@pytest.fixture(scope="module")
+def base_url(settings: Settings, engine: Transcriber) -> Iterator[str]:
+    with running_app(create_app(settings, engine=engine)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def data_url(samples: audio.Audio) -> str:
+    return "data:audio/wav;base64," + base64.b64encode(wav(samples)).decode()
+
+
+def by_speaker(segments: list[Any]) -> dict[str, str]:
+    """Each speaker's words, in order."""
+    said: dict[str, list[str]] = {}
+    for s in segments:
+        said.setdefault(s["speaker"], []).append(s["text"])
+    return {speaker: normalise(" ".join(texts)) for speaker, texts in said.items()}
+
+
+def assert_two_men(segments: list[Any], first: str = "A", second: str = "B") -> None:
+    """JFK's words are all the first speaker's, the other man's all the second's."""
+    said = by_speaker(segments)
+    assert set(said) == {first, second}, said
+    assert "country" in said[first] and "folder" not in said[first], said
+    assert "folder" in said[second] and "country" not in said[second], said
+    assert segments[0]["speaker"] == first
+
+
+def test_diarized_json_tells_two_voices_apart(client: openai.OpenAI, conversation: bytes) -> None:
+    result = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("talk.wav", conversation),
+        response_format="diarized_json",
+        chunking_strategy="auto",
+    )
+    assert isinstance(result, TranscriptionDiarized)
+    assert result.task == "transcribe" and result.duration > 30
+    segments = [s.model_dump() for s in result.segments]
+    assert all(s["type"] == "transcript.text.segment" for s in segments)
+    assert len({s["id"] for s in segments}) == len(segments)
+    assert_two_men(segments)
+    assert_jfk(result.text)
+    starts = [s["start"] for s in segments]
+    assert starts == sorted(starts)
+
+
+def test_a_known_speakers_reference_names_their_voice(
+    client: openai.OpenAI, conversation: bytes, voices: tuple[audio.Audio, audio.Audio]
+) -> None:
+    jfk, _ = voices
+    reference = jfk[: 5 * audio.SAMPLE_RATE]
+    result = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("talk.wav", conversation),
+        response_format="diarized_json",
+        extra_body={
+            "known_speaker_names[]": ["JFK"],
+            "known_speaker_references[]": [data_url(reference)],
+        },
+    )
+    assert_two_men([s.model_dump() for s in result.segments], first="JFK", second="A")
+
+
+def test_verbose_json_srt_and_vtt_carry_speakers_when_asked(
+    base_url: str, conversation: bytes
+) -> None:
+    def ask(fmt: str) -> httpx.Response:
+        response = httpx.post(
+            f"{base_url}/v1/audio/transcriptions",
+            files={"file": ("talk.wav", conversation)},
+            data={"response_format": fmt, "diarize": "true"},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        return response
+
+    verbose = ask("verbose_json").json()
+    assert_two_men(verbose["segments"])
+    assert all(s["words"] for s in [verbose])
+    srt = ask("srt").text
+    assert "\nA: " in srt and "\nB: " in srt
+    vtt = ask("vtt").text
+    assert "<v A>" in vtt and "<v B>" in vtt
+
+
+def test_a_stream_sends_segments_with_speakers(base_url: str, conversation: bytes) -> None:
+    with httpx.stream(
+        "POST",
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": ("talk.wav", conversation)},
+        data={"response_format": "diarized_json", "stream": "true"},
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line]
+    segments = [e for e in events if e["type"] == "transcript.text.segment"]
+    assert_two_men(segments)
+    assert events[-1]["type"] == "transcript.text.done"
+    assert_jfk(events[-1]["text"])
+
+
+def test_a_stereo_call_has_one_speaker_per_channel(
+    base_url: str, call: tuple[bytes, audio.Audio, audio.Audio]
+) -> None:
+    stereo, left, right = call
+
+    def transcribe(data: bytes, **form: str) -> dict[str, Any]:
+        response = httpx.post(
+            f"{base_url}/v1/audio/transcriptions",
+            files={"file": ("call.wav", data)},
+            data={"response_format": "verbose_json", **form},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    merged = transcribe(stereo, multichannel="true")
+    assert_two_men(merged["segments"])
+    assert {s["channel"] for s in merged["segments"]} == {0, 1}
+    for channel, alone in ((0, left), (1, right)):
+        mono = transcribe(wav(alone))["text"]
+        heard = " ".join(s["text"] for s in merged["segments"] if s["channel"] == channel)
+        assert normalise(heard) == normalise(mono)
+    named = transcribe(stereo, multichannel="true", **{"known_speaker_names[]": "Agent"})[
+        "segments"
+    ]
+    assert_two_men(named, first="Agent", second="B")
+
+
+def test_the_function_labels_speakers(base_url: str, call: tuple[bytes, Any, Any]) -> None:
+    response = httpx.post(
+        f"{base_url}/function/whisper?format=diarized_json&multichannel=true",
+        content=call[0],
+        headers={"Content-Type": "audio/wav"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert_two_men(response.json()["segments"])
+
+
+@pytest.mark.parametrize(
+    ("form", "param"),
+    [
+        ({"known_speaker_names[]": ["A", "B"], "known_speaker_references[]": ["x"]}, "names"),
+        ({"known_speaker_references[]": ["data:audio/wav;base64,AAAA"]}, "references"),
+        ({"known_speaker_names[]": "X", "known_speaker_references[]": "not a url"}, "references"),
+        ({"known_speaker_names[]": "X", "known_speaker_references[]": "data:;base64,@@"}, "ref"),
+        ({"min_speakers": "3", "max_speakers": "2"}, "min_speakers"),
+        ({"max_speakers": "0"}, "max_speakers"),
+        ({"chunking_strategy": "sometimes"}, "chunking_strategy"),
+    ],
+)
+def test_bad_speaker_fields_are_400(base_url: str, form: dict[str, Any], param: str) -> None:
+    response = httpx.post(
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": ("jfk.wav", wav(np.zeros(16000, np.float32)))},
+        data={"response_format": "diarized_json", **form},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert param in (error["param"] or ""), error
+
+
+def test_references_that_are_not_audio_too_short_or_too_long_are_400(
+    base_url: str, voices: tuple[audio.Audio, audio.Audio]
+) -> None:
+    jfk, _ = voices
+    cases = {
+        "not audio": "data:audio/wav;base64," + base64.b64encode(b"hello world" * 50).decode(),
+        "1 s": data_url(jfk[: audio.SAMPLE_RATE]),
+        "11 s": data_url(np.concatenate([jfk, jfk])[: 11 * audio.SAMPLE_RATE]),
+    }
+    for what, reference in cases.items():
+        response = httpx.post(
+            f"{base_url}/v1/audio/transcriptions",
+            files={"file": ("jfk.wav", wav(jfk))},
+            data={
+                "response_format": "diarized_json",
+                "known_speaker_names[]": "JFK",
+                "known_speaker_references[]": reference,
+            },
+            timeout=60,
+        )
+        assert response.status_code == 400, (what, response.text)
+        assert response.json()["error"]["param"] == "known_speaker_references[]", what
+
+
+def test_multichannel_on_a_mono_file_is_400(base_url: str) -> None:
+    response = httpx.post(
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": ("tone.wav", audio.test_tone(1.0))},
+        data={"multichannel": "true"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "multichannel"
+
+
+def test_a_long_jobs_speakers_are_the_same_across_its_chunks(
+    tmp_path: Path, engine: Transcriber, voices: tuple[audio.Audio, audio.Audio]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from test_jobs_support import job_settings
+
+    jfk, other = voices
+    turn = np.concatenate([jfk, GAP, other, GAP])
+    long_talk = wav(np.concatenate([turn] * 6))  # about 100 s: two chunks of 60 s
+    settings = job_settings(tmp_path, job_chunk_seconds=60)
+    with TestClient(create_app(settings, engine=engine)) as http:
+        response = http.post(
+            "/v1/jobs",
+            files={"file": ("talk.wav", long_talk)},
+            data={"response_format": "diarized_json"},
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+
+        def done() -> dict[str, Any] | None:
+            body: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
+            return body if body["status"] in ("succeeded", "failed") else None
+
+        job = poll(done, timeout=300, what="the job to end")
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["chunks"] >= 2
+    assert_two_men(job["result"]["segments"])
+
+
+def test_a_segment_is_split_where_the_speaker_changes() -> None:
+    from whisperd.speakers.diarize import diarize
+
+    words = tuple(Word(i * 0.5, i * 0.5 + 0.4, f" w{i}", 1.0) for i in range(8))
+    spans = tuple(window_spans(0.0, 4.0))
+    near = np.array([1.0] + [0.0] * 255, np.float32)
+    far = np.array([0.0, 1.0] + [0.0] * 254, np.float32)
+    vectors = np.stack([near if (a + b) / 2 < 2.0 else far for a, b in spans])
+    segment = Segment(0, 0, 0.0, 4.0, "".join(w.word for w in words), (1, 2), 0.0, -0.1, 1.0, 0.0)
+    segment = Segment(**{**_fields(segment), "words": words, "voice": Voice(spans, vectors)})
+    result = diarize(
+        Transcription(segment.text.strip(), "en", 1.0, 4.0, "transcribe", (segment,)),
+        SpeakerOptions(diarize=True, min_speakers=2),
+    )
+    assert [s.speaker for s in result.segments] == ["A", "B"]
+    assert "".join(s.text for s in result.segments) == segment.text
+    assert [s.id for s in result.segments] == [0, 1]
+    assert result.segments[0].end <= result.segments[1].start
+
+
+def _fields(segment: Segment) -> dict[str, Any]:
+    return {name: getattr(segment, name) for name in Segment.__dataclass_fields__}
+
+
+def test_a_chunks_voices_and_a_jobs_speaker_options_are_stored_and_read_back() -> None:
+    vectors = np.random.default_rng(0).random((3, 256)).astype(np.float32)
+    voice = Voice(((0.0, 1.6), (0.8, 2.4), (1.6, 3.2)), vectors)
+    segment = Segment(0, 0, 0.0, 3.2, " hi", (1,), 0.0, -0.1, 1.0, 0.0, voice=voice)
+    [back] = segments_from_json(segments_to_json([segment]))
+    assert back.voice is not None and back.voice.spans == voice.spans
+    assert np.allclose(back.voice.vectors, vectors, atol=1e-3)
+    spec = JobSpec(
+        response_format="diarized_json",
+        speakers=SpeakerOptions(diarize=True, names=("Ann",), references=((0.5,) * 4,)),
+    )
+    assert JobSpec.from_json(spec.to_json()) == spec
+
+
+def test_diarized_json_renders_as_openai_does() -> None:
+    segment = Segment(3, 0, 1.0, 2.5, " Hello.", (1,), 0.0, -0.1, 1.0, 0.0, speaker="Ann")
+    body = formats.to_diarized_json(
+        Transcription("Hello.", "en", 1.0, 2.5, "transcribe", (segment,))
+    )
+    assert TranscriptionDiarized.model_validate(body).segments[0].speaker == "Ann"
+    assert body["segments"][0] == {
+        "type": "transcript.text.segment",
+        "id": "seg_3",
+        "start": 1.0,
+        "end": 2.5,
+        "text": "Hello.",
+        "speaker": "Ann",
+    }
