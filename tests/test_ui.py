@@ -5,6 +5,9 @@ Every page runs offline: requests anywhere but 127.0.0.1 are blocked and must no
 
 from __future__ import annotations
 
+import importlib.util
+import io
+import json
 import re
 import sys
 import wave
@@ -12,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import numpy as np
 import pytest
@@ -22,7 +26,16 @@ from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
 from browser import offline_page
-from support import JFK, JFK_WORDS, assert_jfk, normalise, poll, running_app, speech_flac
+from support import (
+    HOTWORDS,
+    JFK,
+    JFK_WORDS,
+    assert_jfk,
+    normalise,
+    poll,
+    running_app,
+    speech_flac,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -459,3 +472,172 @@ def test_a_live_session_the_server_refuses_is_explained(
         assert page.is_enabled("input[name=source][value=file]")
         assert blocked == []
         assert errors == []
+
+
+def wav(*channels: audio.Audio) -> bytes:
+    """16 kHz 16-bit WAV of equally long ``channels`` (one: mono, two: stereo)."""
+    buffer = io.BytesIO()
+    layout = "mono" if len(channels) == 1 else "stereo"
+    with av.open(buffer, mode="w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=audio.SAMPLE_RATE, layout=layout)
+        pcm = (np.clip(np.stack(channels), -1, 1) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm.T).reshape(1, -1), format="s16", layout=layout
+        )
+        frame.sample_rate = audio.SAMPLE_RATE
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def two_voices() -> tuple[audio.Audio, audio.Audio]:
+    """JFK, then (after a pause) the man of hotwords.mp3, each as long as both with the
+    pause: silence where the other speaks."""
+    jfk, other = audio.decode(JFK), audio.decode(HOTWORDS)
+    gap = np.zeros(audio.SAMPLE_RATE, np.float32)
+    first = np.concatenate([jfk, gap, np.zeros_like(other)])
+    second = np.concatenate([np.zeros_like(jfk), gap, other])
+    return first, second
+
+
+def said_by(page: Any) -> dict[str, str]:
+    """Each speaker's words as the transcript shows them, by the speaker's label."""
+    rows: list[list[str]] = page.eval_on_selector_all(
+        "#segments li",
+        "items => items.map(li => [li.dataset.speaker, li.querySelector('.text').textContent])",
+    )
+    said: dict[str, list[str]] = {}
+    for speaker, text in rows:
+        said.setdefault(speaker, []).append(text)
+    return {speaker: normalise(" ".join(texts)) for speaker, texts in said.items()}
+
+
+def download(page: Any, format: str) -> str:
+    with page.expect_download() as downloaded:
+        page.click(f"[data-format={format}]")
+    return Path(downloaded.value.path()).read_text()
+
+
+def test_speakers_by_channel_are_shown_renamed_and_downloaded(
+    base_url: str, tmp_path: Path, two_voices: tuple[audio.Audio, audio.Audio]
+) -> None:
+    call, mono = tmp_path / "call.wav", tmp_path / "mono.wav"
+    call.write_bytes(wav(*two_voices))
+    mono.write_bytes(wav(two_voices[0]))  # (jfk.flac itself is two copies of one channel)
+    with offline_page() as (page, blocked):
+        errors = open_page(page, base_url)
+        # A mono file can't be split by channel: the page says what to do instead.
+        page.check("#speakers-channel")
+        assert page.is_disabled("#background"), "a job mixes the channels: by channel runs live"
+        page.set_input_files("#file", str(mono))
+        page.click("#submit")
+        page.locator("#error").wait_for(timeout=30_000)
+        assert "This recording can't be split by channel." in page.inner_text("#error")
+
+        transcribe(page, call)
+        chips = page.locator("#speaker-list .speaker")
+        assert chips.all_inner_texts() == ["A", "B"]
+        said = said_by(page)
+        assert set(said) == {"A", "B"}, said
+        assert_jfk(said["A"])
+        assert "folder" in said["B"] and "country" not in said["B"], said
+        assert "folder" not in said["A"], said
+        # A label where the speaker changes (JFK's segments are one turn), a colour each.
+        tags = page.locator("#segments .speaker.tag")
+        assert tags.all_inner_texts() == ["A", "B"]
+        colour = "b => getComputedStyle(b.querySelector('.swatch')).backgroundColor"
+        assert chips.nth(0).evaluate(colour) != chips.nth(1).evaluate(colour)
+        assert tags.nth(0).evaluate(colour) == chips.nth(0).evaluate(colour)
+
+        # Rename from the keyboard: Enter on A opens its name, Enter saves; every label
+        # of A follows, and the focus is back on the speaker.
+        chips.nth(0).focus()
+        page.keyboard.press("Enter")
+        field = page.locator(".speaker-input")
+        field.wait_for()
+        assert page.evaluate("document.activeElement.classList.contains('speaker-input')")
+        page.keyboard.press("ControlOrMeta+a")
+        page.keyboard.type("Agent")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".speaker-input", state="detached")
+        assert chips.all_inner_texts() == ["Agent", "B"]
+        assert tags.all_inner_texts() == ["Agent", "B"]
+        assert page.evaluate("document.activeElement.dataset.speaker") == "A"
+        # ... and Escape leaves the name as it was (here from a label in the transcript).
+        tags.nth(1).click()
+        field.wait_for()
+        page.keyboard.type("Nobody")
+        page.keyboard.press("Escape")
+        page.wait_for_selector(".speaker-input", state="detached")
+        assert chips.all_inner_texts() == ["Agent", "B"]
+
+        srt = download(page, "srt")
+        vtt = download(page, "vtt")
+        txt = download(page, "txt")
+        body = json.loads(download(page, "json"))
+
+        # Cues fit for a screen keep their speakers too (the words of this run tell it apart
+        # from the last).
+        page.check("#words")
+        page.click("#submit")
+        page.wait_for_selector("#segments .word", timeout=60_000)
+        page.select_option("#cue-width", "32")
+        fitted = download(page, "srt")
+        assert blocked == [] and errors == []
+
+    # The page's subtitles are the API's, with the speaker's new name.
+    for format, text in (("srt", srt), ("vtt", vtt)):
+        api = httpx.post(
+            f"{base_url}/v1/audio/transcriptions",
+            files={"file": ("call.wav", call.read_bytes())},
+            data={"response_format": format, "multichannel": "true"},
+            timeout=60,
+        )
+        assert api.status_code == 200, api.text
+        assert text == api.text.replace("A: ", "Agent: ").replace("<v A>", "<v Agent>")
+    assert "Agent: " in srt and "\nB: " in srt
+    api = httpx.post(
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": ("call.wav", call.read_bytes())},
+        data={
+            "response_format": "srt",
+            "multichannel": "true",
+            "max_line_width": "32",
+            "max_line_count": "2",
+        },
+        timeout=60,
+    )
+    assert fitted == api.text and fitted.count("A: ") > 2, fitted
+    lines = txt.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["Agent", "B"]
+    assert_jfk(lines[0])
+    assert {s["speaker"] for s in body["segments"]} == {"Agent", "B"}
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("whisperd.speakers.encoder") is None,
+    reason="the speaker model is not in this tree yet",
+)
+def test_speakers_by_voice_are_told_apart_live_and_in_a_job(
+    base_url: str, tmp_path: Path, two_voices: tuple[audio.Audio, audio.Audio]
+) -> None:
+    talk = tmp_path / "talk.wav"
+    talk.write_bytes(wav(two_voices[0] + two_voices[1]))  # one channel: JFK, then the other
+    with offline_page() as (page, blocked):
+        errors = open_page(page, base_url)
+        page.check("#speakers-voice")
+        # (A job's status says where it came from: not the "Done" of the run before it.)
+        for background, done in ((False, "Done: "), (True, "from a background job")):
+            page.set_checked("#background", background)
+            page.set_input_files("#file", str(talk))
+            page.click("#submit")
+            page.wait_for_selector(f"#status:has-text('{done}')", timeout=120_000)
+            assert page.locator("#speaker-list .speaker").all_inner_texts() == ["A", "B"]
+            said = said_by(page)
+            assert set(said) == {"A", "B"}, said
+            assert "country" in said["A"] and "folder" not in said["A"], said
+            assert "folder" in said["B"] and "country" not in said["B"], said
+        assert blocked == [] and errors == []

@@ -11,6 +11,7 @@
     │   │   │   └── TruncatedAudioError 400  (decodes, then breaks off)
     │   │   └── AudioTooLongError     413
     │   ├── UnsupportedTaskError      400   (translate / a language on an English-only model)
+    │   ├── SpeakerModelMissingError  400   (speakers asked for; the extra is not installed)
     │   ├── PayloadTooLargeError      413
     │   ├── HeadersTooLargeError      431   (request line and headers over the limit)
     │   ├── HeadersTimeoutError       408   (request line and headers sent too slowly)
@@ -120,6 +121,17 @@ class AudioTooLongError(AudioError):
 
 class UnsupportedTaskError(InvalidRequestError):
     default_code = "unsupported_task"
+
+
+class SpeakerModelMissingError(InvalidRequestError):
+    """Speakers were asked for, but the speaker model (the ``speakers`` extra) is not installed."""
+
+    default_code = "speaker_model_missing"
+
+    def __init__(
+        self, message: str, *, param: str | None = "response_format", code: str | None = None
+    ):
+        super().__init__(message, param=param, code=code)
 
 
 class PayloadTooLargeError(InvalidRequestError):

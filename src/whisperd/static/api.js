@@ -87,6 +87,13 @@ export function explain(err) {
   switch (err.status) {
     case 0:
       return ["Can't reach the server.", "Check that whisperd is still running and reachable from here, then try again."];
+    case 400:
+      if (err.error?.param === "multichannel")
+        return [
+          "This recording can't be split by channel.",
+          "By channel is for stereo calls, a speaker on each channel; choose By voice for this one.",
+        ];
+      return ["The server couldn't use this request.", "See below for what to change."];
     case 401:
       return ["This server needs an API key.", "Press Transcribe again to enter it; ask whoever runs the server for one."];
     case 404:

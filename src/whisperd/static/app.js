@@ -2,6 +2,7 @@
 import { ApiError, TYPE_STATUS, api, apiJson, explain } from "./api.js";
 import { FINAL, WATCH_STORE, forgetJob, rememberJob, renderJobs, savedJobs } from "./jobs.js";
 import { LiveSession, serverError } from "./live.js";
+import { Speakers, editSpeaker, showSpeakers, speakerButton } from "./speakers.js";
 import { clock, fitCues, parseCues, toJson, toLines, toSrt, toText, toVtt } from "./transcript.js";
 
 const $ = (id) => document.getElementById(id);
@@ -26,7 +27,7 @@ const state = {
   jobsEnabled: true,
   running: null, // AbortController of the request that transcribes a file as it goes
   live: null, // the LiveSession of the microphone, while it runs
-  transcript: null, // {name, task, language, duration, segments, verbose?, live?}
+  transcript: null, // {name, task, language, duration, segments, speakers, verbose?, live?}
   watching: null, // the job id the transcript panel follows
   retryAt: 0, // after a 429: when the server said to try again (ms since the epoch)
 };
@@ -137,19 +138,33 @@ function updateOptions() {
   $("language-note").hidden = !(task === "translate" && !englishOnly);
   $("language-note").textContent = "Translation detects the spoken language itself.";
 
-  // OpenAI's translation route has no word timestamps.
+  // OpenAI's translation route has no word timestamps, nor speakers.
   $("words").disabled = task === "translate";
   if (task === "translate") $("words").checked = false;
+  for (const radio of document.querySelectorAll("input[name=speakers]")) radio.disabled = task === "translate";
+  if (task === "translate") document.querySelector("input[name=speakers][value='']").checked = true;
+  const speakers = document.querySelector("input[name=speakers]:checked").value;
+  $("speakers-note").hidden = !(task === "translate" || speakers);
+  $("speakers-note").textContent = SPEAKER_NOTES[task === "translate" ? "translate" : speakers] ?? "";
+  // A job transcribes the channels mixed down: by channel runs here.
   const background = $("background");
-  background.disabled = !state.jobsEnabled;
+  background.disabled = !state.jobsEnabled || speakers === "channel";
   if (background.disabled) background.checked = false;
   $("submit").textContent = task === "translate" ? "Translate" : "Transcribe";
   updateModeNote();
 }
 
+const SPEAKER_NOTES = {
+  voice: "Speakers are told apart by their voices; the segments appear when it is done.",
+  channel: "For stereo calls: each channel is one speaker.",
+  translate: "Speakers are labelled in transcriptions, not translations.",
+};
+
 function updateModeNote() {
   const note = $("mode-note");
   if (!state.jobsEnabled) note.textContent = "Background jobs are off on this server: every file runs live.";
+  else if (document.querySelector("input[name=speakers]:checked").value === "channel")
+    note.textContent = "By channel runs live: a background job would mix the channels into one.";
   else if ($("background").checked)
     note.textContent = "Runs as a background job: you can leave this page and come back to it.";
   else note.textContent = "Runs live: segments appear as they are transcribed.";
@@ -182,6 +197,12 @@ function lockSource() {
 
 for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", showSource);
 for (const radio of document.querySelectorAll("input[name=task]")) radio.addEventListener("change", updateOptions);
+for (const radio of document.querySelectorAll("input[name=speakers]")) {
+  radio.addEventListener("change", () => {
+    updateOptions();
+    describeChoice(); // leaving By channel, a long file is a background job again
+  });
+}
 $("background").addEventListener("change", () => {
   state.backgroundTouched = true;
   updateModeNote();
@@ -307,7 +328,9 @@ $("url").addEventListener("change", () => {
 const EMPTY_TEXT = $("empty").querySelector("p").textContent;
 const SEGMENTS_LABEL = $("segments").getAttribute("aria-label");
 function startTranscript(name, task) {
-  state.transcript = { name, task, language: null, duration: state.duration, segments: [] };
+  const speakers = new Speakers();
+  state.transcript = { name, task, language: null, duration: state.duration, segments: [], speakers };
+  showSpeakers(speakers);
   revealTranscript();
   delete $("transcript-title").closest(".card").dataset.live;
   $("segments").setAttribute("aria-label", SEGMENTS_LABEL);
@@ -325,8 +348,20 @@ function revealTranscript() {
 }
 
 function addSegment(segment) {
-  state.transcript.segments.push(segment);
+  const { segments, speakers } = state.transcript;
+  const before = segments.at(-1);
+  segments.push(segment);
   const li = document.createElement("li");
+  if (segment.speaker != null) {
+    if (speakers.add(segment.speaker)) showSpeakers(speakers);
+    li.dataset.speaker = segment.speaker;
+    li.style.setProperty("--speaker", speakers.colour(segment.speaker));
+    // A label where the speaker changes: a turn's segments are one block under it.
+    if (before?.speaker !== segment.speaker) {
+      li.classList.add("turn-start");
+      li.append(speakerButton(speakers, segment.speaker, "tag"));
+    }
+  }
   const button = document.createElement("button");
   button.type = "button";
   button.className = "segment";
@@ -363,6 +398,13 @@ function showSegments(segments) {
   setExport(segments.length > 0);
 }
 
+for (const list of [$("segments"), $("speaker-list")]) {
+  list.addEventListener("click", (event) => {
+    const button = event.target.closest(".speaker");
+    if (button && state.transcript) editSpeaker(state.transcript.speakers, button);
+  });
+}
+
 $("segments").addEventListener("click", (event) => {
   const button = event.target.closest(".segment");
   if (!button || !state.transcript) return;
@@ -384,7 +426,7 @@ function highlight() {
   const t = player().currentTime;
   let index = -1;
   for (let i = 0; i < segments.length && segments[i].start <= t + 0.05; i++) index = i;
-  const button = index >= 0 ? $("segments").children[index]?.firstChild : null;
+  const button = index >= 0 ? $("segments").children[index]?.querySelector(".segment") : null;
   if (button !== active) {
     active?.removeAttribute("aria-current");
     button?.setAttribute("aria-current", "true");
@@ -412,20 +454,22 @@ function setExport(enabled) {
   $("cue-width").disabled = !enabled || !state.transcript?.segments.some((s) => s.words?.length);
 }
 
-/** The SRT/VTT cues: a segment each, or fit for a screen as the menu says. */
-function cues(transcript) {
+/** The SRT/VTT cues of `segments`: a segment each, or fit for a screen as the menu says. */
+function cues(segments) {
   const width = Number($("cue-width").value);
-  return width && !$("cue-width").disabled ? fitCues(transcript.segments, width) : transcript.segments;
+  return width && !$("cue-width").disabled ? fitCues(segments, width) : segments;
 }
 
-/** Plain text: a live transcript a line per turn, a file's as the API writes it. */
-const plainText = (t) => (t.live ? toLines(t.segments) : toText(t.segments));
+/** Plain text: a live transcript a line per turn, a file's as the API writes it (with
+ * speakers, a line per speaker's turn). */
+const plainText = (t) => (t.live ? toLines(t.segments) : toText(t.speakers.named(t.segments)));
 
+// Downloads name the speakers as they were named on the page.
 const EXPORTS = {
   txt: ["text/plain", plainText],
-  srt: ["application/x-subrip", (t) => toSrt(cues(t))],
-  vtt: ["text/vtt", (t) => toVtt(cues(t))],
-  json: ["application/json", (t) => toJson(t)],
+  srt: ["application/x-subrip", (t) => toSrt(cues(t.speakers.named(t.segments)))],
+  vtt: ["text/vtt", (t) => toVtt(cues(t.speakers.named(t.segments)))],
+  json: ["application/json", (t) => toJson(t, (label) => t.speakers.name(label))],
 };
 
 for (const button of document.querySelectorAll("[data-format]")) {
@@ -478,6 +522,7 @@ function options() {
     language: task === "translate" ? "" : $("language").value,
     words: $("words").checked,
     vad: $("vad").checked,
+    speakers: task === "translate" ? "" : document.querySelector("input[name=speakers]:checked").value,
   };
 }
 
@@ -498,6 +543,8 @@ function audioForm(opts) {
   form.append("model", opts.model);
   if (opts.language) form.append("language", opts.language);
   form.append("vad_filter", String(opts.vad));
+  if (opts.speakers === "voice") form.append("diarize", "true");
+  if (opts.speakers === "channel") form.append("multichannel", "true");
   return form;
 }
 
@@ -522,13 +569,17 @@ async function runLive(opts) {
   setProgress(null, "");
   try {
     const path = opts.task === "translate" ? "/v1/audio/translations" : "/v1/audio/transcriptions";
-    if (opts.words) {
-      // The stream's events carry no words: ask for verbose_json with word timestamps.
+    if (opts.words || opts.speakers) {
+      // The stream's events carry no words, nor speakers (known only once the whole file is
+      // heard, when the stream would come at once anyway): ask for verbose_json.
       form.append("response_format", "verbose_json");
-      form.append("timestamp_granularities[]", "word");
-      form.append("timestamp_granularities[]", "segment");
-      form.append("word_timestamps", "true");
-      setStatus(`${verb} with word timestamps… the segments appear when it is done.`);
+      if (opts.words) {
+        form.append("timestamp_granularities[]", "word");
+        form.append("timestamp_granularities[]", "segment");
+        form.append("word_timestamps", "true");
+      }
+      const extra = opts.words ? (opts.speakers ? "word timestamps and speakers" : "word timestamps") : "speakers";
+      setStatus(`${verb} with ${extra}… the segments appear when it is done.`);
       const result = await apiJson(path, { method: "POST", body: form, signal: controller.signal });
       startTranscript(name, opts.task);
       showVerbose(result);
@@ -604,6 +655,7 @@ function showVerbose(result) {
     start: s.start,
     end: s.end,
     text: s.text,
+    speaker: s.speaker,
     words: words.filter((w) => w.start >= s.start - 0.01 && w.end <= s.end + 0.01),
   }));
   if (!segments.length && result.text) segments.push({ id: 0, start: 0, end: result.duration ?? 0, text: result.text });

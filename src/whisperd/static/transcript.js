@@ -1,6 +1,8 @@
-// Transcript formats, generated in the browser from the segments ({id, start, end, text}).
-// They match what the API renders for response_format=srt|vtt|text (whisperd/formats.py), and
-// fitCues what it renders with max_line_width and max_line_count (whisperd/subtitles.py).
+// Transcript formats, generated in the browser from the segments ({id, start, end, text,
+// speaker?}, the speaker as it is to be written: the name it was given on the page). They match
+// what the API renders for response_format=srt|vtt|text (whisperd/formats.py), speakers as it
+// writes them with diarize=true, and fitCues what it renders with max_line_width and
+// max_line_count (whisperd/subtitles.py).
 
 const oneLine = (text) => text.split(/\s+/).filter(Boolean).join(" ");
 
@@ -26,8 +28,25 @@ export function clock(seconds) {
   return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
 }
 
+/** Consecutive segments of one speaker, as turns of {speaker, text}. */
+export function turns(segments) {
+  const found = [];
+  for (const s of segments) {
+    const last = found.at(-1);
+    if (last && last.speaker === s.speaker) last.text += " " + s.text;
+    else found.push({ speaker: s.speaker, text: s.text });
+  }
+  return found;
+}
+
+const hasSpeakers = (segments) => segments.some((s) => s.speaker != null);
+
+/** The API's text; with speakers, a line per turn, after the speaker's name. */
 export function toText(segments) {
-  return oneLine(segments.map((s) => s.text).join(" ")) + "\n";
+  if (!hasSpeakers(segments)) return oneLine(segments.map((s) => s.text).join(" ")) + "\n";
+  return turns(segments)
+    .map((t) => `${t.speaker != null ? `${t.speaker}: ` : ""}${oneLine(t.text)}\n`)
+    .join("");
 }
 
 /** A line per segment: a live transcript, whose segments are the speaker's turns. */
@@ -38,15 +57,25 @@ export function toLines(segments) {
 /** A cue's text: a segment's on one line, or the lines fitCues made. */
 const cueText = (cue, escape = (t) => t) => (cue.lines ?? [cue.text]).map((t) => oneLine(escape(t))).join("\n");
 
+/** SRT cues, each after `Name: ` when its segment has a speaker (as formats.srt_block). */
 export function toSrt(cues) {
   return cues
-    .map((c, i) => `${i + 1}\n${timestamp(c.start)} --> ${timestamp(c.end)}\n${cueText(c)}\n\n`)
+    .map((c, i) => {
+      const said = c.speaker != null ? `${c.speaker}: ` : "";
+      return `${i + 1}\n${timestamp(c.start)} --> ${timestamp(c.end)}\n${said}${cueText(c)}\n\n`;
+    })
     .join("");
 }
 
+const vttEscape = (t) => t.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
+
+/** WebVTT cues, each in a voice span (`<v Name>`) when its segment has a speaker (as
+ * formats.vtt_block). */
 export function toVtt(cues) {
-  const escape = (t) => t.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
-  const blocks = cues.map((c) => `${timestamp(c.start, ".")} --> ${timestamp(c.end, ".")}\n${cueText(c, escape)}\n\n`);
+  const blocks = cues.map((c) => {
+    const voice = c.speaker != null ? `<v ${vttEscape(c.speaker)}>` : "";
+    return `${timestamp(c.start, ".")} --> ${timestamp(c.end, ".")}\n${voice}${cueText(c, vttEscape)}\n\n`;
+  });
   return "WEBVTT\n\n" + blocks.join("");
 }
 
@@ -106,22 +135,26 @@ export function fitCues(segments, width, count = 2) {
       );
       const start = Math.max(cue[0].start, lastEnd);
       lastEnd = Math.max(cue[cue.length - 1].end, start);
-      cues.push({ start, end: lastEnd, lines });
+      cues.push({ start, end: lastEnd, lines, speaker: segment.speaker });
     }
   }
   return cues;
 }
 
-/** The API's verbose_json when we have it, else the same shape built from the segments. */
-export function toJson(transcript) {
-  const body = transcript.verbose ?? {
+/** The API's verbose_json when we have it, else the same shape built from the segments;
+ * each segment's speaker as `name` gives it (the name it was given on the page). */
+export function toJson(transcript, name = (speaker) => speaker) {
+  const renamed = (s) => (s.speaker != null ? { ...s, speaker: name(s.speaker) } : s);
+  const built = () => ({
     task: transcript.task,
     language: transcript.language ?? null,
     duration: transcript.duration ?? null,
-    text: toText(transcript.segments).trim(),
-    segments: transcript.segments.map(({ id, start, end, text }) => ({ id, start, end, text })),
-  };
-  return JSON.stringify(body, null, 2) + "\n";
+    text: oneLine(transcript.segments.map((s) => s.text).join(" ")),
+    segments: transcript.segments.map(({ id, start, end, text, speaker }) => ({ id, start, end, text, speaker })),
+  });
+  const body = transcript.verbose ?? built();
+  const segments = Array.isArray(body.segments) ? body.segments.map(renamed) : body.segments;
+  return JSON.stringify({ ...body, segments }, null, 2) + "\n";
 }
 
 /** Cues of an SRT or WebVTT document (a job's result in those formats) as segments. */
@@ -138,13 +171,14 @@ export function parseCues(text) {
     if (at < 0) continue;
     const [from, to] = lines[at].split("-->");
     if (!time.test(from) || !time.test(to)) continue;
-    const body = lines
-      .slice(at + 1)
-      .join(" ")
-      .replaceAll("&lt;", "<")
-      .replaceAll("&gt;", ">")
-      .replaceAll("&amp;", "&");
-    segments.push({ id: segments.length, start: seconds(from), end: seconds(to), text: body });
+    let body = lines.slice(at + 1).join(" ");
+    // A WebVTT voice span (<v Name>) is the cue's speaker.
+    const voice = body.match(/^<v(?:\.[^\s>]*)?\s+([^>]*)>/);
+    if (voice) body = body.slice(voice[0].length).replace(/<\/v>\s*$/, "");
+    const unescape = (t) => t.replaceAll("&lt;", "<").replaceAll("&gt;", ">").replaceAll("&amp;", "&");
+    const segment = { id: segments.length, start: seconds(from), end: seconds(to), text: unescape(body) };
+    if (voice) segment.speaker = unescape(voice[1]);
+    segments.push(segment);
   }
   return segments;
 }
