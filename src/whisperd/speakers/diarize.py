@@ -104,17 +104,20 @@ def _split(segment: Segment, speakers: list[str]) -> list[Segment]:
     ]
     if len(runs) == 1:
         return [dataclasses.replace(segment, speaker=runs[0][0])]
+    # the pieces cover the segment: each change falls halfway between two words
+    cuts = [(a[-1].end + b[0].start) / 2 for (_, a), (_, b) in itertools.pairwise(runs)]
+    starts, ends = [segment.start, *cuts], [*cuts, segment.end]
     return [
         dataclasses.replace(
             segment,
-            start=words[0].start,
-            end=words[-1].end,
+            start=start,
+            end=end,
             text="".join(w.word for w in words),
             tokens=(),
             words=words,
             speaker=speaker,
         )
-        for speaker, words in runs
+        for (speaker, words), start, end in zip(runs, starts, ends, strict=True)
     ]
 
 
