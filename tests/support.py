@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import av
 import httpx
+import numpy as np
 import uvicorn
 
+from whisperd import audio
 from whisperd.server import uvicorn_config
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
@@ -305,3 +308,21 @@ def misbehaving_server() -> Iterator[Misbehaving]:
         server.stop.set()
         server.shutdown()
         server.server_close()
+
+
+def wav(*channels: audio.Audio) -> bytes:
+    """16 kHz 16-bit WAV of equally long ``channels`` (one: mono, two: stereo)."""
+    buffer = io.BytesIO()
+    layout = "mono" if len(channels) == 1 else "stereo"
+    with av.open(buffer, mode="w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=audio.SAMPLE_RATE, layout=layout)
+        pcm = (np.clip(np.stack(channels), -1, 1) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm.T).reshape(1, -1), format="s16", layout=layout
+        )
+        frame.sample_rate = audio.SAMPLE_RATE
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import io
 import os
 import signal
 import subprocess
@@ -39,7 +38,7 @@ from whisperd import audio
 from whisperd.jobs.embedded import redis_server_binary
 from whisperd.settings import Settings
 
-from support import AUDIO, HOTWORDS, JFK, QuietHandler, poll
+from support import AUDIO, HOTWORDS, JFK, QuietHandler, poll, wav
 
 TEXT = {"Content-Type": "text/plain"}
 
@@ -65,17 +64,7 @@ def spaced_wav(path: Path, times: int) -> bytes:
     speech = audio.decode(path)
     gap = np.zeros(max(0, 30 * audio.SAMPLE_RATE - speech.size), dtype=np.float32)
     samples = np.concatenate([speech, gap] * times)
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=audio.SAMPLE_RATE, layout="mono")
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = audio.SAMPLE_RATE
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
+    return wav(samples)
 
 
 def process_running(pid: int) -> bool:

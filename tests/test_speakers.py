@@ -4,13 +4,11 @@ it), known speakers, per-channel transcripts of a stereo call, jobs, and the err
 from __future__ import annotations
 
 import base64
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import httpx
 import numpy as np
 import openai
@@ -25,29 +23,11 @@ from whisperd.settings import Settings
 from whisperd.speakers.options import SpeakerOptions
 from whisperd.speakers.voices import Voice, window_spans
 
-from support import assert_jfk, normalise, poll, running_app
+from support import assert_jfk, normalise, poll, running_app, wav
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 GAP = np.zeros(int(0.8 * audio.SAMPLE_RATE), np.float32)
-
-
-def wav(*channels: audio.Audio) -> bytes:
-    """16 kHz 16-bit WAV of equally long ``channels``."""
-    buffer = io.BytesIO()
-    layout = "mono" if len(channels) == 1 else "stereo"
-    with av.open(buffer, mode="w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=audio.SAMPLE_RATE, layout=layout)
-        pcm = (np.clip(np.stack(channels), -1, 1) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(pcm.T).reshape(1, -1), format="s16", layout=layout
-        )
-        frame.sample_rate = audio.SAMPLE_RATE
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
 
 
 def level(samples: audio.Audio) -> audio.Audio:

@@ -3,6 +3,7 @@ checkpoint, a loader that runs no code from the file, and speakers found and nam
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 import shutil
 import subprocess
@@ -61,23 +62,14 @@ def librosa_mel(samples: audio.Audio) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def torch_model() -> Callable[[np.ndarray], np.ndarray]:
-    """The checkpoint in PyTorch's own LSTM and linear layers: mel frames (batch, frames, 40)
-    to unit embeddings."""
-    import torch
-
-    state = torch.load(encoder.checkpoint_path(), map_location="cpu", weights_only=True)
-    weights = state["model_state"]
-    lstm = torch.nn.LSTM(40, 256, num_layers=3, batch_first=True)
-    linear = torch.nn.Linear(256, 256)
-    lstm.load_state_dict({k[len("lstm.") :]: v for k, v in weights.items() if "lstm." in k})
-    linear.load_state_dict({k[len("linear.") :]: v for k, v in weights.items() if "linear." in k})
-
-    def embed(mels: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            _, (hidden, _) = lstm(torch.from_numpy(mels))
-            raw = torch.relu(linear(hidden[-1]))
-            return (raw / raw.norm(dim=1, keepdim=True)).numpy()
-
+    """The checkpoint in PyTorch's own LSTM and linear layers (the speaker encoder bench's
+    reference): mel frames (batch, frames, 40) to unit embeddings."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "speaker_encoder.py"
+    spec = importlib.util.spec_from_file_location("speaker_encoder_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    embed: Callable[[np.ndarray], np.ndarray] = bench.torch_encoder()
     return embed
 
 

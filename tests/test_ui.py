@@ -6,7 +6,6 @@ Every page runs offline: requests anywhere but 127.0.0.1 are blocked and must no
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import re
 import sys
@@ -15,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import httpx
 import numpy as np
 import pytest
@@ -35,6 +33,7 @@ from support import (
     poll,
     running_app,
     speech_flac,
+    wav,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -472,24 +471,6 @@ def test_a_live_session_the_server_refuses_is_explained(
         assert page.is_enabled("input[name=source][value=file]")
         assert blocked == []
         assert errors == []
-
-
-def wav(*channels: audio.Audio) -> bytes:
-    """16 kHz 16-bit WAV of equally long ``channels`` (one: mono, two: stereo)."""
-    buffer = io.BytesIO()
-    layout = "mono" if len(channels) == 1 else "stereo"
-    with av.open(buffer, mode="w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=audio.SAMPLE_RATE, layout=layout)
-        pcm = (np.clip(np.stack(channels), -1, 1) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(pcm.T).reshape(1, -1), format="s16", layout=layout
-        )
-        frame.sample_rate = audio.SAMPLE_RATE
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

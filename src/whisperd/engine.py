@@ -1120,16 +1120,14 @@ class _Run:
                     vad_filter=False,  # silence is left out when the pieces are cut
                 )
                 self.events.put((piece, "info", info))
+                decoded = list(segments) if options.voices else []
                 if not options.voices:
                     for segment in segments:
                         self.events.put((piece, "segment", (segment, None)))
-                    segments = ()
-                else:
-                    segments = list(segments)
             # the voices are embedded beside the batcher, not inside one of its windows
-            if segments:
-                found = voices(segments, piece.samples, piece.offset)
-                for segment, voice in zip(segments, found, strict=True):
+            if decoded:
+                found = voices(decoded, piece.samples, piece.offset)
+                for segment, voice in zip(decoded, found, strict=True):
                     self.events.put((piece, "segment", (segment, voice)))
         except BaseException as exc:
             self.events.put((piece, "error", exc))

@@ -86,6 +86,10 @@ PromptField = Annotated[
     str | Omitted, Form(description="Text to guide spelling and style (initial prompt).")
 ]
 FormatField = Annotated[ResponseFormat, Form(description="Output format.")]
+TranslationFormatField = Annotated[
+    Literal["json", "text", "srt", "verbose_json", "vtt", "tsv"],
+    Form(description="Output format."),
+]
 TemperatureField = Annotated[
     float,
     Form(
@@ -260,7 +264,7 @@ async def create_translation(
     url: UrlField = None,
     model: ModelField = "whisper-1",
     prompt: PromptField = None,
-    response_format: FormatField = "json",
+    response_format: TranslationFormatField = "json",
     temperature: TemperatureField = 0.0,
     stream: StreamField = False,
     vad_filter: VadField = None,
