@@ -1,11 +1,11 @@
-"""The speaker model on numpy against the same checkpoint in PyTorch: load time, speed, and
+"""whisperd's speaker model against the same checkpoint in PyTorch: load time, speed, and
 how far apart their embeddings are.
 
 It loops jfk.flac and hotwords.mp3 to about ``--seconds`` of real speech, cuts it into
-windows (``--window`` s long, every ``--hop`` s), and embeds them with whisperd's numpy
+windows (``--window`` s long, every ``--hop`` s), and embeds them with whisperd's
 encoder and with PyTorch's LSTM and linear layers loaded from the same checkpoint (each
 given the same mel spectrograms of the same windows, so the network alone differs). Runs
-alternate (numpy, torch, numpy, ...); each figure is the median of ``--runs``. It prints
+alternate (whisperd, torch, whisperd, ...); each figure is the median of ``--runs``. It prints
 seconds to load, seconds to embed, audio seconds embedded per second, the ratio, and the
 largest difference between the two sets of embeddings.
 
@@ -102,28 +102,28 @@ def main() -> int:
         flush=True,
     )
     path = encoder.checkpoint_path()
-    loads: dict[str, list[float]] = {"numpy": [], "torch": []}
-    embeds: dict[str, list[float]] = {"numpy": [], "torch": []}
+    loads: dict[str, list[float]] = {"whisperd": [], "torch": []}
+    embeds: dict[str, list[float]] = {"whisperd": [], "torch": []}
     results: dict[str, np.ndarray] = {}
     for _ in range(args.runs):
         took, ours = timed(functools.partial(numpy_encoder, path))
-        loads["numpy"].append(took)
+        loads["whisperd"].append(took)
         took, theirs = timed(torch_encoder)
         loads["torch"].append(took)
-        took, results["numpy"] = timed(functools.partial(ours.embed, windows))
-        embeds["numpy"].append(took)
+        took, results["whisperd"] = timed(functools.partial(ours.embed, windows))
+        embeds["whisperd"].append(took)
         took, results["torch"] = timed(functools.partial(embed_with, theirs, windows))
         embeds["torch"].append(took)
 
     speed = {name: seconds / statistics.median(times) for name, times in embeds.items()}
     print(f"\n{'encoder':8} {'load s':>8} {'embed s':>8} {'audio s/s':>10}")
-    for name in ("numpy", "torch"):
+    for name in ("whisperd", "torch"):
         load, embed = statistics.median(loads[name]), statistics.median(embeds[name])
         print(f"{name:8} {load:8.3f} {embed:8.2f} {speed[name]:10.0f}")
-    difference = np.abs(results["numpy"] - results["torch"])
-    cosine = np.sum(results["numpy"] * results["torch"], axis=1)
+    difference = np.abs(results["whisperd"] - results["torch"])
+    cosine = np.sum(results["whisperd"] * results["torch"], axis=1)
     print(
-        f"\nnumpy speed / torch speed: {speed['numpy'] / speed['torch']:.2f}\n"
+        f"\nwhisperd speed / torch speed: {speed['whisperd'] / speed['torch']:.2f}\n"
         f"largest difference in any embedding component: {difference.max():.2e}; "
         f"least cosine similarity: {cosine.min():.7f}\n"
         f"load average after: {b.load_average()}"

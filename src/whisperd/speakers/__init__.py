@@ -1,4 +1,4 @@
-"""Who speaks when: voice embeddings of audio windows (:mod:`.encoder`, on numpy alone) and
+"""Who speaks when: voice embeddings of audio windows (:mod:`.encoder`, without PyTorch) and
 the speakers they group into (:mod:`.clustering`).
 
 The speaker model's weights come with the optional ``speakers`` extra

@@ -5,8 +5,9 @@ The model is the GE2E voice encoder whose weights ship in the ``resemblyzer`` pa
 hidden state goes through a 256 x 256 linear layer and a ReLU, then is scaled to unit
 length. Two embeddings of the same voice have a cosine similarity near 1.
 
-It runs on numpy alone: the checkpoint is read without PyTorch, and nothing of
-``resemblyzer`` is imported (its package imports PyTorch and webrtcvad).
+It runs without PyTorch: the checkpoint is read here, the LSTM runs in onnxruntime (see
+:mod:`.graph`) and the rest on numpy; nothing of ``resemblyzer`` is imported (its package
+imports PyTorch and webrtcvad).
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from whisperd.audio import SAMPLE_RATE, Audio
 from whisperd.errors import ModelLoadError, SpeakerModelMissingError
+from whisperd.speakers import graph
 from whisperd.speakers.checkpoint import read_state
 from whisperd.speakers.mel import HOP, N_MELS, Mel, frame_count, mel_spectrogram, normalize_volume
 
@@ -72,58 +74,15 @@ def checkpoint_path(*, param: str | None = "response_format") -> Path:
     )
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """One LSTM layer, as it runs here: the gates reordered from PyTorch's (i, f, g, o) to
-    (i, f, o, g), and the three sigmoid gates' weights and biases halved.
+def _session(model: bytes) -> Any:
+    """An onnxruntime session of ``model`` on the CPU, its threads sleeping when idle (not
+    spinning beside the decoder's)."""
+    import onnxruntime
 
-    sigmoid(x) = (1 + tanh(x / 2)) / 2, so one tanh over all four gates' pre-activations
-    gives every gate (and cannot overflow, as exp can); halving is exact in floating point.
-    """
-
-    input_weights: npt.NDArray[np.float32]  # (inputs, 4 * HIDDEN), transposed
-    hidden_weights: npt.NDArray[np.float32]  # (HIDDEN, 4 * HIDDEN), transposed
-    bias: npt.NDArray[np.float32]  # (4 * HIDDEN,): both of PyTorch's biases summed
-
-    @classmethod
-    def from_state(cls, state: dict[str, npt.NDArray[np.float32]], index: int) -> _Layer:
-        h = HIDDEN
-        order = np.r_[0 : 2 * h, 3 * h : 4 * h, 2 * h : 3 * h]
-        scale = np.where(np.arange(4 * h) < 3 * h, 0.5, 1.0).astype(np.float32)
-        w_ih, w_hh = state[f"lstm.weight_ih_l{index}"], state[f"lstm.weight_hh_l{index}"]
-        bias = state[f"lstm.bias_ih_l{index}"] + state[f"lstm.bias_hh_l{index}"]
-        return cls(
-            np.ascontiguousarray(w_ih[order].T * scale),
-            np.ascontiguousarray(w_hh[order].T * scale),
-            np.ascontiguousarray(bias[order] * scale),
-        )
-
-    def run(self, inputs: npt.NDArray[np.float32], *, keep_outputs: bool) -> Embeddings:
-        """Run over time-major ``inputs`` (frames, batch, features): every step's hidden state
-        (frames, batch, HIDDEN) when ``keep_outputs``, else the last one (batch, HIDDEN)."""
-        frames, batch, _ = inputs.shape
-        h = HIDDEN
-        projected = inputs @ self.input_weights
-        projected += self.bias
-        outputs = np.empty((frames if keep_outputs else 1, batch, h), dtype=np.float32)
-        hidden = np.zeros((batch, h), dtype=np.float32)
-        cell = np.zeros((batch, h), dtype=np.float32)
-        gates = np.empty((batch, 4 * h), dtype=np.float32)
-        sigmoids, candidate = gates[:, : 3 * h], gates[:, 3 * h :]
-        forget, output = gates[:, h : 2 * h], gates[:, 2 * h : 3 * h]
-        for t in range(frames):
-            np.matmul(hidden, self.hidden_weights, out=gates)
-            gates += projected[t]
-            np.tanh(gates, out=gates)
-            sigmoids += 1.0
-            sigmoids *= 0.5
-            cell *= forget
-            candidate *= gates[:, :h]
-            cell += candidate
-            hidden = outputs[t if keep_outputs else 0]
-            np.tanh(cell, out=hidden)
-            hidden *= output
-        return outputs if keep_outputs else outputs[0]
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def unit_length(vectors: npt.NDArray[np.floating]) -> Embeddings:
@@ -169,9 +128,12 @@ class VoiceEncoder:
             if name not in state or state[name].shape != shape:
                 found = state[name].shape if name in state else "missing"
                 raise ModelLoadError(f"The speaker model's {name} is {found}, not {shape}.")
-        self._layers = [_Layer.from_state(state, i) for i in range(LAYERS)]
+        self._lstm = _session(graph.lstm_model(state, LAYERS, HIDDEN))
         self._linear_weights = np.ascontiguousarray(state["linear.weight"].T)
         self._linear_bias = state["linear.bias"].copy()
+        # one batch at a time: each runs on all the cores, and batches from several streams
+        # at once would only fight over the cores the decoder uses
+        self._running = threading.Lock()
 
     @classmethod
     def load(cls, *, param: str | None = "response_format") -> VoiceEncoder:
@@ -191,9 +153,9 @@ class VoiceEncoder:
         out = np.empty((mels.shape[0], EMBEDDING_SIZE), dtype=np.float32)
         size = _batch_size(mels.shape[1])
         for start in range(0, mels.shape[0], size):
-            states = np.ascontiguousarray(mels[start : start + size].transpose(1, 0, 2))
-            for i, layer in enumerate(self._layers):
-                states = layer.run(states, keep_outputs=i < LAYERS - 1)
+            frames = np.ascontiguousarray(mels[start : start + size].transpose(1, 0, 2))
+            with self._running:
+                states = self._lstm.run(None, {graph.INPUT: frames})[0][0]
             raw = np.maximum(states @ self._linear_weights + self._linear_bias, 0.0)
             out[start : start + size] = unit_length(raw)
         return out

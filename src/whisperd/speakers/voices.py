@@ -19,7 +19,7 @@ from whisperd.audio import SAMPLE_RATE, Audio
 
 WINDOW_SECONDS = 1.6
 """The speaker model's window (what it was trained on)."""
-HOP_SECONDS = 1.2
+HOP_SECONDS = 0.8
 SHORTEST_SECONDS = 0.5
 """Speech shorter than this is widened to it (within its piece) before it is embedded."""
 
