@@ -20,6 +20,7 @@ import numpy as np
 from whisperd import audio
 from whisperd.engine import Segment, Transcription, Word
 from whisperd.errors import InvalidRequestError
+from whisperd.speakers.clustering import centroids, cluster, name_speakers
 from whisperd.speakers.options import SpeakerOptions
 from whisperd.speakers.voices import Vectors, Voice
 
@@ -44,8 +45,7 @@ def diarize(transcription: Transcription, options: SpeakerOptions) -> Transcript
     voices = [s.voice for s in transcription.segments]
     spans = [span for v in voices if v is not None for span in v.spans]
     if not spans:
-        only = options.names[0] if options.names else "A"
-        segments = [dataclasses.replace(s, speaker=only) for s in transcription.segments]
+        segments = [dataclasses.replace(s, speaker="A") for s in transcription.segments]
         return dataclasses.replace(transcription, segments=tuple(segments))
     vectors = np.concatenate([v.vectors for v in voices if v is not None and len(v.spans)])
     labels = _cluster(vectors, options)
@@ -62,8 +62,6 @@ def diarize(transcription: Transcription, options: SpeakerOptions) -> Transcript
 
 
 def _cluster(vectors: Vectors, options: SpeakerOptions) -> list[int]:
-    from whisperd.speakers.clustering import cluster
-
     found = cluster(vectors, min_speakers=options.min_speakers, max_speakers=options.max_speakers)
     return [int(label) for label in found]
 
@@ -73,8 +71,6 @@ def _names(labels: Sequence[int], vectors: Vectors, options: SpeakerOptions) -> 
     letter not taken, in order of first appearance."""
     named: dict[int, str] = {}
     if options.references:
-        from whisperd.speakers.clustering import centroids, name_speakers
-
         references = {
             name: np.asarray(ref, dtype=np.float32)
             for name, ref in zip(options.names, options.references, strict=True)
