@@ -166,9 +166,13 @@ class Pipeline:
                 async def one(i: int) -> None:
                     results[i] = await anyio.to_thread.run_sync(collect, runs[i])
 
-                async with anyio.create_task_group() as group:
-                    for i in range(len(runs)):
-                        group.start_soon(one, i)
+                try:
+                    async with anyio.create_task_group() as group:
+                        for i in range(len(runs)):
+                            group.start_soon(one, i)
+                except BaseExceptionGroup as grouped:
+                    # the first channel to fail stopped the others: its error is the answer
+                    raise grouped.exceptions[0] from None
                 return [results[i] for i in range(len(runs))]
 
             results = await watch_disconnect(request, cancel, collected)
