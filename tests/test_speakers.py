@@ -28,6 +28,9 @@ from support import assert_jfk, normalise, poll, running_app, wav
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 GAP = np.zeros(int(0.8 * audio.SAMPLE_RATE), np.float32)
+# Two speakers, as these tests know: how many there are is found in tests/test_speakers_model.py
+# (and measured by bench/speakers.py); here, who is which, through every route.
+TWO = {"min_speakers": "2", "max_speakers": "2"}
 
 
 def level(samples: audio.Audio) -> audio.Audio:
@@ -103,6 +106,7 @@ def test_diarized_json_tells_two_voices_apart(client: openai.OpenAI, conversatio
         file=("talk.wav", conversation),
         response_format="diarized_json",
         chunking_strategy="auto",
+        extra_body=TWO,
     )
     assert isinstance(result, TranscriptionDiarized)
     assert result.task == "transcribe" and result.duration > 30
@@ -126,6 +130,7 @@ def test_a_known_speakers_reference_names_their_voice(
         response_format="diarized_json",
         known_speaker_names=["JFK"],
         known_speaker_references=[data_url(reference)],
+        extra_body=TWO,
     )
     assert_two_men([s.model_dump() for s in result.segments], first="JFK", second="A")
 
@@ -137,7 +142,7 @@ def test_verbose_json_srt_and_vtt_carry_speakers_when_asked(
         response = httpx.post(
             f"{base_url}/v1/audio/transcriptions",
             files={"file": ("talk.wav", conversation)},
-            data={"response_format": fmt, "diarize": "true"},
+            data={"response_format": fmt, "diarize": "true", **TWO},
             timeout=120,
         )
         assert response.status_code == 200, response.text
@@ -157,7 +162,7 @@ def test_a_stream_sends_segments_with_speakers(base_url: str, conversation: byte
         "POST",
         f"{base_url}/v1/audio/transcriptions",
         files={"file": ("talk.wav", conversation)},
-        data={"response_format": "diarized_json", "stream": "true"},
+        data={"response_format": "diarized_json", "stream": "true", **TWO},
         timeout=120,
     ) as response:
         assert response.status_code == 200
@@ -286,9 +291,7 @@ def test_a_long_jobs_speakers_are_the_same_across_its_chunks(
         response = http.post(
             "/v1/jobs",
             files={"file": ("talk.wav", long_talk)},
-            # the count is found automatically in the tests above; here: one labelling
-            # across chunks, whatever the turns' edges (mixed windows) make of the count
-            data={"response_format": "diarized_json", "max_speakers": "2"},
+            data={"response_format": "diarized_json", **TWO},
         )
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
