@@ -23,7 +23,7 @@ from whisperd.settings import Settings
 from whisperd.speakers.options import SpeakerOptions
 from whisperd.speakers.voices import Voice, window_spans
 
-from support import assert_jfk, normalise, poll, running_app, wav
+from support import assert_jfk, normalise, running_app, wav
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -276,34 +276,40 @@ def test_multichannel_on_a_mono_recording_is_400(
     assert response.json()["error"]["param"] == "multichannel"
 
 
-def test_a_long_jobs_speakers_are_the_same_across_its_chunks(
-    tmp_path: Path, engine: Transcriber, voices: tuple[audio.Audio, audio.Audio]
+def test_a_jobs_chunks_are_labelled_together_at_the_merge(
+    voices: tuple[audio.Audio, audio.Audio],
 ) -> None:
-    from fastapi.testclient import TestClient
-
-    from test_jobs_support import job_settings
+    """Each chunk's segments keep their voices in the store; the merge clusters them all at
+    once, so a speaker has one label in every chunk."""
+    from whisperd.jobs.chunks import merge
+    from whisperd.jobs.records import ChunkRecord
+    from whisperd.jobs.states import ChunkState
+    from whisperd.speakers.encoder import voice_encoder
 
     jfk, other = voices
-    turn = np.concatenate([jfk, GAP, other, GAP])
-    long_talk = wav(np.concatenate([turn] * 6))  # about 100 s: two chunks of 60 s
-    settings = job_settings(tmp_path, job_chunk_seconds=60)
-    with TestClient(create_app(settings, engine=engine)) as http:
-        response = http.post(
-            "/v1/jobs",
-            files={"file": ("talk.wav", long_talk)},
-            data={"response_format": "diarized_json", **TWO},
-        )
-        assert response.status_code == 202, response.text
-        job_id = response.json()["id"]
+    encoder = voice_encoder()
 
-        def done() -> dict[str, Any] | None:
-            body: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
-            return body if body["status"] in ("succeeded", "failed") else None
+    def said(start: float, samples: audio.Audio, text: str) -> Segment:
+        spans = tuple(window_spans(start, start + audio.duration(samples)))
+        windows = [
+            samples[round((a - start) * audio.SAMPLE_RATE) : round((b - start) * audio.SAMPLE_RATE)]
+            for a, b in spans
+        ]
+        voice = Voice(spans, encoder.embed(windows))
+        end = start + audio.duration(samples)
+        return Segment(0, 0, start, end, text, (1,), 0.0, -0.1, 1.0, 0.0, voice=voice)
 
-        job = poll(done, timeout=300, what="the job to end")
-    assert job["status"] == "succeeded", job
-    assert job["progress"]["chunks"] >= 2
-    assert_two_men(job["result"]["segments"])
+    chunks = [
+        [said(0.0, jfk, " country"), said(12.0, other, " folder")],
+        [said(60.0, other, " folder"), said(65.0, jfk, " country")],
+    ]
+    records = [
+        ChunkRecord("job", i, ChunkState.DONE, 60.0 * i, 60.0, segments=segments_to_json(c))
+        for i, c in enumerate(chunks)
+    ]
+    spec = JobSpec(response_format="diarized_json", speakers=SpeakerOptions(diarize=True))
+    body, _ = spec.render(merge(records, duration=120.0, task="transcribe"))
+    assert_two_men(json.loads(body)["segments"])
 
 
 def test_a_segment_is_split_where_the_speaker_changes() -> None:
