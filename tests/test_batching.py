@@ -301,11 +301,11 @@ def test_a_cancelled_owner_leaves_at_its_next_call(batcher: Batcher, fake: FakeW
     fake.gate.set()
     first.outcome()
     for call in gone:
-        with pytest.raises(errors.CancelledError):
+        with pytest.raises(errors.WorkCancelledError):
             call.outcome()
     assert float(kept.outcome().array.flat[0]) == 3.0
     assert [size for _, size, _ in fake.batches[1:]] == [1]
-    with pytest.raises(errors.CancelledError):
+    with pytest.raises(errors.WorkCancelledError):
         Call(batcher, stopped, "encode", window(1)).outcome()
 
 

@@ -189,7 +189,7 @@ def test_a_cancelled_task_stops_mid_way(
     assert isinstance(first, Segment)
     task.cancel()
     received: list[Segment] = [first]
-    with pytest.raises(errors.CancelledError):
+    with pytest.raises(errors.WorkCancelledError):
         for item in items:
             assert isinstance(item, Segment)
             received.append(item)
@@ -208,7 +208,7 @@ def test_closing_a_stream_frees_the_engine(engine: Transcriber, long_speech: aud
     stream.close()  # the client went away
     task = tasks[0]
     poll(lambda: task.finished, timeout=30, interval=0.005, what="the abandoned task to stop")
-    with pytest.raises(errors.CancelledError):  # it was stopped, not run to the end
+    with pytest.raises(errors.WorkCancelledError):  # it was stopped, not run to the end
         for _ in task:
             pass
 
@@ -223,7 +223,7 @@ def test_a_short_clip_is_not_stuck_behind_a_long_file(
     assert {"folder", "again"} <= set(words("".join(s.text for s in clip)))
     assert not long.finished  # the clip did not wait for the whole file
     long.cancel()
-    with pytest.raises(errors.CancelledError):
+    with pytest.raises(errors.WorkCancelledError):
         for _ in long:
             pass
 

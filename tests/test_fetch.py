@@ -27,13 +27,13 @@ import pytest
 
 from whisperd import fetch
 from whisperd.errors import (
-    CancelledError,
     DeadlineExceededError,
     FetchError,
     ForbiddenURLError,
     PayloadTooLargeError,
     UpstreamError,
     UpstreamTimeoutError,
+    WorkCancelledError,
 )
 from whisperd.fetch import check_url, fetch_to_file, guarded_client
 from whisperd.settings import Settings
@@ -553,7 +553,7 @@ def test_the_callers_deadline_ends_the_fetch(server: str, path: str, tmp_path: P
     [
         ("deadline", DeadlineExceededError),
         ("total", UpstreamTimeoutError),
-        ("stop", CancelledError),
+        ("stop", WorkCancelledError),
     ],
 )
 def test_a_head_sent_a_byte_at_a_time_is_cut_off(
@@ -605,7 +605,7 @@ def test_a_stopped_fetch_ends_at_its_next_chunk(server: str, tmp_path: Path) -> 
     timer = threading.Timer(0.2, stop.set)
     timer.start()
     try:
-        with pytest.raises(CancelledError):
+        with pytest.raises(WorkCancelledError):
             fetch_to_file(f"{server}/trickle", _settings(tmp_path), stopped=stop.is_set)
     finally:
         timer.cancel()

@@ -29,11 +29,11 @@ from whisperd.errors import (
     AudioError,
     AudioTooLongError,
     EmptyAudioError,
+    InvalidValueError,
     ModelLoadError,
     ModelNotFoundError,
     ServiceUnavailableError,
     UnsupportedTaskError,
-    ValidationError,
     WhisperdError,
     shown,
 )
@@ -652,7 +652,7 @@ class Transcriber:
     def _check(self, name: str, multilingual: bool | None, options: TranscribeOptions) -> None:
         language = options.language
         if language is not None and language not in self._languages:
-            raise ValidationError(
+            raise InvalidValueError(
                 f"Unknown language {shown(language)}; use an ISO-639-1 code such as 'en' or 'de'.",
                 param="language",
             )

@@ -20,7 +20,7 @@
     │   │   ├── ForbiddenURLError     400   (scheme, private address, redirect to one)
     │   │   ├── UpstreamError         502 server_error  (HTTP 5xx, refused, TLS, broken)
     │   │   └── UpstreamTimeoutError  504 timeout_error (the URL's server too slow)
-    │   ├── ValidationError           422
+    │   ├── InvalidValueError         422
     │   └── ConflictError             409   (e.g. cancelling a job that has finished)
     ├── AuthenticationError           401 authentication_error
     ├── NotFoundError                 404 not_found_error
@@ -29,7 +29,7 @@
     ├── RateLimitError                429 rate_limit_error  (carries retry_after seconds)
     ├── ServiceUnavailableError       503 service_unavailable (draining, not ready)
     ├── DeadlineExceededError         504 timeout_error
-    ├── CancelledError                499 cancelled         (the client went away)
+    ├── WorkCancelledError            499 cancelled         (the client went away)
     ├── ModelLoadError                500 server_error      (a bundled model is corrupt)
     ├── WorkerLostError               500 server_error      (a job's worker died; retried)
     └── InvalidTransitionError        500 server_error      (a job state change the table forbids)
@@ -197,7 +197,7 @@ class UpstreamTimeoutError(FetchError):
     default_code = "upstream_timeout"
 
 
-class ValidationError(InvalidRequestError):
+class InvalidValueError(InvalidRequestError):
     status_code = 422
     default_code = "invalid_value"
 
@@ -255,7 +255,7 @@ class DeadlineExceededError(WhisperdError):
     default_code = "deadline_exceeded"
 
 
-class CancelledError(WhisperdError):
+class WorkCancelledError(WhisperdError):
     status_code = 499
     error_type = "cancelled"
     default_code = "cancelled"

@@ -37,13 +37,13 @@ import httpx
 
 from whisperd import __version__
 from whisperd.errors import (
-    CancelledError,
     DeadlineExceededError,
     FetchError,
     ForbiddenURLError,
     PayloadTooLargeError,
     UpstreamError,
     UpstreamTimeoutError,
+    WorkCancelledError,
     shown,
 )
 from whisperd.settings import Settings
@@ -90,7 +90,7 @@ class _Limits:
     def check(self) -> None:
         """Raise if the download must stop now."""
         if self.stopped():
-            raise CancelledError("The fetch was stopped: its work is no longer wanted.")
+            raise WorkCancelledError("The fetch was stopped: its work is no longer wanted.")
         if time.monotonic() >= self.end():
             raise self.expired()
 
@@ -170,14 +170,14 @@ def fetch_to_file(
     at most ``settings.max_upload_bytes``. The whole download may take at most
     ``settings.fetch_total_timeout``, and must end by ``deadline`` (a monotonic instant, the
     caller's); no read waits past either. ``stopped`` is asked between chunks: once it says
-    yes, the download ends with CancelledError. An empty body is returned as an empty
+    yes, the download ends with WorkCancelledError. An empty body is returned as an empty
     file: whether that is usable audio is for the decoder to say. Name resolution
     (getaddrinfo) has no timeout of its own.
 
     Raises ForbiddenURLError (a URL or address that may not be fetched),
     PayloadTooLargeError (over the size cap), UpstreamError (the server failed: 502),
     UpstreamTimeoutError (it was too slow: 504), DeadlineExceededError (the caller's
-    deadline passed), CancelledError, or FetchError (the URL is wrong: no such host, an
+    deadline passed), WorkCancelledError, or FetchError (the URL is wrong: no such host, an
     HTTP 4xx), with ``retryable`` and ``upstream_status`` set. No httpx exception escapes.
     """
     return _fetch(url, _Guard(settings), _Limits(settings, deadline, stopped or _never))

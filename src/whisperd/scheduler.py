@@ -25,11 +25,11 @@ from typing import Generic, TypeVar
 import anyio
 
 from whisperd.errors import (
-    CancelledError,
     DeadlineExceededError,
     RateLimitError,
     ServiceUnavailableError,
     WhisperdError,
+    WorkCancelledError,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Task(Generic[T]):
         """Stop at the next window; the consumer sees ``reason`` (default: cancelled)."""
         with self._lock:
             if self._stop is None:
-                self._stop = reason or CancelledError("The request was cancelled.")
+                self._stop = reason or WorkCancelledError("The request was cancelled.")
 
     def stopped(self) -> WhisperdError | None:
         """Why the work should stop now (cancelled, or past its deadline), or None."""

@@ -28,9 +28,9 @@ from whisperd.engine import Transcriber
 from whisperd.errors import (
     MAX_MESSAGE,
     InvalidRequestError,
+    InvalidValueError,
     PayloadTooLargeError,
     RateLimitError,
-    ValidationError,
     WhisperdError,
     shown,
 )
@@ -86,7 +86,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             f"Missing required field {param!r}.", param=param, code="missing_field"
         )
     else:
-        error = ValidationError(f"Invalid value for {param!r}: {first.get('msg')}.", param=param)
+        error = InvalidValueError(f"Invalid value for {param!r}: {first.get('msg')}.", param=param)
     return _error_response(error)
 
 

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from whisperd.api.pipeline import Pipeline
 from whisperd.engine import Transcriber
-from whisperd.errors import ServiceUnavailableError, ValidationError, shown
+from whisperd.errors import InvalidValueError, ServiceUnavailableError, shown
 from whisperd.jobs.owners import Owner
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.settings import Settings
@@ -68,11 +68,11 @@ def get_deadline(request: Request) -> float:
         try:
             asked = float(header.removesuffix("s"))
         except ValueError:
-            raise ValidationError(
+            raise InvalidValueError(
                 f"X-Timeout must be a number of seconds, not {shown(header)}.", param="X-Timeout"
             ) from None
         if not 0 < asked < float("inf"):
-            raise ValidationError(
+            raise InvalidValueError(
                 "X-Timeout must be a positive number of seconds.", param="X-Timeout"
             )
         timeout = min(timeout, asked)

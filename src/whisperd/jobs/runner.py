@@ -44,9 +44,9 @@ from collections.abc import Callable
 
 from whisperd.engine import Transcriber
 from whisperd.errors import (
-    CancelledError,
     DeadlineExceededError,
     WhisperdError,
+    WorkCancelledError,
     WorkerLostError,
 )
 from whisperd.jobs import chunks as chunk_audio
@@ -72,8 +72,8 @@ def is_transient(exc: BaseException) -> bool:
     return True  # out of memory, CUDA errors, bugs: retry a bounded number of times
 
 
-def _cancelled() -> CancelledError:
-    return CancelledError("The job was cancelled.")
+def _cancelled() -> WorkCancelledError:
+    return WorkCancelledError("The job was cancelled.")
 
 
 def _as_error(exc: Exception, what: str) -> WhisperdError:
@@ -176,7 +176,7 @@ class JobRunner:
                 logger.info("Job %s is gone (expired or deleted); nothing to do", job_id)
                 return
             if job.state.final:
-                self.finish(job)  # a callback the previous delivery did not send yet
+                self.send_callback_if_due(job)  # a callback the previous delivery did not send yet
                 return
             if job.state is JobState.RUNNING:
                 if not self._recover(job):
@@ -239,7 +239,7 @@ class JobRunner:
             logger.info("Job %s: back on the queue (worker stopping)", job.id)
         except Superseded as exc:
             logger.info("Job %s: stopped: %s", job.id, exc.message)
-        except CancelledError as exc:
+        except WorkCancelledError as exc:
             self._end_job(job.id, JobState.CANCELLED, exc)
         except Exception as exc:
             self._failed(job, exc)
@@ -255,7 +255,7 @@ class JobRunner:
                     result=body,
                 )
                 if done is not None:
-                    self.finish(done)
+                    self.send_callback_if_due(done)
                     logger.info("Job %s succeeded in %.2f s", job.id, done.run_seconds)
         finally:
             self._untrack(key)
@@ -303,13 +303,13 @@ class JobRunner:
         if done is None and state is JobState.CANCELLED:
             done = self.store.transition(job_id, JobState.QUEUED, state, fields)
         if done is not None:
-            self.finish(done)
+            self.send_callback_if_due(done)
             logger.info("Job %s %s: %s", job_id, state, error.message)
             return True
         job = self.store.get(job_id)
         return job is None or job.state.final
 
-    def finish(self, job: Job) -> None:
+    def send_callback_if_due(self, job: Job) -> None:
         """Send the callback of an ended job, if it has one not sent yet."""
         if job.callback_state is CallbackState.PENDING:
             self._send_callback(job)
@@ -399,7 +399,7 @@ class JobRunner:
             logger.info("Job %s: chunk %d back on the queue (worker stopping)", job.id, index)
         except Superseded as exc:
             logger.info("Job %s: chunk %d stopped: %s", job.id, index, exc.message)
-        except CancelledError as exc:
+        except WorkCancelledError as exc:
             self._end_job(job.id, JobState.CANCELLED, exc)
         except Exception as exc:
             assert record is not None
@@ -476,7 +476,7 @@ class JobRunner:
             job_id, JobState.RUNNING, JobState.SUCCEEDED, fields, result=body
         )
         if ended is not None:
-            self.finish(ended)
+            self.send_callback_if_due(ended)
             logger.info(
                 "Job %s succeeded in %.2f s (%d chunks merged)",
                 job_id,

@@ -36,10 +36,10 @@ from prometheus_client import start_http_server
 
 from whisperd.engine import Transcriber
 from whisperd.errors import (
-    CancelledError,
     ConflictError,
     JobNotFoundError,
     ServiceUnavailableError,
+    WorkCancelledError,
 )
 from whisperd.jobs import actors as actors_module
 from whisperd.jobs.broker import CALLBACKS_QUEUE, JOBS_QUEUE, Broker, connect
@@ -332,7 +332,7 @@ class JobsRuntime:
                         job_id,
                         job.state,
                         JobState.CANCELLED,
-                        error_fields(CancelledError("The job was cancelled.")),
+                        error_fields(WorkCancelledError("The job was cancelled.")),
                     )
                     if done is not None:
                         if done.callback_state is CallbackState.PENDING:

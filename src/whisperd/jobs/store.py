@@ -49,9 +49,9 @@ from typing import Any
 import redis
 
 from whisperd.errors import (
+    InvalidValueError,
     RateLimitError,
     ServiceUnavailableError,
-    ValidationError,
     WhisperdError,
     shown,
 )
@@ -656,7 +656,7 @@ class JobStore:
         else:
             found = self.client.zscore(index_key(None, owner), after)
             if found is None:
-                raise ValidationError(
+                raise InvalidValueError(
                     f"Unknown cursor after={shown(after)}: that job does not exist (or expired); "
                     "list again from the start.",
                     param="after",

@@ -14,11 +14,11 @@ from typing import IO
 from whisperd import audio, chunking, fetch
 from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo, items
 from whisperd.errors import (
-    CancelledError,
     DeadlineExceededError,
     EmptyAudioError,
     ServiceUnavailableError,
     WhisperdError,
+    WorkCancelledError,
 )
 from whisperd.jobs import chunks as chunk_audio
 from whisperd.jobs.records import ChunkRecord, Job
@@ -100,7 +100,7 @@ class Work:
         assert job.url is not None
         try:
             return fetch.fetch_to_file(job.url, self.settings, stopped=active.stopped)
-        except CancelledError:
+        except WorkCancelledError:
             active.check()  # why it stopped: a cancel, or this worker stopping
             raise
 

@@ -49,7 +49,7 @@ FUNCTION_BODY = {
 
 
 def _get_and_post(path: str, **kwargs: Any) -> Callable[[F], F]:
-    """Register a check under POST (the original contract) and GET, each its own operation."""
+    """Register a check under POST and GET, each its own operation."""
 
     def register(func: F) -> F:
         router.post(path, operation_id=func.__name__, **kwargs)(func)
@@ -229,7 +229,7 @@ async def translate_upload(
     deadline: DeadlineDep,
     file: Annotated[UploadFile, File(description="The audio or video file.")],
 ) -> TranslateResult:
-    """Transcribes the file in its own language (the name is the original service's)."""
+    """Transcribes the file in its own language (despite the route's name)."""
     fetcher = pipeline.fetcher
     async with audio_input(
         file, None, fetcher, request=request, deadline=deadline, timings=timings
