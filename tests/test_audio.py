@@ -123,8 +123,8 @@ def test_every_source_kind_decodes_the_same(kind: str, jfk_path: Path, jfk_bytes
     np.testing.assert_array_equal(samples, reference)
 
 
-def test_iter_chunks_yields_the_decoded_audio_in_pieces(jfk_path: Path) -> None:
-    chunks = list(audio.iter_chunks(jfk_path))
+def test_iter_frames_yields_the_decoded_audio_in_frames(jfk_path: Path) -> None:
+    chunks = list(audio.iter_frames(jfk_path))
     assert len(chunks) > 10
     assert all(c.dtype == np.float32 and c.ndim == 1 for c in chunks)
     np.testing.assert_array_equal(np.concatenate(chunks), audio.decode(jfk_path))

@@ -13,7 +13,7 @@ import pytest
 
 from whisperd import audio, errors, models
 from whisperd.bench import word_error_rate, words
-from whisperd.chunking import Chunk
+from whisperd.chunking import Section
 from whisperd.engine import (
     DEFAULT_TEMPERATURES,
     Segment,
@@ -352,9 +352,9 @@ def batch_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("whisperd-batch-")}
 
 
-def held(samples: audio.Audio, release: threading.Event) -> Iterator[Chunk]:
+def held(samples: audio.Audio, release: threading.Event) -> Iterator[Section]:
     """One chunk, then a wait for ``release``: a task running until the test lets it end."""
-    yield Chunk(0, 0.0, samples)
+    yield Section(0, 0.0, samples)
     assert release.wait(120)
 
 

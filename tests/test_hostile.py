@@ -421,7 +421,7 @@ def test_an_undeclared_bomb_is_stopped_by_the_decoders_cap(
     assert audio.probe_duration(bomb) is None  # the precondition: nothing to refuse it on
     decoded = 0
     with pytest.raises(errors.AudioTooLongError):
-        for chunk in audio.iter_chunks(bomb, max_seconds=SMALL_CAP_SECONDS):
+        for chunk in audio.iter_frames(bomb, max_seconds=SMALL_CAP_SECONDS):
             decoded += chunk.size
     # memory stays bounded by the cap: decoding stopped as soon as it was passed
     assert decoded <= SMALL_CAP_SECONDS * RATE

@@ -279,7 +279,7 @@ def function_url(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) ->
         tmp_dir=root / "tmp",
         data_dir=root / "data",
         jobs_enabled=False,
-        chunk_seconds=30,
+        section_seconds=30,
         max_audio_seconds=150,
         vad_filter=False,
         batch_size=1,

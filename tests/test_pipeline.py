@@ -178,14 +178,14 @@ def test_api_keys(tmp_path: Path) -> None:
 
 
 def test_long_audio_runs_in_pieces_streamed_and_not(tmp_path: Path) -> None:
-    """Audio longer than chunk_seconds is decoded piece by piece, also while it streams."""
+    """Audio longer than section_seconds is decoded section by section, also while it streams."""
     import json
 
     settings = Settings(
         model_cache_dir=tmp_path / "cache",
         tmp_dir=tmp_path / "tmp",
         data_dir=tmp_path / "data",
-        chunk_seconds=30,
+        section_seconds=30,
     )
     speech = speech_flac(100)
     with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:

@@ -172,10 +172,10 @@ def _samples(frame: av.AudioFrame, channel: int | None) -> Audio:
     return np.ascontiguousarray(row, dtype=np.float32)
 
 
-def iter_chunks(
+def iter_frames(
     source: AudioSource, *, max_seconds: float | None = None, channel: int | None = None
 ) -> Iterator[Audio]:
-    """Decode ``source`` piece by piece: 16 kHz mono float32 arrays of a few thousand samples,
+    """Decode ``source`` frame by frame: 16 kHz mono float32 arrays of a few thousand samples,
     the channels mixed down, or only ``channel`` (counted from 0).
 
     Raises a typed :class:`~whisperd.errors.AudioError` for empty input, input with no
@@ -196,19 +196,19 @@ def iter_chunks(
             for frame in container.decode(stream):
                 # A frame with no timestamp (raw streams) is fine; resampling handles rates.
                 for out in resampler.resample(frame):
-                    chunk = _samples(out, channel)
-                    decoded += chunk.size
+                    samples = _samples(out, channel)
+                    decoded += samples.size
                     if max_samples is not None and decoded > max_samples:
                         raise AudioTooLongError(
                             f"The audio is longer than the limit of {max_seconds:.0f} s; "
                             "split it or raise WHISPERD_MAX_AUDIO_SECONDS.",
                             param="file",
                         )
-                    yield chunk
+                    yield samples
             for out in resampler.resample(None):
-                chunk = _samples(out, channel)
-                decoded += chunk.size
-                yield chunk
+                samples = _samples(out, channel)
+                decoded += samples.size
+                yield samples
         except (av.FFmpegError, ValueError) as exc:
             if decoded == 0:
                 raise UndecodableAudioError(
@@ -227,8 +227,8 @@ def iter_chunks(
 
 def decode(source: AudioSource, *, max_seconds: float | None = None) -> Audio:
     """Decode ``source`` completely to one 16 kHz mono float32 array."""
-    chunks = list(iter_chunks(source, max_seconds=max_seconds))
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    frames = list(iter_frames(source, max_seconds=max_seconds))
+    return np.concatenate(frames).astype(np.float32, copy=False)
 
 
 def duration(audio: Audio) -> float:
@@ -257,7 +257,7 @@ def test_tone(seconds: float = 1.0, frequency: float = 440.0) -> bytes:
     return buffer.getvalue()
 
 
-# Samples converted to 16-bit at a time while encoding (10 s): no second copy of a chunk.
+# Samples converted to 16-bit at a time while encoding (10 s): no second copy of the audio.
 _ENCODE_BLOCK = 10 * SAMPLE_RATE
 
 

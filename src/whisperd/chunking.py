@@ -1,8 +1,9 @@
-"""Long audio in pieces: decode as a stream and cut it at silences into chunks of about a target
-length, so memory is bounded by a chunk, never by the file, and chunks can run anywhere; and
-each chunk into the short pieces (streams) the engine decodes side by side.
+"""Long audio cut at pauses: decode it as a stream of frames and cut it at silences into
+sections of about a target length, so memory is bounded by a section, never by the file (a
+long job's sections are its chunks, which any worker can run); and each section into the
+short pieces (streams) the engine decodes side by side.
 
-A chunk's cut is placed in the middle of the longest pause the voice activity detector finds
+A section's cut is placed in the middle of the longest pause the voice activity detector finds
 near the target length; where it finds none (continuous speech), at the quietest 100 ms there.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whisperd.audio import SAMPLE_RATE, Audio, AudioSource, iter_chunks
+from whisperd.audio import SAMPLE_RATE, Audio, AudioSource, iter_frames
 
 # How far either side of the target length a cut may move to find a pause.
 SEARCH_SECONDS = 30.0
@@ -33,8 +34,9 @@ STRETCH_PAUSE_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
-class Chunk:
-    """A piece of the audio and where it starts in the whole file."""
+class Section:
+    """A stretch of the audio and where it starts in the whole file: a section of a long
+    request, a piece the engine decodes as one stream, or a job's chunk."""
 
     index: int
     offset: float
@@ -138,10 +140,10 @@ def plan_labelled_pieces(
 
 
 def leading_speech(
-    pieces: Iterable[Audio], seconds: float, *, max_seconds: float | None = None
+    frames: Iterable[Audio], seconds: float, *, max_seconds: float | None = None
 ) -> Audio:
-    """The first ``seconds`` of speech in ``pieces`` (consecutive runs of samples), joined: the
-    silence, music and noise around it left out by the voice activity detector. The pieces are
+    """The first ``seconds`` of speech in ``frames`` (consecutive runs of samples), joined: the
+    silence, music and noise around it left out by the voice activity detector. The frames are
     read only as far as needed, in blocks of about ``SCAN_SECONDS``, and no further than
     ``max_seconds`` of audio; no speech at all gives an empty array.
     """
@@ -149,7 +151,7 @@ def leading_speech(
     limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
     speech: list[Audio] = []
     found = read = 0
-    for block in _blocks(pieces, int(SCAN_SECONDS * SAMPLE_RATE)):
+    for block in _blocks(frames, int(SCAN_SECONDS * SAMPLE_RATE)):
         if limit is not None:
             block = block[: limit - read]
         read += block.shape[0]
@@ -163,13 +165,13 @@ def leading_speech(
     return np.concatenate(speech)[:wanted]
 
 
-def _blocks(pieces: Iterable[Audio], size: int) -> Iterator[Audio]:
-    """The samples of ``pieces`` in runs of at least ``size`` (the last one may be shorter)."""
+def _blocks(frames: Iterable[Audio], size: int) -> Iterator[Audio]:
+    """The samples of ``frames`` in runs of at least ``size`` (the last one may be shorter)."""
     held: list[Audio] = []
     count = 0
-    for piece in pieces:
-        held.append(piece)
-        count += piece.shape[0]
+    for frame in frames:
+        held.append(frame)
+        count += frame.shape[0]
         if count >= size:
             yield np.concatenate(held)
             held, count = [], 0
@@ -217,56 +219,56 @@ def split(
     max_seconds: float | None = None,
     search_seconds: float = SEARCH_SECONDS,
     channel: int | None = None,
-) -> Iterator[Chunk]:
-    """Decode ``source`` (mixed down, or only ``channel``) and yield chunks of about
+) -> Iterator[Section]:
+    """Decode ``source`` (mixed down, or only ``channel``) and yield sections of about
     ``target_seconds``, cut at pauses.
 
     About ``2 x target_seconds + search_seconds`` of audio is held at most (the buffer and
-    the chunk just yielded).
+    the section just yielded).
     """
-    return split_pieces(
-        iter_chunks(source, max_seconds=max_seconds, channel=channel),
+    return split_frames(
+        iter_frames(source, max_seconds=max_seconds, channel=channel),
         target_seconds=target_seconds,
         search_seconds=search_seconds,
     )
 
 
-def split_pieces(
-    pieces: Iterable[Audio],
+def split_frames(
+    frames: Iterable[Audio],
     *,
     target_seconds: float,
     search_seconds: float = SEARCH_SECONDS,
     copy: bool = True,
-) -> Iterator[Chunk]:
-    """Like :func:`split`, for audio that is already being decoded: ``pieces`` are consecutive
-    runs of samples (any sizes); chunk offsets count from the first of them.
+) -> Iterator[Section]:
+    """Like :func:`split`, for audio that is already being decoded: ``frames`` are consecutive
+    runs of samples (any sizes); section offsets count from the first of them.
 
-    With ``copy=False`` a chunk's samples are a view into the split's buffer, valid only until
-    the next chunk is asked for: for a caller that encodes or stores each chunk at once, and
-    so holds one chunk's worth of audio less.
+    With ``copy=False`` a section's samples are a view into the split's buffer, valid only
+    until the next section is asked for: for a caller that encodes or stores each section at
+    once, and so holds one section's worth of audio less.
     """
     search = search_window(target_seconds, search_seconds)
     target = int(target_seconds * SAMPLE_RATE)
     window = int(search * SAMPLE_RATE)
-    # One buffer, filled in place: concatenating a list of pieces would hold the audio twice.
+    # One buffer, filled in place: concatenating a list of frames would hold the audio twice.
     buffer = np.empty(target + window + SAMPLE_RATE, dtype=np.float32)
     held = 0
     index = 0
     offset = 0
-    for piece in pieces:
-        if held + piece.shape[0] > buffer.shape[0]:
-            grown = np.empty(max(2 * buffer.shape[0], held + piece.shape[0]), dtype=np.float32)
+    for frame in frames:
+        if held + frame.shape[0] > buffer.shape[0]:
+            grown = np.empty(max(2 * buffer.shape[0], held + frame.shape[0]), dtype=np.float32)
             grown[:held] = buffer[:held]
             buffer = grown
-        buffer[held : held + piece.shape[0]] = piece
-        held += piece.shape[0]
+        buffer[held : held + frame.shape[0]] = frame
+        held += frame.shape[0]
         if held < target + window:
             continue
         cut = find_cut(buffer[:held], target - window, target + window)
-        yield Chunk(index, offset / SAMPLE_RATE, buffer[:cut].copy() if copy else buffer[:cut])
+        yield Section(index, offset / SAMPLE_RATE, buffer[:cut].copy() if copy else buffer[:cut])
         buffer[: held - cut] = buffer[cut:held]  # numpy copies overlapping ranges correctly
         held -= cut
         index += 1
         offset += cut
     if held:
-        yield Chunk(index, offset / SAMPLE_RATE, buffer[:held].copy() if copy else buffer[:held])
+        yield Section(index, offset / SAMPLE_RATE, buffer[:held].copy() if copy else buffer[:held])

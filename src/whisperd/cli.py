@@ -338,7 +338,7 @@ def transcribe(
                     channels = channels_of(source)
                     views = audio.views(source, len(channels))
                 tasks = [
-                    engine.begin(prepared, engine.chunks(view, channel=channel))
+                    engine.begin(prepared, engine.sections(view, channel=channel))
                     for view, channel in zip(views, channels, strict=True)
                 ]
                 results = [_collect_with_progress(tasks[0], prepared.estimate, name, single)]

@@ -24,7 +24,7 @@ import numpy as np
 from whisperd import audio, chunking, models
 from whisperd.audio import SAMPLE_RATE, Audio, AudioSource
 from whisperd.batching import BatchedWhisper, Batcher, Owner
-from whisperd.chunking import Chunk, plan_labelled_pieces, plan_pieces, speech_spans, stretches
+from whisperd.chunking import Section, plan_labelled_pieces, plan_pieces, speech_spans, stretches
 from whisperd.errors import (
     AudioError,
     AudioTooLongError,
@@ -702,13 +702,13 @@ class Transcriber:
                 )
         return Prepared(loaded, options, estimate)
 
-    def chunks(self, source: AudioSource, *, channel: int | None = None) -> Iterator[Chunk]:
-        """``source`` (mixed down, or only ``channel``) decoded as a stream, in chunks of
-        about ``chunk_seconds`` cut at pauses (nothing is decoded until the first is asked
+    def sections(self, source: AudioSource, *, channel: int | None = None) -> Iterator[Section]:
+        """``source`` (mixed down, or only ``channel``) decoded as a stream, in sections of
+        about ``section_seconds`` cut at pauses (nothing is decoded until the first is asked
         for)."""
         return chunking.split(
             source,
-            target_seconds=self.settings.chunk_seconds,
+            target_seconds=self.settings.section_seconds,
             max_seconds=self.settings.max_audio_seconds,
             channel=channel,
         )
@@ -716,23 +716,23 @@ class Transcriber:
     def begin(
         self,
         prepared: Prepared,
-        chunks: Iterator[Chunk],
+        sections: Iterator[Section],
         *,
         deadline: float | None = None,
         priority: int = 0,
     ) -> Task[TranscriptionInfo | Segment]:
-        """The second step: decode the first chunk here (so bad input fails before anything is
+        """The second step: decode the first section here (so bad input fails before anything is
         answered), then start the work; the rest is decoded as the engine gets to it."""
-        first = next(chunks, None)
+        first = next(sections, None)
         if first is None:
             raise EmptyAudioError("The file contains no audio samples.", param="file")
         return self._start(
-            prepared, itertools.chain([first], chunks), deadline=deadline, priority=priority
+            prepared, itertools.chain([first], sections), deadline=deadline, priority=priority
         )
 
     def submit(
         self,
-        audio: Audio | Iterable[Chunk],
+        audio: Audio | Iterable[Section],
         options: TranscribeOptions,
         *,
         model: str | None = None,
@@ -741,23 +741,23 @@ class Transcriber:
     ) -> Task[TranscriptionInfo | Segment]:
         """Start transcribing; iterate the task for the info, then the segments as they come.
 
-        ``audio`` is 16 kHz mono float32 samples, or chunks of them (see
-        :func:`whisperd.chunking.split`), taken one at a time. Each chunk is cut at pauses into
+        ``audio`` is 16 kHz mono float32 samples, or sections of them (see
+        :func:`whisperd.chunking.split`), taken one at a time. Each section is cut at pauses into
         pieces that are decoded side by side as streams of the batching engine, and their
         segments come out in order. The last :class:`TranscriptionInfo` seen carries the whole
         duration. ``deadline`` is a :func:`time.monotonic` instant; past it the task stops at
         the next window with :class:`~whisperd.errors.DeadlineExceededError`. A higher
         ``priority`` goes first in every batch (live turns).
         """
-        chunks = iter([Chunk(0, 0.0, audio)] if isinstance(audio, np.ndarray) else audio)
+        sections = iter([Section(0, 0.0, audio)] if isinstance(audio, np.ndarray) else audio)
         return self._start(
-            self.prepare(options, model=model), chunks, deadline=deadline, priority=priority
+            self.prepare(options, model=model), sections, deadline=deadline, priority=priority
         )
 
     def _start(
         self,
         prepared: Prepared,
-        chunks: Iterator[Chunk],
+        sections: Iterator[Section],
         *,
         deadline: float | None,
         priority: int,
@@ -766,7 +766,7 @@ class Transcriber:
             """Start the pieces as streams (as many at once as a batch holds), and hand the
             consumer the info, then the segments in order."""
             run = _Run(
-                task, owner, model, chunks, prepared.options, PARALLEL * self.plan.batch_size
+                task, owner, model, sections, prepared.options, PARALLEL * self.plan.batch_size
             )
             run.run()
             # only a finished transcription says how fast the engine is (not a stopped one)
@@ -854,9 +854,9 @@ class Transcriber:
         """
 
         def work(task: Task[LanguageDetection], owner: Owner, loaded: LoadedModel) -> None:
-            with contextlib.closing(_pieces_of(source)) as pieces:
+            with contextlib.closing(_frames_of(source)) as frames:
                 speech = chunking.leading_speech(
-                    _until_stopped(pieces, task),
+                    _until_stopped(frames, task),
                     DETECT_SECONDS,
                     max_seconds=self.settings.max_audio_seconds,
                 )
@@ -881,7 +881,7 @@ class Transcriber:
 
     def stream(
         self,
-        audio: Audio | Iterable[Chunk],
+        audio: Audio | Iterable[Section],
         options: TranscribeOptions,
         *,
         model: str | None = None,
@@ -896,26 +896,26 @@ class Transcriber:
 
     def transcribe(
         self,
-        audio: Audio | Iterable[Chunk],
+        audio: Audio | Iterable[Section],
         options: TranscribeOptions | None = None,
         *,
         model: str | None = None,
         deadline: float | None = None,
         on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcription:
-        """Transcribe ``audio`` (samples or chunks) completely."""
+        """Transcribe ``audio`` (samples or sections) completely."""
         return collect(
             self.stream(audio, options or TranscribeOptions(), model=model, deadline=deadline),
             on_segment=on_segment,
         )
 
 
-def _pieces_of(source: Audio | AudioSource) -> Generator[Audio, None, None]:
+def _frames_of(source: Audio | AudioSource) -> Generator[Audio, None, None]:
     """``source`` as runs of samples, decoded as they are asked for (closing stops decoding)."""
     if isinstance(source, np.ndarray):
         yield source
     else:
-        yield from audio.iter_chunks(source)
+        yield from audio.iter_frames(source)
 
 
 def _until_stopped(pieces: Iterable[Audio], task: Task[Any]) -> Iterator[Audio]:
@@ -951,7 +951,7 @@ def collect(
             if on_segment is not None:
                 on_segment(item)
     if info is None:
-        # only a source that yields no chunk at all gets here; the decoder refuses empty audio
+        # only a source that yields no section at all gets here; the decoder refuses empty audio
         raise EmptyAudioError("The file contains no audio samples.", param="file")
     return Transcription.from_parts(info, tuple(segments))
 
@@ -972,20 +972,20 @@ class _Run:
         task: Task[TranscriptionInfo | Segment],
         owner: Owner,
         model: LoadedModel,
-        chunks: Iterator[Chunk],
+        sections: Iterator[Section],
         options: TranscribeOptions,
         parallel: int,
     ) -> None:
         self.task = task
         self.owner = owner
         self.model = model
-        self.chunks = chunks
+        self.sections = sections
         self.options = options
         self.parallel = max(1, parallel)
         self.language = options.language or (None if model.multilingual else "en")
         self.probability = 1.0
         self.duration = 0.0
-        self.events: queue.SimpleQueue[tuple[Chunk, str, Any]] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[tuple[Section, str, Any]] = queue.SimpleQueue()
         self._buffers: dict[int, list[Any]] = {}
         self._finished: set[int] = set()
         self._next_piece = 0
@@ -1050,20 +1050,22 @@ class _Run:
         if self._info is not None and self._info != self._new_info():
             self.task.put(self._new_info())
 
-    def _pieces(self) -> Iterator[tuple[Chunk, str | None]]:
+    def _pieces(self) -> Iterator[tuple[Section, str | None]]:
         """Each piece, with the language to decode it in (None: the task's)."""
         index = 0
-        for chunk in self.chunks:
-            if index == 0 and chunk.offset == 0 and chunk.duration <= SHORT_SECONDS:
+        for section in self.sections:
+            if index == 0 and section.offset == 0 and section.duration <= SHORT_SECONDS:
                 self.owner.priority = max(self.owner.priority, SHORT_PRIORITY)
-            self.duration = chunk.offset + chunk.duration
-            for start, end, language in self._plan(chunk.samples):
-                piece = Chunk(index, chunk.offset + start / SAMPLE_RATE, chunk.samples[start:end])
+            self.duration = section.offset + section.duration
+            for start, end, language in self._plan(section.samples):
+                piece = Section(
+                    index, section.offset + start / SAMPLE_RATE, section.samples[start:end]
+                )
                 yield piece, language
                 index += 1
 
     def _plan(self, samples: Audio) -> list[tuple[int, int, str | None]]:
-        """Where a chunk's pieces start and end and, in multilingual mode, their languages."""
+        """Where a section's pieces start and end and, in multilingual mode, their languages."""
         drop_silence = self.options.vad_filter
         if not self.options.per_stretch:
             pieces = plan_pieces(samples, drop_silence=drop_silence)
@@ -1103,7 +1105,7 @@ class _Run:
             self.language, self.probability = labels[0], self._detected[labels[0]]
         return labels
 
-    def _stream(self, piece: Chunk, language: str | None) -> None:
+    def _stream(self, piece: Section, language: str | None) -> None:
         """Decode one piece sequentially (in this thread, its calls batched with others')."""
         options = self.options
         try:
@@ -1177,7 +1179,7 @@ def spoken_longest(segments: Iterable[Segment]) -> str | None:
 
 
 def _segment(
-    s: Any, index: int, piece: Chunk, language: str | None, voice: Voice | None = None
+    s: Any, index: int, piece: Section, language: str | None, voice: Voice | None = None
 ) -> Segment:
     """faster-whisper's segment as ours, with times shifted to the whole file and kept inside
     the piece (the library can place a last segment past the end of the audio:

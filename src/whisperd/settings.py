@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -110,9 +110,16 @@ class Settings(BaseSettings):
     vad_filter: bool = True
     """Default for the VAD filter: leaves out silences of 2 s or more, where Whisper invents
     text (the speech around them is decoded whole)."""
-    chunk_seconds: float = Field(300.0, ge=30)
-    """Longer audio is decoded and transcribed in pieces of about this length, cut at pauses,
-    so a request's memory is bounded by a piece, not by the file."""
+    section_seconds: float = Field(
+        300.0,
+        ge=30,
+        validation_alias=AliasChoices(
+            "section_seconds", "whisperd_section_seconds", "whisperd_chunk_seconds"
+        ),
+    )
+    """Longer audio is decoded and transcribed in sections of about this length, cut at
+    pauses, so a request's memory is bounded by a section, not by the file (the older name
+    WHISPERD_CHUNK_SECONDS is read too)."""
     model_cache_dir: Path = Field(default_factory=_default_cache_dir)
     """Where assembled bundled models and downloaded models are kept."""
     offline: bool = False

@@ -122,7 +122,7 @@ class Pipeline:
                         functools.partial(
                             engine.begin,
                             prepared,
-                            engine.chunks(source, channel=channel),
+                            engine.sections(source, channel=channel),
                             deadline=deadline,
                         )
                     )

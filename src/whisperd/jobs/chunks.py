@@ -2,8 +2,8 @@
 
 A chunk's audio is stored as FLAC (16 kHz mono, 16-bit): lossless for what Whisper hears,
 half of 16-bit PCM for speech and next to nothing for silence, and decoded back by the same
-PyAV path as any upload. A worker transcribes it in pieces of ``chunk_seconds`` (as the
-synchronous path does), so its memory is bounded by a piece, not by the chunk.
+PyAV path as any upload. A worker transcribes it in sections of ``section_seconds`` (as
+the synchronous path does), so its memory is bounded by a section, not by the chunk.
 """
 
 from __future__ import annotations
@@ -13,26 +13,26 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from whisperd import chunking
 from whisperd.audio import Audio
-from whisperd.chunking import Chunk
+from whisperd.chunking import Section
 from whisperd.engine import Segment, TaskName, Transcription, TranscriptionInfo, spoken_longest
 from whisperd.jobs.records import ChunkRecord, segments_from_json
 
 
-def skip_samples(pieces: Iterable[Audio], count: int) -> Iterator[Audio]:
-    """``pieces`` without their first ``count`` samples (a split that resumes)."""
-    for piece in pieces:
-        if count >= piece.shape[0]:
-            count -= piece.shape[0]
+def skip_samples(frames: Iterable[Audio], count: int) -> Iterator[Audio]:
+    """``frames`` without their first ``count`` samples (a split that resumes)."""
+    for frame in frames:
+        if count >= frame.shape[0]:
+            count -= frame.shape[0]
             continue
-        yield piece[count:] if count else piece
+        yield frame[count:] if count else frame
         count = 0
 
 
-def pieces_of(record: ChunkRecord, data: bytes, *, piece_seconds: float) -> Iterator[Chunk]:
-    """A stored chunk's audio, decoded piece by piece (cut at pauses), at their offsets in
-    the whole file, so the engine's times come out absolute."""
-    for piece in chunking.split(io.BytesIO(data), target_seconds=piece_seconds):
-        yield Chunk(piece.index, record.offset + piece.offset, piece.samples)
+def sections_of(record: ChunkRecord, data: bytes, *, section_seconds: float) -> Iterator[Section]:
+    """A stored chunk's audio, decoded section by section (cut at pauses), at their offsets
+    in the whole file, so the engine's times come out absolute."""
+    for section in chunking.split(io.BytesIO(data), target_seconds=section_seconds):
+        yield Section(section.index, record.offset + section.offset, section.samples)
 
 
 def merge(records: Sequence[ChunkRecord], *, duration: float, task: TaskName) -> Transcription:

@@ -128,7 +128,7 @@ class Work:
         active.check()
         task = self.engine.begin(
             prepared,
-            self.engine.chunks(source),
+            self.engine.sections(source),
             deadline=time.monotonic() + self.settings.job_time_limit,
         )
         active.attach(task)
@@ -167,11 +167,11 @@ class Work:
             for record in self.store.chunks(job.id, job.chunks_stored):
                 if record is not None and record.state is ChunkState.QUEUED:
                     self._send_chunk(job.id, record.index, None)
-        pieces = audio.iter_chunks(source, max_seconds=self.settings.max_audio_seconds)
+        frames = audio.iter_frames(source, max_seconds=self.settings.max_audio_seconds)
         index, position = job.chunks_stored, job.split_at
         # each chunk is encoded before the next is cut: views, not copies, of the split's buffer
-        for chunk in chunking.split_pieces(
-            chunk_audio.skip_samples(pieces, position), target_seconds=target, copy=False
+        for chunk in chunking.split_frames(
+            chunk_audio.skip_samples(frames, position), target_seconds=target, copy=False
         ):
             active.check()
             data = audio.encode_flac(chunk.samples)
@@ -223,10 +223,12 @@ class Work:
                 "(WHISPERD_JOB_TIME_LIMIT)."
             )
         prepared = self.engine.prepare(job.spec.options(self.settings), model=job.spec.model)
-        pieces = chunk_audio.pieces_of(record, data, piece_seconds=self.settings.chunk_seconds)
+        sections = chunk_audio.sections_of(
+            record, data, section_seconds=self.settings.section_seconds
+        )
         del data
         active.check()
-        task = self.engine.begin(prepared, pieces, deadline=time.monotonic() + left)
+        task = self.engine.begin(prepared, sections, deadline=time.monotonic() + left)
         active.attach(task)
         info: TranscriptionInfo | None = None
         segments: list[Segment] = []
