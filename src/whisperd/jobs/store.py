@@ -29,11 +29,11 @@ states.py, then MULTI: the fields, the indexes and, for a final state, the TTLs,
 deletion of its audio and chunks and the release of its bytes), so two processes racing for
 one job cannot both win.
 
-A chunk's changes are Lua scripts that check the job's state in the same step: a chunk is
-stored only while its job runs and by the worker splitting it, and never re-created once the
-job has ended and its chunks were deleted. Finishing a chunk counts it in the job's
-``chunks_done``; the one step that finds every chunk done (the last chunk's, or the end of the
-split when the chunks were quicker) answers "merge", so exactly one worker merges.
+A chunk's changes are Lua scripts (``lua/*.lua``) that check the job's state in the same
+step: a chunk is stored only while its job runs and by the worker splitting it, and never
+re-created once the job has ended and its chunks were deleted. Finishing a chunk counts it in
+the job's ``chunks_done``; the one step that finds every chunk done (the last chunk's, or the
+end of the split when the chunks were quicker) answers "merge", so exactly one worker merges.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
+from importlib import resources
 from typing import Any
 
 import redis
@@ -66,139 +67,10 @@ Fields = Mapping[str, str | int | float]
 # Retry-After of a submission past a cap: jobs end at no knowable time; a short while.
 QUEUE_FULL_RETRY_AFTER = 30
 
-# Create a queued job (and its audio, with ARGV[8] = '1') unless that would take its owner
-# (KEYS[8..11], when given) or everyone (KEYS[4..7]) past a cap: then the cap's name, and
-# nothing is written. KEYS: the record, its audio, the owners hash, then for everyone and
-# the owner: index:all, index:queued, index:running, queued_bytes. ARGV: id, score, bytes,
-# the caps (jobs and bytes, in total then per owner), audio?, audio, owner, the fields.
-_CREATE = """
-local id, score, bytes = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local function over(first, max_jobs, max_bytes)
-  local jobs = redis.call('zcard', KEYS[first + 1]) + redis.call('zcard', KEYS[first + 2])
-  if jobs >= tonumber(max_jobs) then return 'jobs' end
-  local held = tonumber(redis.call('get', KEYS[first + 3])) or 0
-  if bytes > 0 and held + bytes > tonumber(max_bytes) then return 'bytes' end
-  return nil
-end
-if #KEYS > 7 then
-  local full = over(8, ARGV[6], ARGV[7])
-  if full then return 'key_' .. full end
-end
-local full = over(4, ARGV[4], ARGV[5])
-if full then return full end
-redis.call('hset', KEYS[1], unpack(ARGV, 11))
-if ARGV[8] == '1' then redis.call('set', KEYS[2], ARGV[9]) end
-if #KEYS > 7 then redis.call('hset', KEYS[3], id, ARGV[10]) end
-for first = 4, #KEYS, 4 do
-  redis.call('zadd', KEYS[first], score, id)
-  redis.call('zadd', KEYS[first + 1], score, id)
-  if bytes > 0 then redis.call('incrby', KEYS[first + 3], bytes) end
-end
-return 'ok'
-"""
 
-# Change fields of a record that still exists (never re-create one that expired).
-_HSET_IF_EXISTS = """
-if redis.call('exists', KEYS[1]) == 1 then
-  redis.call('hset', KEYS[1], unpack(ARGV))
-  return 1
-end
-return 0
-"""
-_HINCRBY_IF_EXISTS = """
-if redis.call('exists', KEYS[1]) == 1 then
-  return redis.call('hincrby', KEYS[1], ARGV[1], ARGV[2])
-end
-return -1
-"""
-# Renew a lease held by ARGV[1] (or take it back if it lapsed), while the job (or chunk) it
-# is for still runs on ARGV[1]: never re-create the lease of one that ended. 0 otherwise.
-_RENEW_LEASE = """
-local state, worker = unpack(redis.call('hmget', KEYS[1], 'state', 'worker'))
-if state ~= 'running' or worker ~= ARGV[1] then return 0 end
-local owner = redis.call('get', KEYS[2])
-if owner == false or owner == ARGV[1] then
-  redis.call('set', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-_RELEASE_LEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
-
-# Store chunk n of a job (and its audio), if the job runs, split by ARGV[1], and n is next.
-_ADD_CHUNK = """
-local state, worker, stored = unpack(
-  redis.call('hmget', KEYS[1], 'state', 'worker', 'chunks_stored'))
-if state ~= 'running' or worker ~= ARGV[1] then return 0 end
-local lease = redis.call('get', KEYS[2])
-if lease and lease ~= ARGV[1] then return 0 end
-if (tonumber(stored) or 0) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('del', KEYS[3])
-redis.call('hset', KEYS[3], 'state', 'queued', 'offset', ARGV[3], 'seconds', ARGV[4], 'attempts', 0)
-redis.call('set', KEYS[4], ARGV[7])
-redis.call('hset', KEYS[1], 'chunks_stored', tonumber(ARGV[2]) + 1, 'split_at', ARGV[5],
-  'updated_at', ARGV[6])
-return 1
-"""
-# The split is over: the chunk count and duration; 1 if every chunk is done already (merge).
-_SPLIT_DONE = """
-local state, worker, done = unpack(redis.call('hmget', KEYS[1], 'state', 'worker', 'chunks_done'))
-if state ~= 'running' or worker ~= ARGV[1] then return -1 end
-local lease = redis.call('get', KEYS[2])
-if lease and lease ~= ARGV[1] then return -1 end
-redis.call('hset', KEYS[1], 'chunks', ARGV[2], 'duration', ARGV[3], 'updated_at', ARGV[4])
-redis.call('del', KEYS[3])
-if (tonumber(done) or 0) >= tonumber(ARGV[2]) then return 1 end
-return 0
-"""
-_START_CHUNK = """
-if redis.call('hget', KEYS[1], 'state') ~= 'running' then return 0 end
-if redis.call('hget', KEYS[2], 'state') ~= 'queued' then return 0 end
-redis.call('hset', KEYS[2], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[3])
-redis.call('hincrby', KEYS[2], 'attempts', 1)
-redis.call('set', KEYS[3], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-# Running -> queued: by its worker (ARGV[1]), or, with ARGV[1] empty, once its lease lapsed.
-_REQUEUE_CHUNK = """
-local state = redis.call('hget', KEYS[1], 'state')
-if state ~= 'running' and state ~= 'queued' then return 0 end
-local cstate, cworker = unpack(redis.call('hmget', KEYS[2], 'state', 'worker'))
-if cstate ~= 'running' then return 0 end
-local lease = redis.call('get', KEYS[3])
-if ARGV[1] == '' then
-  if lease then return 0 end
-elseif cworker ~= ARGV[1] or (lease and lease ~= ARGV[1]) then
-  return 0
-end
-redis.call('hset', KEYS[2], 'state', 'queued', 'error', ARGV[3], 'error_status', ARGV[4])
-if tonumber(ARGV[2]) ~= 0 then redis.call('hincrby', KEYS[2], 'attempts', ARGV[2]) end
-redis.call('del', KEYS[3])
-return 1
-"""
-# Running -> done with its segments; counts it in the job. 1 if it was the last (merge).
-_FINISH_CHUNK = """
-local state, total = unpack(redis.call('hmget', KEYS[1], 'state', 'chunks'))
-if state ~= 'running' and state ~= 'queued' then return -1 end
-local cstate, cworker = unpack(redis.call('hmget', KEYS[2], 'state', 'worker'))
-if cstate ~= 'running' or cworker ~= ARGV[1] then return -1 end
-local lease = redis.call('get', KEYS[4])
-if lease and lease ~= ARGV[1] then return -1 end
-redis.call('hset', KEYS[2], 'state', 'done', 'segments', ARGV[2], 'language', ARGV[4],
-  'language_probability', ARGV[5], 'error', '', 'error_status', '')
-redis.call('del', KEYS[3], KEYS[4])
-local done = redis.call('hincrby', KEYS[1], 'chunks_done', 1)
-redis.call('hincrbyfloat', KEYS[1], 'progress', ARGV[3])
-redis.call('hset', KEYS[1], 'updated_at', ARGV[6])
-if state == 'running' and total and total ~= '' and done >= tonumber(total) then return 1 end
-return 0
-"""
+def _script(name: str) -> str:
+    """The Lua script ``lua/{name}.lua``: one atomic step on a job's keys (see the file)."""
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
 
 
 def job_key(job_id: str) -> str:
@@ -315,16 +187,16 @@ class JobStore:
             settings.job_max_queued_per_key,
             settings.job_queued_bytes_per_key_limit,
         )
-        self._create = client.register_script(_CREATE)
-        self._hset_if_exists = client.register_script(_HSET_IF_EXISTS)
-        self._hincrby_if_exists = client.register_script(_HINCRBY_IF_EXISTS)
-        self._renew_lease = client.register_script(_RENEW_LEASE)
-        self._release_lease = client.register_script(_RELEASE_LEASE)
-        self._add_chunk = client.register_script(_ADD_CHUNK)
-        self._split_done = client.register_script(_SPLIT_DONE)
-        self._start_chunk = client.register_script(_START_CHUNK)
-        self._requeue_chunk = client.register_script(_REQUEUE_CHUNK)
-        self._finish_chunk = client.register_script(_FINISH_CHUNK)
+        self._create = client.register_script(_script("create"))
+        self._hset_if_exists = client.register_script(_script("hset_if_exists"))
+        self._hincrby_if_exists = client.register_script(_script("hincrby_if_exists"))
+        self._renew_lease = client.register_script(_script("renew_lease"))
+        self._release_lease = client.register_script(_script("release_lease"))
+        self._add_chunk = client.register_script(_script("add_chunk"))
+        self._split_done = client.register_script(_script("split_done"))
+        self._start_chunk = client.register_script(_script("start_chunk"))
+        self._requeue_chunk = client.register_script(_script("requeue_chunk"))
+        self._finish_chunk = client.register_script(_script("finish_chunk"))
 
     # --- create and read --------------------------------------------------------------
     def create(self, job_id: str, fields: Fields, audio: bytes | None, *, owner: str) -> None:
