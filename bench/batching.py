@@ -1,7 +1,7 @@
 """The batching engine against bare faster-whisper, in one run on one machine.
 
 It builds a long file of real speech with a known text (recorded prompts, see
-``whisperd.bench.prompt_speech``; ``apt-get install asterisk-core-sounds-en-g722
+``whisperd_bench.speech.prompt_speech``; ``apt-get install asterisk-core-sounds-en-g722
 asterisk-core-sounds-en``), starts ``whisperd serve`` with its defaults on 127.0.0.1, and
 measures, runs alternating so a neighbour's load hits all alike:
 
@@ -34,9 +34,9 @@ from typing import Any
 import anyio
 import httpx
 
+import whisperd_bench as b
 from fairness import get_during_load, interleave
 from whisperd import audio, models
-from whisperd import bench as b
 from whisperd.engine import DEFAULT_TEMPERATURES, available_cores
 from whisperd.settings import Settings
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+import whisperd_bench as b
 from whisperd import audio, chunking
-from whisperd import bench as b
 
 RATE = audio.SAMPLE_RATE
 JFK_PHRASES = (

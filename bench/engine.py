@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+import whisperd_bench as b
 from whisperd import audio, models
-from whisperd import bench as b
 from whisperd.engine import (
     DEFAULT_TEMPERATURES,
     TranscribeOptions,

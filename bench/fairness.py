@@ -27,7 +27,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from whisperd import bench as b
+import whisperd_bench as b
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import anyio
 
-from whisperd import bench as b
+import whisperd_bench as b
 
 OUT = Path(__file__).resolve().parent / "out"
 

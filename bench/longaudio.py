@@ -42,8 +42,8 @@ import httpx
 import numpy as np
 import redis
 
+import whisperd_bench as b
 from whisperd import audio
-from whisperd import bench as b
 from whisperd.jobs.embedded import redis_server_binary
 
 OUT = Path(__file__).resolve().parent / "out" / "longaudio"

@@ -3,7 +3,7 @@
 It starts ``whisperd serve`` with its defaults on 127.0.0.1 and drives
 ``GET /v1/realtime?intent=transcription`` with the official ``openai`` SDK, server VAD on
 (its defaults unless ``--silence-ms`` says otherwise). The input is real speech whose turns
-are known: recorded prompts of 3-12 s (see ``whisperd.bench.prompt_utterances``; ``apt-get
+are known: recorded prompts of 3-12 s (see ``whisperd_bench.speech.prompt_utterances``; ``apt-get
 install asterisk-core-sounds-en-g722 asterisk-core-sounds-en``), each trimmed to its speech,
 ``--gap`` seconds of silence apart, sent as 24 kHz PCM16 in 100 ms appends on a clock that
 does not drift (append n goes at start + (n + 1) x 0.1 s, when its audio would have been
@@ -51,8 +51,8 @@ import httpx
 import numpy as np
 import openai
 
+import whisperd_bench as b
 from whisperd import audio
-from whisperd import bench as b
 from whisperd.realtime.codecs import pcm16
 
 OUT = Path(__file__).resolve().parent / "out"

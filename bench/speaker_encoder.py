@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+import whisperd_bench as b
 from whisperd import audio
-from whisperd import bench as b
 from whisperd.speakers import encoder, mel
 from whisperd.speakers.checkpoint import read_state
 

@@ -5,7 +5,7 @@ The input is a conversation of about ``--seconds`` (default 300 s) between two r
 no synthetic speech: JFK (``../shared/audio/jfk.flac``, cut into its four phrases by
 whisperd's own VAD, ``whisperd.chunking.speech_spans``; a turn is one to four consecutive
 phrases with their own pauses) and Allison, who recorded Asterisk's English prompts
-(``whisperd.bench.prompt_utterances``; ``apt-get install asterisk-core-sounds-en-g722
+(``whisperd_bench.speech.prompt_utterances``; ``apt-get install asterisk-core-sounds-en-g722
 asterisk-core-sounds-en``). Turns alternate, last 2-12 s and are 0.2-0.8 s apart, a quarter
 of them back to back; every clip is scaled to the same speech level (RMS over its speech) so
 that neither voice dominates. A seeded RNG (``--seed``) makes runs comparable.
@@ -78,6 +78,7 @@ import numpy as np
 import openai
 from openai.types.audio import TranscriptionDiarized, TranscriptionVerbose
 
+import whisperd_bench as b
 from conversation import (
     ALLISON,
     COLLAR_SECONDS,
@@ -96,7 +97,6 @@ from conversation import (
     word_differences,
 )
 from whisperd import audio
-from whisperd import bench as b
 
 OUT = Path(__file__).resolve().parent / "out"
 ACCURACY_TARGET = 0.95

@@ -1,7 +1,9 @@
-"""``whisperd bench`` against two real servers: ours in-process, and one it starts itself."""
+"""``whisperd bench`` against two real servers (ours in-process, and one it starts itself), the
+bench package's helpers, and the server never importing that package."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -14,13 +16,16 @@ import pytest
 from typer.testing import CliRunner
 
 from whisperd.api import create_app
-from whisperd.bench import parse_named, percentile, status_class
 from whisperd.cli import app as cli
 from whisperd.settings import Settings
+from whisperd_bench.load import parse_named, percentile, status_class
+from whisperd_bench.wer import word_error_rate, word_errors
 
 from support import JFK, running_app
 
 PNG = b"\x89PNG\r\n\x1a\n"
+SRC = Path(__file__).resolve().parents[1] / "src"
+SERVER_MODULES = ("whisperd.api.app", "whisperd.server", "whisperd.jobs.runtime", "whisperd.cli")
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +133,60 @@ def test_helpers() -> None:
         "other",
         "other",
     ]
+
+
+def test_word_error_rate() -> None:
+    assert word_errors("And so, my fellow Americans!", "and so my fellow americans") == (0, 5)
+    assert word_errors("so my fellow american", "and so my fellow americans") == (2, 5)
+    assert word_error_rate("", "") == 0.0
+    # a name the model cannot spell costs nothing, however it comes out
+    assert (
+        word_error_rate("ask not what Jon F Kenedy", "ask not what kennedy", frozenset({"kennedy"}))
+        == 0.0
+    )
+
+
+def test_the_server_never_imports_the_bench() -> None:
+    """A fresh interpreter that imports the app, the server, the jobs runtime and the CLI has
+    loaded no module of whisperd_bench (which that same interpreter can import)."""
+    code = (
+        "import importlib, sys\n"
+        f"for name in {SERVER_MODULES!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'whisperd_bench'))\n"
+        "import whisperd_bench\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def _imported(node: ast.AST) -> list[str]:
+    """The modules an ``import`` or ``from ... import`` statement names; none for others."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        return [node.module or ""]
+    return []
+
+
+def test_only_the_bench_command_imports_the_bench() -> None:
+    """No module of whisperd imports whisperd_bench, but for the body of ``whisperd bench``
+    in cli.py, which imports it when the command runs."""
+    cli_py = SRC / "whisperd" / "cli.py"
+    found = []
+    for path in sorted((SRC / "whisperd").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        allowed: set[int] = set()
+        if path == cli_py:
+            command = next(
+                f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "bench"
+            )
+            allowed = {id(node) for node in ast.walk(command)}
+        found += [
+            f"{path.relative_to(SRC)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if id(node) not in allowed
+            and any(name.partition(".")[0] == "whisperd_bench" for name in _imported(node))
+        ]
+    assert found == []

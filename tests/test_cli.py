@@ -18,8 +18,8 @@ import typer
 
 import whisperd
 from whisperd import cli
-from whisperd.bench import words
 from whisperd.settings import Settings
+from whisperd_bench.wer import words
 
 from support import server_process
 

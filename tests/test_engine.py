@@ -12,7 +12,6 @@ import pydantic
 import pytest
 
 from whisperd import audio, errors, models
-from whisperd.bench import word_error_rate, words
 from whisperd.chunking import Section
 from whisperd.engine import (
     DEFAULT_TEMPERATURES,
@@ -25,6 +24,7 @@ from whisperd.engine import (
 )
 from whisperd.scheduler import Task
 from whisperd.settings import Settings
+from whisperd_bench.wer import word_error_rate, words
 
 from support import poll
 

@@ -35,10 +35,10 @@ from test_jobs_support import (
 from whisperd import audio, formats
 from whisperd.api import create_app
 from whisperd.api.routes.compat import _text_stream
-from whisperd.bench import word_error_rate, words
 from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo
 from whisperd.settings import Settings
 from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
+from whisperd_bench.wer import word_error_rate, words
 
 from support import UnseekableSink, free_port, poll, running_app
 

@@ -19,10 +19,10 @@ import websockets
 
 from whisperd import audio
 from whisperd.api import create_app
-from whisperd.bench import word_error_rate
 from whisperd.engine import Transcriber
 from whisperd.realtime.codecs import InputAudio, pcm16
 from whisperd.settings import Settings
+from whisperd_bench.wer import word_error_rate
 
 from support import assert_jfk, normalise, poll, running_app, server_process
 

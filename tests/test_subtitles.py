@@ -17,12 +17,12 @@ import pytest
 
 from whisperd import formats
 from whisperd.api import create_app
-from whisperd.bench import word_error_rate
 from whisperd.engine import Segment, Transcriber, Transcription, Word
 from whisperd.errors import InvalidRequestError
 from whisperd.jobs.records import JobSpec
 from whisperd.settings import Settings
 from whisperd.subtitles import Cue, Cuer, SubtitleOptions, line_text
+from whisperd_bench.wer import word_error_rate
 
 from support import JFK, poll, running_app, speech_flac
 

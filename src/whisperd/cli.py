@@ -640,8 +640,8 @@ def bench(
 
     import anyio
 
-    from whisperd import bench as b
-    from whisperd import bench_report
+    import whisperd_bench as b
+    from whisperd_bench import report as bench_report
 
     _setup_logging("warning")
     try:

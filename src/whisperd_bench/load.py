@@ -7,31 +7,27 @@ percentiles, the throughput (audio seconds per wall second, which is also audio 
 wall minute), the real-time factor and the statuses. When the server is a process on this
 machine, its resident memory is sampled from ``/proc``.
 
-:func:`started_server` runs ``whisperd serve`` on a free port for the length of a block.
-Plots and the Markdown table are in :mod:`whisperd.bench_report`.
+The servers are in :mod:`whisperd_bench.servers`; plots and the Markdown table are in
+:mod:`whisperd_bench.report`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
 from whisperd import audio
+from whisperd_bench.errors import BenchError
+from whisperd_bench.host import rss_bytes
+from whisperd_bench.servers import Server
 
 AUDIO_SUFFIXES = frozenset(
     {".flac", ".mp3", ".wav", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv"}
@@ -40,47 +36,6 @@ OPENAI_PRICE_PER_MINUTE = 0.006
 """OpenAI's Whisper API price, in US dollars per audio minute."""
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 STATUS_CLASSES = ("200", "429", "5xx", "other")
-
-
-class BenchError(Exception):
-    """The benchmark cannot run as asked (no audio, a server that does not start, ...)."""
-
-
-# --- accuracy -----------------------------------------------------------------------------
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words, punctuation aside (apostrophes kept): for comparing transcripts."""
-    return "".join(c.lower() if c.isalnum() or c in " '" else " " for c in text).split()
-
-
-def word_errors(
-    hypothesis: str, reference: str, free: frozenset[str] = frozenset()
-) -> tuple[int, int]:
-    """(substitutions + deletions + insertions, reference words), case and punctuation aside.
-
-    A reference word in ``free`` (a name the model cannot spell) matches up to three
-    hypothesis words, or none, at no cost.
-    """
-    hyp, ref = words(hypothesis), words(reference)
-    previous = list(range(len(hyp) + 1))
-    for word in ref:
-        if word in free:
-            current = [min(previous[max(0, j - 3) : j + 1]) for j in range(len(hyp) + 1)]
-        else:
-            current = [previous[0] + 1]
-            for j, said in enumerate(hyp, start=1):
-                current.append(
-                    min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (said != word))
-                )
-        previous = current
-    return previous[-1], len(ref)
-
-
-def word_error_rate(hypothesis: str, reference: str, free: frozenset[str] = frozenset()) -> float:
-    """Word errors per reference word (see :func:`word_errors`)."""
-    errors, count = word_errors(hypothesis, reference, free)
-    return errors / max(1, count)
 
 
 # --- the workload -------------------------------------------------------------------------
@@ -131,248 +86,6 @@ def collect_clips(paths: Sequence[Path]) -> list[Clip]:
     if not files:
         raise BenchError(f"no audio files in {', '.join(map(str, paths))}")
     return [Clip.from_path(p) for p in files]
-
-
-def looped_speech(sources: Sequence[Path], seconds: float) -> bytes:
-    """Real speech of about ``seconds``: the recordings in turn, 1 s and 1.5 s apart, as FLAC.
-
-    Give two different recordings: one sentence repeated with short gaps makes Whisper's
-    output repetitive enough to trigger its temperature fallback on every window (2-3x
-    slower), which would measure the fallback rather than the server.
-    """
-    import numpy as np
-
-    unit: list[audio.Audio] = []
-    for index, source in enumerate(sources):
-        pause = 1.0 if index % 2 == 0 else 1.5
-        unit += [audio.decode(source), np.zeros(int(pause * audio.SAMPLE_RATE), np.float32)]
-    block = np.concatenate(unit)
-    repeats = max(1, round(seconds / audio.duration(block)))
-    return audio.encode_flac(np.tile(block, repeats))
-
-
-# Debian's asterisk-core-sounds-en-g722 (16 kHz) and asterisk-core-sounds-en (the texts):
-# about 25 minutes of one real voice reading prompts, CC-BY-SA 3.0.
-PROMPTS_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
-PROMPTS_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
-PROMPTS_PACKAGES = "asterisk-core-sounds-en-g722 asterisk-core-sounds-en"
-
-
-def prompt_speech(seconds: float, *, seed: int = 0) -> tuple[bytes, str]:
-    """Real speech of at least ``seconds`` with its reference text, as FLAC: recorded prompts
-    of three words to a paragraph, in a shuffled order, 0.3-0.8 s apart (dense, like a talk).
-
-    Needs the Debian packages ``PROMPTS_PACKAGES``.
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    parts: list[audio.Audio] = []
-    said: list[str] = []
-    total = 0.0
-    for samples, text in prompt_utterances(seed=seed):
-        gap = np.zeros(int(rng.uniform(0.3, 0.8) * audio.SAMPLE_RATE), np.float32)
-        parts += [samples, gap]
-        said.append(text)
-        total += audio.duration(samples) + audio.duration(gap)
-        if total >= seconds:
-            break
-    return audio.encode_flac(np.concatenate(parts)), " ".join(said)
-
-
-def prompt_utterances(*, seed: int = 0) -> Iterator[tuple[audio.Audio, str]]:
-    """Each recorded prompt (three words to a paragraph) once, in an order shuffled by
-    ``seed``: its 16 kHz samples and its text. Needs the Debian packages ``PROMPTS_PACKAGES``.
-    """
-    import gzip
-    import random
-    import re
-
-    if not PROMPTS_DIR.is_dir() or not PROMPTS_TEXT.is_file():
-        raise BenchError(f"real speech needs: apt-get install {PROMPTS_PACKAGES}")
-    texts: dict[str, str] = {}
-    with gzip.open(PROMPTS_TEXT, "rt", encoding="utf-8", errors="replace") as lines:
-        listed = list(lines)
-    for line in listed:
-        name, sep, text = line.partition(":")
-        text = re.sub(r"\([^)]*\)", " ", text).strip()  # "(6 seconds of silence)"
-        # bracketed lines are tones and effects, not speech
-        if sep and len(text.split()) >= 3 and not line.startswith(";") and "[" not in text:
-            texts[name.strip()] = text
-    names = sorted(n for n in texts if (PROMPTS_DIR / f"{n}.g722").is_file())
-    random.Random(seed).shuffle(names)
-    for name in names:
-        yield _decode_g722(PROMPTS_DIR / f"{name}.g722"), texts[name]
-
-
-def _decode_g722(path: Path) -> audio.Audio:
-    """A raw G.722 file (no container header to tell the codec), as 16 kHz mono float32."""
-    import av
-    import numpy as np
-
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=audio.SAMPLE_RATE)
-    frames = []
-    with av.open(str(path), format="g722") as container:
-        for frame in container.decode(audio=0):
-            frames += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    return np.concatenate(frames).astype(np.float32)
-
-
-def first_seconds(source: Path, seconds: float) -> bytes:
-    """The first ``seconds`` of ``source``, as FLAC."""
-    return audio.encode_flac(audio.decode(source)[: int(seconds * audio.SAMPLE_RATE)])
-
-
-# --- the machine and the server's process -------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on: CPU model, cores, memory, load average."""
-    from whisperd.engine import available_cores
-
-    cpu = platform.processor() or platform.machine()
-    memory = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = int(line.split()[1]) * 1024
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count() or 1,
-        "usable_cores": available_cores(),
-        "memory_bytes": memory,
-        "python": platform.python_version(),
-        "system": f"{platform.system()} {platform.release()}",
-        "load_average": list(os.getloadavg()),
-    }
-
-
-def describe(info: Mapping[str, Any]) -> str:
-    """``AMD EPYC, 2 cores, 23.5 GiB``: for titles and headings."""
-    cores = info["cores"]
-    usable = info.get("usable_cores", cores)
-    text = f"{info['cpu']}, {cores} cores" + (f" ({usable} usable)" if usable != cores else "")
-    if info.get("memory_bytes"):
-        text += f", {info['memory_bytes'] / 2**30:.1f} GiB"
-    return text
-
-
-def load_average() -> str:
-    """The 1, 5 and 15 minute load averages, e.g. ``1.02 0.87 0.60``."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of process ``pid`` (VmRSS in ``/proc/PID/status``); None if unknown."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def pid_listening_on(port: int) -> int | None:
-    """The local process listening on TCP ``port`` (one of ours: /proc shows only those)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                cells = line.split()
-                if len(cells) > 9 and cells[3] == "0A" and int(cells[1].split(":")[1], 16) == port:
-                    inodes.add(f"socket:[{cells[9]}]")
-    if not inodes:
-        return None
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (proc / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) in inodes:
-                        return int(proc.name)
-    return None
-
-
-def local_pid(url: str) -> int | None:
-    """The PID of the server at ``url`` when it runs on this machine, else None."""
-    parts = urlsplit(url)
-    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        return None
-    return pid_listening_on(parts.port or (443 if parts.scheme == "https" else 80))
-
-
-# --- servers ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Server:
-    """A server under test: a name for the tables, its base URL, and its PID when local."""
-
-    name: str
-    url: str
-    pid: int | None = None
-    command: str | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def started_server(
-    name: str,
-    args: Sequence[str] = (),
-    *,
-    log: Path,
-    env: Mapping[str, str] | None = None,
-    ready_timeout: float = 300.0,
-) -> Iterator[Server]:
-    """``whisperd serve ARGS`` on a free port of 127.0.0.1 until the block ends (SIGTERM).
-
-    Async jobs are off unless ``env`` turns them on (the bench measures synchronous requests,
-    and several started servers would otherwise share one embedded Redis).
-    """
-    port = free_port()
-    command = [sys.executable, "-m", "whisperd", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), *args]
-    full_env = {"WHISPERD_JOBS_ENABLED": "false", **os.environ, **(env or {})}
-    url = f"http://127.0.0.1:{port}"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, env=full_env, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while not _ready(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise BenchError(f"server {name} ({' '.join(args)}) did not start:\n{tail}")
-            time.sleep(0.2)
-        yield Server(name, url, process.pid, " ".join(["whisperd serve", *args]))
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # --- the load generator -------------------------------------------------------------------

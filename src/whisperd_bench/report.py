@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from whisperd.bench import OPENAI_PRICE_PER_MINUTE, BenchError, Level, Report, describe
+from whisperd_bench.errors import BenchError
+from whisperd_bench.host import describe
+from whisperd_bench.load import OPENAI_PRICE_PER_MINUTE, Level, Report
 
 COLUMNS = (
     "server",
