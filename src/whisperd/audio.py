@@ -12,6 +12,7 @@ from typing import IO, Any, cast
 import av
 import numpy as np
 import numpy.typing as npt
+from av.audio.stream import AudioStream
 
 from whisperd.errors import (
     AudioTooLongError,
@@ -243,29 +244,24 @@ def ffmpeg_versions() -> dict[str, str]:
 
 def test_tone(seconds: float = 1.0, frequency: float = 440.0) -> bytes:
     """A sine tone encoded as WAV (PCM 16-bit, 16 kHz) by FFmpeg itself."""
-    buffer = io.BytesIO()
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    samples = (0.3 * np.sin(2 * np.pi * frequency * t) * 32767).astype(np.int16)
-    with av.open(buffer, mode="w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
+    return _encode(0.3 * np.sin(2 * np.pi * frequency * t), "wav", "pcm_s16le")
+
+
+def encode_flac(samples: Audio) -> bytes:
+    """16 kHz mono float samples as FLAC (16-bit; values past full scale are clipped)."""
+    return _encode(samples, "flac", "flac")
 
 
 # Samples converted to 16-bit at a time while encoding (10 s): no second copy of the audio.
 _ENCODE_BLOCK = 10 * SAMPLE_RATE
 
 
-def encode_flac(samples: Audio) -> bytes:
-    """16 kHz mono float samples as FLAC (16-bit; values past full scale are clipped)."""
+def _encode(samples: npt.NDArray[np.floating[Any]], container_format: str, codec: str) -> bytes:
+    """16 kHz mono float samples, 16-bit (clipped at full scale), in ``container_format``."""
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="flac") as container:
-        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = cast(AudioStream, container.add_stream(codec, rate=SAMPLE_RATE, layout="mono"))
         for start in range(0, samples.shape[0], _ENCODE_BLOCK):
             block = samples[start : start + _ENCODE_BLOCK]
             pcm = (np.clip(block, -1.0, 1.0) * 32767).astype(np.int16)
