@@ -1,9 +1,9 @@
 // The whisperd web page: plain JavaScript against the server's own API, nothing else.
 import { ApiError, TYPE_STATUS, api, apiJson, explain } from "./api.js";
 import { FINAL, WATCH_STORE, forgetJob, rememberJob, renderJobs, savedJobs } from "./jobs.js";
-import { LiveSession, serverError } from "./live.js";
+import { LiveSession, serverError } from "./realtime.js";
 import { Speakers, editSpeaker, showSpeakers, speakerButton } from "./speakers.js";
-import { clock, fitCues, parseCues, toJson, toLines, toSrt, toText, toVtt } from "./transcript.js";
+import { clock, fitCues, parseCues, toJson, toLines, toSrt, toText, toVtt } from "./formats.js";
 
 const $ = (id) => document.getElementById(id);
 const VIDEO_EXT = /\.(mp4|m4v|mov|webm|mkv|ogv|avi)(\?|#|$)/i;

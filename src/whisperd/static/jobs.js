@@ -1,6 +1,6 @@
 // Jobs this browser submitted (localStorage, so the page can be left and come back to), and
 // the list of recent jobs.
-import { clock } from "./transcript.js";
+import { clock } from "./formats.js";
 
 const $ = (id) => document.getElementById(id);
 const JOB_STORE = "whisperd.jobs"; // localStorage: jobs this browser submitted
