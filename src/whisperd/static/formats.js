@@ -1,8 +1,8 @@
-// Transcript formats, generated in the browser from the segments ({id, start, end, text,
-// speaker?}, the speaker as it is to be written: the name it was given on the page). They match
-// what the API renders for response_format=srt|vtt|text (whisperd/formats.py), speakers as it
-// writes them with diarize=true, and fitCues what it renders with max_line_width and
-// max_line_count (whisperd/subtitles.py).
+// Transcript formats, the page's one renderer of them: render() makes each download (and what
+// Copy all copies) from the transcript's segments ({id, start, end, text, words?, speaker?}).
+// They match what the API renders for response_format=text|srt|vtt|verbose_json
+// (whisperd/formats.py), speakers as it writes them with diarize=true, and fitCues what it
+// renders with max_line_width and max_line_count (whisperd/subtitles.py).
 
 const oneLine = (text) => text.split(/\s+/).filter(Boolean).join(" ");
 
@@ -181,4 +181,24 @@ export function parseCues(text) {
     segments.push(segment);
   }
   return segments;
+}
+
+/** SRT or WebVTT cues of `segments`: a segment each, or fit for a screen (`width` > 0). */
+const cues = (segments, width) => (width ? fitCues(segments, width) : segments);
+
+// Downloads name the speakers as they were named on the page; a live transcript's text is a
+// line per turn.
+const RENDERERS = {
+  txt: ["text/plain", (t) => (t.live ? toLines(t.segments) : toText(t.speakers.named(t.segments)))],
+  srt: ["application/x-subrip", (t, width) => toSrt(cues(t.speakers.named(t.segments), width))],
+  vtt: ["text/vtt", (t, width) => toVtt(cues(t.speakers.named(t.segments), width))],
+  json: ["application/json", (t) => toJson(t, (label) => t.speakers.name(label))],
+};
+
+/** The transcript shown on the page ({segments, speakers, live?, verbose?, ...}) as `format`
+ * (txt, srt, vtt or json): `{type, text}`. SRT and WebVTT cues are cut into lines of at most
+ * `cueWidth` characters when it is given (the segments need their words for that). */
+export function render(transcript, format, cueWidth = 0) {
+  const [type, rendered] = RENDERERS[format];
+  return { type, text: rendered(transcript, cueWidth) };
 }
