@@ -6,31 +6,24 @@ import { ApiError, TYPE_STATUS } from "./api.js";
  * JSON. An error event, which arrives after the 200, throws as the ApiError it stands for. */
 export async function* events(response) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let finished = false;
-  try {
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const data = buffer
-          .slice(0, end)
-          .split("\n")
-          .filter((line) => line.startsWith("data:"))
-          .map((line) => line.slice(5).trim())
-          .join("\n");
-        buffer = buffer.slice(end + 2);
-        if (!data) continue;
-        const event = JSON.parse(data);
-        if (event.error) throw new ApiError(TYPE_STATUS[event.error.type] ?? 500, event.error);
-        yield event;
-      }
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const data = buffer
+        .slice(0, end)
+        .split("\n")
+        .filter((line) => line.startsWith("data:"))
+        .map((line) => line.slice(5).trim())
+        .join("\n");
+      buffer = buffer.slice(end + 2);
+      if (!data) continue;
+      const event = JSON.parse(data);
+      if (event.error) throw new ApiError(TYPE_STATUS[event.error.type] ?? 500, event.error);
+      yield event;
     }
-    finished = true;
-  } finally {
-    // Left before its end (the reader has what it needs, or failed): let the connection go.
-    if (!finished) reader.cancel().catch(() => {});
   }
 }
