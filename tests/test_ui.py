@@ -150,24 +150,39 @@ def test_a_file_is_transcribed_live_and_the_transcript_drives_the_player(base_ur
         assert errors == []
 
 
-def test_subtitles_fit_for_a_screen_are_the_apis(base_url: str) -> None:
+def api_render(base_url: str, response_format: str, **fields: str) -> str:
+    """jfk.flac as the API renders it in ``response_format`` (with ``fields``)."""
+    response = httpx.post(
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": ("jfk.flac", JFK.read_bytes())},
+        data={"response_format": response_format, **fields},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def test_every_download_is_the_apis_format(base_url: str) -> None:
+    # One transcript (with words, so that subtitles can be fit for a screen), each of the
+    # page's downloads made from it, and each compared with the API's rendering: the JSON
+    # with the very answer the page got, the others with the API's for the same options.
     with offline_page() as (page, blocked):
         errors = open_page(page, base_url)
         page.check("#words")
-        transcribe(page, JFK)
+        with page.expect_response("**/v1/audio/transcriptions") as answer:
+            transcribe(page, JFK)
+        verbose = answer.value.json()
+        shown = {format: download(page, format) for format in ("txt", "srt", "vtt", "json")}
         page.select_option("#cue-width", "32")
-        with page.expect_download() as download:
-            page.click("[data-format=srt]")
-        srt = Path(download.value.path()).read_text()
+        fitted = download(page, "srt")
         assert blocked == [] and errors == []
-    api = httpx.post(
-        f"{base_url}/v1/audio/transcriptions",
-        files={"file": ("jfk.flac", JFK.read_bytes())},
-        data={"response_format": "srt", "max_line_width": "32", "max_line_count": "2"},
-        timeout=60,
-    )
-    assert srt == api.text
-    lines = [line for block in srt.split("\n\n") for line in block.split("\n")[2:]]
+    assert json.loads(shown["json"]) == verbose
+    words = {"word_timestamps": "true"}
+    assert shown["txt"] == api_render(base_url, "text", **words)
+    assert shown["srt"] == api_render(base_url, "srt", **words)
+    assert shown["vtt"] == api_render(base_url, "vtt", **words)
+    assert fitted == api_render(base_url, "srt", max_line_width="32", max_line_count="2")
+    lines = [line for block in fitted.split("\n\n") for line in block.split("\n")[2:]]
     assert lines and max(map(len, lines)) <= 32
 
 

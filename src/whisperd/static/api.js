@@ -1,6 +1,6 @@
 // Talking to the API: the key (asked for on a 401), errors, and what they mean in plain words.
+import { $ } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 const KEY_STORE = "whisperd.apiKey"; // sessionStorage: this tab only
 
 // --- requests ------------------------------------------------------------------------------------
@@ -47,12 +47,15 @@ function askKey(rejected) {
   return keyPrompt;
 }
 
-$("key-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  if (!$("key").value.trim()) return $("key").focus();
-  $("key-dialog").close("ok");
-});
-$("key-cancel").addEventListener("click", () => $("key-dialog").close(""));
+/** The key dialog's buttons: Continue needs a key, Cancel goes on without one. */
+export function initKeyDialog() {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!$("key").value.trim()) return $("key").focus();
+    $("key-dialog").close("ok");
+  });
+  $("key-cancel").addEventListener("click", () => $("key-dialog").close(""));
+}
 
 /** fetch() with the API key; on a 401, asks for a key and tries again. */
 export async function api(path, init = {}) {

@@ -1,5 +1,5 @@
 // The microphone as 24 kHz mono 16-bit little-endian PCM, posted in pieces of 100 ms (an
-// ArrayBuffer each) for live.js to send. Runs on the audio thread, at the context's rate.
+// ArrayBuffer each) for realtime.js to send. Runs on the audio thread, at the context's rate.
 const RATE = 24000;
 const PIECE = RATE / 10;
 

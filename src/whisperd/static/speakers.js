@@ -1,8 +1,8 @@
 // A transcript's speakers: a colour and a name each. They are listed above the segments, and
 // labelled on a segment where the speaker changes; pressing either renames the speaker, and
 // every label of that speaker follows.
+import { $ } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 const COLOURS = 6; // --speaker-0 ... --speaker-5 in app.css
 
 export class Speakers {

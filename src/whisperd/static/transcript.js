@@ -1,184 +1,197 @@
-// Transcript formats, generated in the browser from the segments ({id, start, end, text,
-// speaker?}, the speaker as it is to be written: the name it was given on the page). They match
-// what the API renders for response_format=srt|vtt|text (whisperd/formats.py), speakers as it
-// writes them with diarize=true, and fitCues what it renders with max_line_width and
-// max_line_count (whisperd/subtitles.py).
+// The transcript panel: the segments as they come (each one plays the audio from its start),
+// the speakers, the one under the playhead marked, and the downloads.
+import { $ } from "./dom.js";
+import { clock, render } from "./formats.js";
+import { toast } from "./messages.js";
+import { player, playFrom } from "./player.js";
+import { Speakers, editSpeaker, showSpeakers, speakerButton } from "./speakers.js";
+import { state } from "./state.js";
 
-const oneLine = (text) => text.split(/\s+/).filter(Boolean).join(" ");
+const EMPTY_TEXT = $("empty").querySelector("p").textContent;
+const SEGMENTS_LABEL = $("segments").getAttribute("aria-label");
 
-/** HH:MM:SS,mmm (SRT) or HH:MM:SS.mmm (WebVTT). */
-export function timestamp(seconds, separator = ",") {
-  let ms = Math.max(0, Math.round(seconds * 1000));
-  const h = Math.floor(ms / 3_600_000);
-  ms -= h * 3_600_000;
-  const m = Math.floor(ms / 60_000);
-  ms -= m * 60_000;
-  const s = Math.floor(ms / 1000);
-  ms -= s * 1000;
-  const pad = (n, w = 2) => String(n).padStart(w, "0");
-  return `${pad(h)}:${pad(m)}:${pad(s)}${separator}${pad(ms, 3)}`;
+let active = null; // the segment's button under the playhead
+let activeWord = null;
+
+/** An empty transcript of `name` (a file's name: the downloads are named after it). */
+export function startTranscript(name, task) {
+  const speakers = new Speakers();
+  state.transcript = { name, task, language: null, duration: state.duration, segments: [], speakers };
+  showSpeakers(speakers);
+  revealTranscript();
+  delete $("transcript-title").closest(".card").dataset.live;
+  $("segments").setAttribute("aria-label", SEGMENTS_LABEL);
+  $("segments").replaceChildren();
+  active = activeWord = null;
+  $("empty").hidden = true;
+  $("empty").querySelector("p").textContent = EMPTY_TEXT;
+  setExport(false);
 }
 
-/** 0:07, 12:34, 1:02:03: for people, not files. */
-export function clock(seconds) {
-  const total = Math.max(0, Math.floor(seconds || 0));
-  const h = Math.floor(total / 3600);
-  const m = Math.floor((total % 3600) / 60);
-  const s = String(total % 60).padStart(2, "0");
-  return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+/** On a phone the transcript is below the form: bring it up so that the progress is seen. */
+export function revealTranscript() {
+  const card = $("transcript-title").closest(".card");
+  if (card.getBoundingClientRect().top > innerHeight * 0.6) card.scrollIntoView({ behavior: "smooth" });
 }
 
-/** Consecutive segments of one speaker, as turns of {speaker, text}. */
-export function turns(segments) {
-  const found = [];
-  for (const s of segments) {
-    const last = found.at(-1);
-    if (last && last.speaker === s.speaker) last.text += " " + s.text;
-    else found.push({ speaker: s.speaker, text: s.text });
+export function addSegment(segment) {
+  const { segments, speakers } = state.transcript;
+  const before = segments.at(-1);
+  segments.push(segment);
+  const li = document.createElement("li");
+  if (segment.speaker != null) {
+    if (speakers.add(segment.speaker)) showSpeakers(speakers);
+    li.dataset.speaker = segment.speaker;
+    li.style.setProperty("--speaker", speakers.colour(segment.speaker));
+    // A label where the speaker changes: a turn's segments are one block under it.
+    if (before?.speaker !== segment.speaker) {
+      li.classList.add("turn-start");
+      li.append(speakerButton(speakers, segment.speaker, "tag"));
+    }
   }
-  return found;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "segment";
+  button.dataset.index = String(state.transcript.segments.length - 1);
+  button.dataset.start = String(segment.start);
+  const time = document.createElement("span");
+  time.className = "time";
+  time.textContent = clock(segment.start);
+  const text = document.createElement("span");
+  text.className = "text";
+  if (segment.words?.length) {
+    for (const word of segment.words) {
+      const span = document.createElement("span");
+      span.className = "word";
+      span.dataset.start = word.start;
+      span.dataset.end = word.end;
+      span.textContent = word.word + " ";
+      text.append(span);
+    }
+  } else {
+    text.textContent = segment.text.trim();
+  }
+  button.append(time, text);
+  li.append(button);
+  $("segments").append(li);
 }
 
-const hasSpeakers = (segments) => segments.some((s) => s.speaker != null);
-
-/** The API's text; with speakers, a line per turn, after the speaker's name. */
-export function toText(segments) {
-  if (!hasSpeakers(segments)) return oneLine(segments.map((s) => s.text).join(" ")) + "\n";
-  return turns(segments)
-    .map((t) => `${t.speaker != null ? `${t.speaker}: ` : ""}${oneLine(t.text)}\n`)
-    .join("");
+export function showSegments(segments) {
+  for (const s of segments) addSegment(s);
+  if (!segments.length) {
+    $("empty").hidden = false;
+    $("empty").querySelector("p").textContent = "No speech was found in this audio.";
+  }
+  setExport(segments.length > 0);
 }
 
-/** A line per segment: a live transcript, whose segments are the speaker's turns. */
-export function toLines(segments) {
-  return segments.map((s) => oneLine(s.text) + "\n").join("");
+/** The API's verbose_json (of a request or a job): kept for the JSON download, and shown. */
+export function showVerbose(result) {
+  state.transcript.verbose = result;
+  state.transcript.task = result.task ?? state.transcript.task;
+  state.transcript.language = result.language ?? null;
+  state.transcript.duration = result.duration ?? state.transcript.duration;
+  const words = result.words ?? [];
+  const segments = (result.segments ?? []).map((s) => ({
+    id: s.id,
+    start: s.start,
+    end: s.end,
+    text: s.text,
+    speaker: s.speaker,
+    words: words.filter((w) => w.start >= s.start - 0.01 && w.end <= s.end + 0.01),
+  }));
+  if (!segments.length && result.text) segments.push({ id: 0, start: 0, end: result.duration ?? 0, text: result.text });
+  showSegments(segments);
 }
 
-/** A cue's text: a segment's on one line, or the lines fitCues made. */
-const cueText = (cue, escape = (t) => t) => (cue.lines ?? [cue.text]).map((t) => oneLine(escape(t))).join("\n");
-
-/** SRT cues, each after `Name: ` when its segment has a speaker (as formats.srt_block). */
-export function toSrt(cues) {
-  return cues
-    .map((c, i) => {
-      const said = c.speaker != null ? `${c.speaker}: ` : "";
-      return `${i + 1}\n${timestamp(c.start)} --> ${timestamp(c.end)}\n${said}${cueText(c)}\n\n`;
-    })
-    .join("");
+/** The segments list, given over to a live transcript (a line per turn, `emptyText` until one). */
+export function showLiveList(emptyText) {
+  $("transcript-title").closest(".card").dataset.live = "";
+  $("segments").setAttribute("aria-label", "Live transcript: a line for each turn");
+  $("empty").hidden = false;
+  $("empty").querySelector("p").textContent = emptyText;
 }
 
-const vttEscape = (t) => t.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
+/** Mark the segment (and word) under the playhead; keep it in view while it plays. */
+export function highlight() {
+  const segments = state.transcript?.segments ?? [];
+  const t = player().currentTime;
+  let index = -1;
+  for (let i = 0; i < segments.length && segments[i].start <= t + 0.05; i++) index = i;
+  const button = index >= 0 ? $("segments").children[index]?.querySelector(".segment") : null;
+  if (button !== active) {
+    active?.removeAttribute("aria-current");
+    button?.setAttribute("aria-current", "true");
+    active = button;
+    if (button && !player().paused) button.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  }
+  let word = null;
+  for (const span of button?.querySelectorAll(".word") ?? []) if (Number(span.dataset.start) <= t) word = span;
+  if (word !== activeWord) {
+    activeWord?.classList.remove("on");
+    word?.classList.add("on");
+    activeWord = word;
+  }
+}
 
-/** WebVTT cues, each in a voice span (`<v Name>`) when its segment has a speaker (as
- * formats.vtt_block). */
-export function toVtt(cues) {
-  const blocks = cues.map((c) => {
-    const voice = c.speaker != null ? `<v ${vttEscape(c.speaker)}>` : "";
-    return `${timestamp(c.start, ".")} --> ${timestamp(c.end, ".")}\n${voice}${cueText(c, vttEscape)}\n\n`;
+/** The downloads and Copy all, on once there is something to export. */
+export function setExport(enabled) {
+  $("copy").disabled = !enabled;
+  for (const b of document.querySelectorAll("[data-format]")) b.disabled = !enabled;
+  // cues are cut at words: only a transcript with word timestamps can be
+  $("cue-width").disabled = !enabled || !state.transcript?.segments.some((s) => s.words?.length);
+}
+
+/** The transcript in `format`, its subtitles cut as the menu says. */
+function rendered(format) {
+  const width = $("cue-width").disabled ? 0 : Number($("cue-width").value);
+  return render(state.transcript, format, width);
+}
+
+function download(format) {
+  const { type, text } = rendered(format);
+  const blob = new Blob([text], { type: `${type};charset=utf-8` });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = `${state.transcript.name.replace(/\.[^.]+$/, "") || "transcript"}.${format}`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
+async function copyAll() {
+  const { text } = rendered("txt");
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    // Not a secure context (plain http on another host): the old way still works.
+    const area = Object.assign(document.createElement("textarea"), { value: text });
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  toast("Copied the transcript");
+}
+
+/** Pressing a speaker renames them; pressing a segment (or a word) plays from there. */
+export function initTranscript() {
+  for (const list of [$("segments"), $("speaker-list")]) {
+    list.addEventListener("click", (event) => {
+      const button = event.target.closest(".speaker");
+      if (button && state.transcript) editSpeaker(state.transcript.speakers, button);
+    });
+  }
+  $("segments").addEventListener("click", (event) => {
+    const button = event.target.closest(".segment");
+    if (!button || !state.transcript) return;
+    const segment = state.transcript.segments[Number(button.dataset.index)];
+    const word = event.target.closest(".word");
+    if (playFrom(word ? Number(word.dataset.start) : segment.start)) highlight();
   });
-  return "WEBVTT\n\n" + blocks.join("");
-}
-
-/** The fewest runs the items fill, each run as long as it fits. */
-function fewest(items, fits) {
-  let count = 1;
-  let start = 0;
-  for (let end = 2; end <= items.length; end++) {
-    if (!fits(items.slice(start, end))) [count, start] = [count + 1, end - 1];
+  for (const button of document.querySelectorAll("[data-format]")) {
+    button.addEventListener("click", () => download(button.dataset.format));
   }
-  return count;
-}
-
-/** The items cut into `count` runs [start, end) that fit, as even in characters as can be. */
-function even(items, count, fits, size) {
-  const n = items.length;
-  if (count === 1) return [[0, n]];
-  const best = Array.from({ length: count + 1 }, () => Array.from({ length: n + 1 }, () => [Infinity, 0]));
-  best[0][0] = [0, 0];
-  for (let k = 1; k <= count; k++) {
-    for (let j = k - 1; j < n; j++) {
-      const before = best[k - 1][j][0];
-      if (before === Infinity) continue;
-      for (let i = j + 1; i <= n && (i === j + 1 || fits(items.slice(j, i))); i++) {
-        const cost = before + size(items.slice(j, i)) ** 2;
-        if (cost < best[k][i][0]) best[k][i] = [cost, j];
-      }
-    }
-  }
-  const runs = [];
-  for (let k = count, end = n; k > 0; k--) {
-    const start = best[k][end][1];
-    runs.unshift([start, end]);
-    end = start;
-  }
-  return runs;
-}
-
-/** Cues fit for a screen from the segments' words: at most `count` lines of `width`
- * characters (but for a single longer word), cut at words, lines and cues balanced. */
-export function fitCues(segments, width, count = 2) {
-  const size = (words) => oneLine(words.map((w) => w.word).join(" ")).length;
-  const lineFits = (words) => words.length === 1 || size(words) <= width;
-  const cueFits = (words) => words.length === 1 || fewest(words, lineFits) <= count;
-  const cues = [];
-  let lastEnd = 0;
-  for (const segment of segments) {
-    const words = (segment.words ?? []).filter((w) => w.word.trim());
-    if (!words.length) {
-      cues.push(segment);
-      continue;
-    }
-    for (const [j, i] of even(words, fewest(words, cueFits), cueFits, size)) {
-      const cue = words.slice(j, i);
-      const lines = even(cue, fewest(cue, lineFits), lineFits, size).map(([a, b]) =>
-        cue.slice(a, b).map((w) => w.word).join(" "),
-      );
-      const start = Math.max(cue[0].start, lastEnd);
-      lastEnd = Math.max(cue[cue.length - 1].end, start);
-      cues.push({ start, end: lastEnd, lines, speaker: segment.speaker });
-    }
-  }
-  return cues;
-}
-
-/** The API's verbose_json when we have it, else the same shape built from the segments;
- * each segment's speaker as `name` gives it (the name it was given on the page). */
-export function toJson(transcript, name = (speaker) => speaker) {
-  const renamed = (s) => (s.speaker != null ? { ...s, speaker: name(s.speaker) } : s);
-  const built = () => ({
-    task: transcript.task,
-    language: transcript.language ?? null,
-    duration: transcript.duration ?? null,
-    text: oneLine(transcript.segments.map((s) => s.text).join(" ")),
-    segments: transcript.segments.map(({ id, start, end, text, speaker }) => ({ id, start, end, text, speaker })),
-  });
-  const body = transcript.verbose ?? built();
-  const segments = Array.isArray(body.segments) ? body.segments.map(renamed) : body.segments;
-  return JSON.stringify({ ...body, segments }, null, 2) + "\n";
-}
-
-/** Cues of an SRT or WebVTT document (a job's result in those formats) as segments. */
-export function parseCues(text) {
-  const time = /(\d+):(\d{2}):(\d{2})[,.](\d{3})/;
-  const seconds = (t) => {
-    const [, h, m, s, ms] = t.match(time);
-    return +h * 3600 + +m * 60 + +s + +ms / 1000;
-  };
-  const segments = [];
-  for (const block of text.replaceAll("\r", "").split(/\n\n+/)) {
-    const lines = block.split("\n");
-    const at = lines.findIndex((line) => line.includes("-->"));
-    if (at < 0) continue;
-    const [from, to] = lines[at].split("-->");
-    if (!time.test(from) || !time.test(to)) continue;
-    let body = lines.slice(at + 1).join(" ");
-    // A WebVTT voice span (<v Name>) is the cue's speaker.
-    const voice = body.match(/^<v(?:\.[^\s>]*)?\s+([^>]*)>/);
-    if (voice) body = body.slice(voice[0].length).replace(/<\/v>\s*$/, "");
-    const unescape = (t) => t.replaceAll("&lt;", "<").replaceAll("&gt;", ">").replaceAll("&amp;", "&");
-    const segment = { id: segments.length, start: seconds(from), end: seconds(to), text: unescape(body) };
-    if (voice) segment.speaker = unescape(voice[1]);
-    segments.push(segment);
-  }
-  return segments;
+  $("copy").addEventListener("click", copyAll);
 }

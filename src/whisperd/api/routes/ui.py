@@ -1,7 +1,9 @@
 """The web page: ``GET /`` and its assets under ``/ui/``, plain files from ``whisperd/static``.
 
 The page is static HTML, CSS and JavaScript (no build step, nothing fetched from a CDN); it
-talks to the same API as any client. Both routes are public (see ``middleware``): the page
+talks to the same API as any client. Its script is ES modules, one per panel, that
+``app.js`` imports: any ``.js`` file in the folder is served, as ``text/javascript``, the
+type a browser demands of a module. Both routes are public (see ``middleware``): the page
 asks for an API key when the API answers 401.
 
 Query parameters the page reads: ``?job_threshold_seconds=N`` and ``?job_threshold_mb=N``
