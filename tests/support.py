@@ -23,6 +23,7 @@ import numpy as np
 import uvicorn
 
 from whisperd import audio
+from whisperd.api.services import app_services
 from whisperd.server import uvicorn_config
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
@@ -111,7 +112,7 @@ def poll(
 def running_app(app: Any) -> Iterator[str]:
     """Serve ``app`` with a real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
     port = free_port()
-    config = uvicorn_config(app, app.state.settings, host="127.0.0.1", port=port)
+    config = uvicorn_config(app, app_services(app).settings, host="127.0.0.1", port=port)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -13,6 +13,7 @@ import os
 import select
 import socket
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 from whisperd import audio, errors, models
 from whisperd.api import create_app
 from whisperd.engine import Transcriber
+from whisperd.server import spool_in
 from whisperd.settings import Settings
 
 from support import (
@@ -242,14 +244,18 @@ REFUSALS = {
 
 # --- the servers ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Settings:
+def settings(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Settings]:
     root = tmp_path_factory.mktemp("hostile")
-    return Settings(
+    configured = Settings(
         model_cache_dir=model_cache,
         tmp_dir=root / "spool",
         data_dir=root / "data",
         jobs_enabled=False,
     )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", tempfile.tempdir)  # put back after the module
+        spool_in(configured.tmp_dir)  # what `whisperd serve` does at start
+        yield configured
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from test_jobs_support import (
     LocalServer,
     job_settings,
     process_running,
+    processes,
     signature,
     spaced_wav,
 )
@@ -38,7 +39,7 @@ from whisperd.jobs.runtime import JobsRuntime
 from whisperd.jobs.states import TRANSITIONS, ChunkState, JobState, check_transition
 from whisperd.settings import Settings
 
-from support import assert_english_then_german, misbehaving_server, poll
+from support import assert_english_then_german, free_port, misbehaving_server, poll
 
 pytestmark = pytest.mark.slow
 
@@ -757,6 +758,38 @@ def test_jobs_can_be_switched_off(tmp_path: Path, engine: Transcriber) -> None:
         assert "WHISPERD_JOBS_ENABLED" in error_of(response)["message"]
         assert error_of(response)["code"] == "jobs_disabled"
     assert not (tmp_path / "data" / "redis").exists(), "no Redis when jobs are off"
+
+
+def test_with_redis_down_only_jobs_wait_and_they_come_back_with_it(
+    tmp_path: Path, engine: Transcriber
+) -> None:
+    port = free_port()
+    settings = job_settings(tmp_path, redis_url=f"redis://127.0.0.1:{port}/0")
+    upload = {"file": ("jfk.flac", JFK.read_bytes())}
+    with processes(tmp_path) as procs, api(settings, engine) as client:
+        refused = client.post("/v1/jobs", files=upload)
+        assert refused.status_code == 503
+        assert error_of(refused)["code"] == "jobs_unavailable"
+        assert client.get("/v1/jobs").status_code == 503
+        # everything but the jobs works meanwhile
+        for probe in ("/healthz", "/readyz", "/"):
+            assert client.get(probe).status_code == 200, probe
+        sync = client.post("/v1/audio/transcriptions", files=upload)
+        assert sync.status_code == 200
+        assert JFK_WORDS in sync.json()["text"].lower()
+
+        (tmp_path / "redis").mkdir()
+        procs.redis(port, tmp_path / "redis")
+
+        def accepted() -> Any:
+            response = client.post("/v1/jobs", files=upload)
+            assert response.status_code in (202, 503), response.text
+            return response.json() if response.status_code == 202 else None
+
+        job = poll(accepted, timeout=30, interval=0.1, what="a job to be accepted")
+        done = wait_job(client, job["id"])
+        assert done["status"] == "succeeded", done
+        assert JFK_WORDS in done["result"]["text"].lower()
 
 
 @pytest.mark.parametrize("model", ["m" * 300, "/etc", "../../tiny.en"])

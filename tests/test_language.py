@@ -17,6 +17,7 @@ import pytest
 
 from whisperd import audio
 from whisperd.api import create_app
+from whisperd.api.services import services_of
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
@@ -133,9 +134,13 @@ def _occupied(url: str, app: Any) -> Iterator[None]:
     address = urlsplit(url)
     with socket.create_connection((address.hostname, address.port)) as conn:
         conn.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\n{head}\r\n".encode() + body)
-        poll(lambda: app.state.admission.active == 1, timeout=60, what="the long transcription")
+        poll(
+            lambda: services_of(app).admission.active == 1,
+            timeout=60,
+            what="the long transcription",
+        )
         yield
-    poll(lambda: app.state.admission.active == 0, timeout=30, what="the engine to be freed")
+    poll(lambda: services_of(app).admission.active == 0, timeout=30, what="the engine to be freed")
 
 
 def test_detection_is_admitted_like_a_transcription(
@@ -149,7 +154,7 @@ def test_detection_is_admitted_like_a_transcription(
     assert _detect(url, german).json()["language"] == "de"
     with _occupied(url, app), concurrent.futures.ThreadPoolExecutor(1) as pool:
         queued = pool.submit(_detect, url, german, headers={"X-Timeout": "10"})
-        poll(lambda: app.state.admission.waiting == 1, timeout=30, what="a queued detection")
+        poll(lambda: services_of(app).admission.waiting == 1, timeout=30, what="a queued detection")
         refused = _detect(url, german)
         assert _error(refused, 429)["type"] == "rate_limit_error"
         assert int(refused.headers["retry-after"]) >= 1

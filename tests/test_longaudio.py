@@ -35,6 +35,7 @@ from test_jobs_support import (
 from whisperd import audio, formats
 from whisperd.api import create_app
 from whisperd.api.routes.compat import _text_stream
+from whisperd.api.services import services_of
 from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo
 from whisperd.settings import Settings
 from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
@@ -205,7 +206,7 @@ def test_a_redelivered_chunk_does_nothing_and_a_cancel_stops_the_rest(
 ) -> None:
     settings = job_settings(tmp_path, job_chunk_seconds=60)
     with TestClient(create_app(settings, engine=engine)) as client:
-        runner = client.app.state.jobs.runner  # type: ignore[attr-defined]
+        runner = services_of(client.app).jobs.runner  # type: ignore[union-attr]
         response = client.post("/v1/jobs", files={"file": ("a.flac", _speech(600, tmp_path))})
         job_id = response.json()["id"]
 
@@ -215,7 +216,7 @@ def test_a_redelivered_chunk_does_nothing_and_a_cancel_stops_the_rest(
 
         before = poll(some_done, timeout=60, what="a chunk to finish")
         assert before["status"] == "running"
-        store = client.app.state.jobs.store  # type: ignore[attr-defined]
+        store = services_of(client.app).jobs.store  # type: ignore[union-attr]
         done = next(
             r.index
             for r in store.chunks(job_id, before["progress"]["chunks"] or 10)

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from whisperd.api import create_app
+from whisperd.api.services import app_services, services_of
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
@@ -137,7 +138,7 @@ def test_metrics_count_what_was_served(served: tuple[str, Any]) -> None:
     assert httpx.get(f"{url}/v1/no-such-route/12345").status_code == 404
     assert httpx.get(f"{url}/v1/jobs/no-such-job-6789").status_code == 404
     assert httpx.request("PROPFIND", f"{url}/healthz").status_code == 405
-    admission = app.state.admission
+    admission = services_of(app).admission
     poll(lambda: admission.active == 0 and admission.waiting == 0, timeout=10)
     after = scrape(url)
 
@@ -168,7 +169,7 @@ def test_metrics_count_what_was_served(served: tuple[str, Any]) -> None:
     assert 0 < delta("whisperd_real_time_factor_sum") < 2 * 5
     assert value(after, "whisperd_requests_active") == 0
     assert value(after, "whisperd_requests_queued") == 0
-    assert value(after, "whisperd_requests_queued_limit") == app.state.settings.max_queue
+    assert value(after, "whisperd_requests_queued_limit") == app_services(app).settings.max_queue
     assert value(after, "whisperd_ready") == 1
     assert value(after, "whisperd_engine_speed") > 0
     assert value(after, "whisperd_model_load_seconds", model="tiny.en", device="cpu") > 0

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from whisperd.api import create_app
+from whisperd.api.services import services_of
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
@@ -42,7 +43,7 @@ def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     app = create_app(settings, engine=Transcriber(settings).start())
     with running_app(app) as url:
         yield url, app
-    app.state.engine.close()
+    services_of(app).engine.close()
 
 
 def _post(url: str, content: bytes, name: str = "a.flac", **kw: Any) -> httpx.Response:
@@ -51,7 +52,7 @@ def _post(url: str, content: bytes, name: str = "a.flac", **kw: Any) -> httpx.Re
 
 
 def _idle(app: Any) -> bool:
-    admission = app.state.admission
+    admission = services_of(app).admission
     return bool(admission.active == 0 and admission.waiting == 0)
 
 
@@ -85,7 +86,7 @@ def test_short_clip_behind_a_long_file_finishes_first(
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         long_job = pool.submit(run, "long.flac", long_speech)
-        poll(lambda: app.state.admission.active == 1, timeout=10)
+        poll(lambda: services_of(app).admission.active == 1, timeout=10)
         time.sleep(1.0)  # let the long file get going: the point is to arrive mid-way
         started = time.monotonic()
         short = pool.submit(run, "short.mp3", HOTWORDS.read_bytes()).result()

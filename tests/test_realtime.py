@@ -19,6 +19,7 @@ import websockets
 
 from whisperd import audio
 from whisperd.api import create_app
+from whisperd.api.services import services_of
 from whisperd.engine import Transcriber
 from whisperd.realtime.codecs import InputAudio, pcm16
 from whisperd.settings import Settings
@@ -412,7 +413,7 @@ def test_limits_sessions_idle_and_turn_length(
             assert all(3.5 <= s <= 4.0 for s in seconds), seconds
         # an idle session is told why, then closed (once the first has gone)
         await asyncio.to_thread(
-            poll, lambda: app.state.live.active == 0, timeout=60, what="the session to end"
+            poll, lambda: services_of(app).live.active == 0, timeout=60, what="the session to end"
         )
         async with await _raw(url) as idle:
             assert (await _next(idle))["type"] == "session.created"
@@ -477,7 +478,7 @@ def test_a_client_killed_mid_turn_leaks_nothing(
 
     with running_app(app) as url:
         asyncio.run(main(url))
-        poll(lambda: app.state.live.active == 0, timeout=60, what="the session to end")
+        poll(lambda: services_of(app).live.active == 0, timeout=60, what="the session to end")
         poll(lambda: not engine._tasks, timeout=60, what="its decodes to stop")
         assert _metric(url, "whisperd_realtime_sessions_open") == 0
         assert _metric(url, "whisperd_realtime_sessions_total") >= 1

@@ -10,6 +10,7 @@ from anyio import wait_all_tasks_blocked
 
 from whisperd import errors
 from whisperd.scheduler import Admission, Speedometer, Task
+from whisperd.services import Lifecycle
 
 # --- Task -------------------------------------------------------------------------------
 
@@ -59,8 +60,13 @@ def test_speedometer_averages_audio_per_busy_second() -> None:
 # --- Admission --------------------------------------------------------------------------
 
 
-def admission(max_active: int, max_queue: int) -> Admission:
-    return Admission(max_active=max_active, max_queue=max_queue, speed=Speedometer(10.0))
+def admission(max_active: int, max_queue: int, lifecycle: Lifecycle | None = None) -> Admission:
+    return Admission(
+        max_active=max_active,
+        max_queue=max_queue,
+        speed=Speedometer(10.0),
+        lifecycle=lifecycle or Lifecycle(),
+    )
 
 
 class Holder:
@@ -230,13 +236,14 @@ async def test_waiting_past_the_deadline_is_504_and_frees_the_queue_place() -> N
 
 @pytest.mark.anyio
 async def test_draining_refuses_new_requests_and_lets_active_ones_finish() -> None:
-    gate = admission(max_active=2, max_queue=2)
+    lifecycle = Lifecycle()
+    gate = admission(max_active=2, max_queue=2, lifecycle=lifecycle)
     entered: list[str] = []
     active = Holder(gate, "active", entered)
     async with anyio.create_task_group() as group:
         group.start_soon(active)
         await wait_all_tasks_blocked()
-        gate.draining = True
+        lifecycle.drain()
         with pytest.raises(errors.ServiceUnavailableError) as info:
             async with gate.enter(1.0):
                 pytest.fail("admitted while draining")

@@ -20,6 +20,7 @@ import pytest
 
 from whisperd import audio, models
 from whisperd.api import create_app
+from whisperd.api.services import services_of
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
@@ -451,7 +452,7 @@ def test_live_from_the_microphone_with_an_api_key(tmp_path: Path, engine: Transc
         page.wait_for_selector("#live:has-text('Start listening')", timeout=90_000)
         assert page.inner_text("#status").startswith("Stopped")
         assert page.evaluate("tracks.length > 0 && tracks.every(t => t.readyState === 'ended')")
-        poll(lambda: app.state.live.active == 0, timeout=30, what="the session to close")
+        poll(lambda: services_of(app).live.active == 0, timeout=30, what="the session to close")
         # The turn in progress at Stop was committed and got its final text too.
         assert page.locator(".turn.partial").count() == 0
         lines = final_lines(page)

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -62,6 +62,11 @@ from starlette.types import Scope
 
 from whisperd import __version__
 from whisperd.timings import Timings
+
+if TYPE_CHECKING:
+    from whisperd.engine import Transcriber
+    from whisperd.jobs.runtime import JobsRuntime
+    from whisperd.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +109,13 @@ class RouteLabels:
 
 
 class Metrics:
-    """The app's metrics; ``state`` is the app's ``app.state`` (read at scrape time).
+    """A process's metrics; the scrape-time gauges read the :class:`~whisperd.services.Services`
+    given to :meth:`watch`.
 
     ``multiprocess_dir`` (default: ``PROMETHEUS_MULTIPROC_DIR``) turns on multiprocess mode.
     """
 
-    def __init__(self, state: Any, *, multiprocess_dir: str | None = None) -> None:
+    def __init__(self, *, multiprocess_dir: str | None = None) -> None:
         if multiprocess_dir is None:
             multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.multiprocess_dir = multiprocess_dir
@@ -174,10 +180,16 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=own,
         )
-        self.registry.register(ServerCollector(state))
+        self._server = ServerCollector()
+        self.registry.register(self._server)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+
+    def watch(self, services: Services | None) -> None:
+        """Read the scrape-time gauges from ``services`` (None: the process is not running
+        any; only the build info and ``whisperd_ready`` 0 are reported)."""
+        self._server.services = services
 
     def observe(self, scope: Scope, status: int, seconds: float, timings: Timings) -> None:
         """Record one finished request (called once, by the request-context middleware)."""
@@ -212,28 +224,26 @@ class Metrics:
 class ServerCollector(Collector):
     """Gauges read from the live server at each scrape: admission, engine, models, jobs, GPU."""
 
-    def __init__(self, state: Any) -> None:
-        self._state = state
+    def __init__(self) -> None:
+        self.services: Services | None = None
         self._gpu = GpuMemory()
 
     def describe(self) -> Iterable[Metric]:
         return ()  # nothing to check at registration; the names are unique to whisperd
 
     def collect(self) -> Iterator[Metric]:
-        state = self._state
+        services = self.services
         info = GaugeMetricFamily("whisperd_build_info", "whisperd's version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
         yield _gauge(
             "whisperd_ready",
             "1 when ready for requests (/readyz is 200), else 0.",
-            (
-                1.0
-                if getattr(state, "ready", False) and not getattr(state, "draining", False)
-                else 0.0
-            ),
+            1.0 if services is not None and services.lifecycle.serving else 0.0,
         )
-        admission = getattr(state, "admission", None)
+        if services is None:
+            return
+        admission = services.admission
         if admission is not None:
             yield _gauge(
                 "whisperd_requests_active",
@@ -255,21 +265,17 @@ class ServerCollector(Collector):
                 "Most requests waiting; beyond it they get 429 (WHISPERD_MAX_QUEUE).",
                 admission.max_queue,
             )
-        live = getattr(state, "live", None)
-        if live is not None:
+        if services.live is not None:
             yield _gauge(
                 "whisperd_realtime_sessions_open",
                 "Live transcription sessions open now.",
-                live.active,
+                services.live.active,
             )
-        engine = getattr(state, "engine", None)
-        if engine is not None:
-            yield from self._engine(engine)
-        jobs = getattr(state, "jobs", None)
-        if jobs is not None:
-            yield from _jobs(jobs)
+        yield from self._engine(services.engine)
+        if services.jobs is not None:
+            yield from _jobs(services.jobs)
 
-    def _engine(self, engine: Any) -> Iterator[Metric]:
+    def _engine(self, engine: Transcriber) -> Iterator[Metric]:
         yield _gauge(
             "whisperd_engine_batch_size",
             "Most windows decoded in one batch (WHISPERD_BATCH_SIZE).",
@@ -315,7 +321,7 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=float(value))
 
 
-def _jobs(jobs: Any) -> Iterator[Metric]:
+def _jobs(jobs: JobsRuntime) -> Iterator[Metric]:
     yield _gauge("whisperd_jobs_running", "Jobs running in this process.", jobs.running)
     try:
         stats = jobs.queue_stats()

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 
@@ -31,6 +31,9 @@ from whisperd.errors import (
     WhisperdError,
     WorkCancelledError,
 )
+
+if TYPE_CHECKING:
+    from whisperd.services import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -116,18 +119,21 @@ class Speedometer:
 
 class Admission:
     """At most ``max_active`` requests active and ``max_queue`` waiting; the rest get 429.
+    While ``lifecycle`` drains, new requests get 503 (those admitted already go on).
 
     Used from the event loop. Waiters are served first come, first served.
     """
 
-    def __init__(self, max_active: int, max_queue: int, speed: Speedometer) -> None:
+    def __init__(
+        self, max_active: int, max_queue: int, speed: Speedometer, *, lifecycle: Lifecycle
+    ) -> None:
         self.max_active = max_active
         self.max_queue = max_queue
         self._speed = speed
+        self._lifecycle = lifecycle
         self._active: dict[int, float] = {}
         self._waiting: deque[tuple[int, float, anyio.Event]] = deque()
         self._next_id = 0
-        self.draining = False
 
     @property
     def active(self) -> int:
@@ -160,7 +166,7 @@ class Admission:
 
         A wait that outlasts ``deadline`` (a monotonic instant) raises 504.
         """
-        if self.draining:
+        if self._lifecycle.draining:
             raise ServiceUnavailableError("The server is shutting down; retry on another replica.")
         estimate = audio_seconds if audio_seconds is not None else 30.0
         ticket = self._next_id

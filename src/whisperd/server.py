@@ -14,10 +14,12 @@ import http
 import json
 import logging
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Generator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -25,6 +27,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from whisperd.api import create_app
+from whisperd.api.services import AppServices, app_services
 from whisperd.errors import (
     HeadersTimeoutError,
     HeadersTooLargeError,
@@ -48,7 +52,7 @@ class DrainingServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout: float) -> None:
         super().__init__(config)
-        self._app = app
+        self._held: AppServices = app_services(app)
         self._drain_timeout = drain_timeout
         self._drain_started: float | None = None
 
@@ -56,42 +60,24 @@ class DrainingServer(uvicorn.Server):
         if self._drain_started is None and not self.should_exit:
             logger.info("Signal %d: draining (up to %.0f s)", sig, self._drain_timeout)
             self._drain_started = time.monotonic()
-            self._app.state.draining = True
-            admission = getattr(self._app.state, "admission", None)
-            if admission is not None:
-                admission.draining = True
-            jobs = getattr(self._app.state, "jobs", None)
-            if jobs is not None:
-                jobs.drain()  # no new jobs; those still running at the end go back to the queue
-            live = getattr(self._app.state, "live", None)
-            if live is not None:
-                live.drain()  # open sessions finish their turn in progress, then close
+            # Admission refuses new requests, jobs are no longer taken (those still running at
+            # the end go back to the queue), live sessions finish their turn, then close.
+            self._held.lifecycle.drain()
             return
         logger.info("Second signal: stopping now")
         self.should_exit = True
         self.force_exit = True
 
-    def _busy(self) -> int:
-        pipeline = getattr(self._app.state, "pipeline", None)
-        busy = 0
-        if pipeline is not None:
-            busy = pipeline.admission.active + pipeline.admission.waiting + pipeline.fetcher.active
-        live = getattr(self._app.state, "live", None)
-        if live is not None:
-            busy += live.active
-        jobs = getattr(self._app.state, "jobs", None)
-        return busy + (0 if jobs is None else int(jobs.running))
-
     async def on_tick(self, counter: int) -> bool:
         if self._drain_started is not None and not self.should_exit:
             elapsed = time.monotonic() - self._drain_started
-            busy = self._busy()
+            services = self._held.current
+            busy = 0 if services is None else services.busy()
             if busy == 0 or elapsed >= self._drain_timeout:
                 if busy:
                     logger.warning("Drain timeout: stopping with %d request(s) in flight", busy)
-                    pipeline = getattr(self._app.state, "pipeline", None)
-                    if pipeline is not None:
-                        pipeline.fetcher.stop()  # their threads would outlive the server
+                    if services is not None and services.pipeline is not None:
+                        services.pipeline.fetcher.stop()  # their threads would outlive the server
                 self.should_exit = True
         return await super().on_tick(counter)
 
@@ -237,9 +223,16 @@ def uvicorn_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
     return uvicorn.Config(app, **values)
 
 
+def spool_in(tmp_dir: Path) -> None:
+    """Make ``tmp_dir`` this process's temp dir (created if missing): Starlette's form parser
+    spools uploads with ``tempfile``'s default directory, which it offers no way to choose."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(tmp_dir)
+
+
 def serve(settings: Settings) -> int:
     """Run the server until it is stopped; returns the process exit status."""
-    from whisperd.api import create_app
+    spool_in(settings.tmp_dir)
 
     if not settings.is_loopback_host() and not settings.all_api_keys():
         logger.warning(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +23,7 @@ from whisperd.api.middleware import (
 )
 from whisperd.api.pipeline import Pipeline
 from whisperd.api.routes import compat, jobs, language, metrics, openai, ops, realtime, ui
+from whisperd.api.services import AppServices
 from whisperd.engine import Transcriber
 from whisperd.errors import (
     MAX_MESSAGE,
@@ -38,6 +38,7 @@ from whisperd.jobs.runtime import JobsRuntime
 from whisperd.metrics import Metrics
 from whisperd.realtime.sessions import LiveSessions
 from whisperd.scheduler import Admission
+from whisperd.services import Lifecycle, Services
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,12 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings, *, engine: Transcriber | None = None) -> FastAPI:
-    """Build the application. The engine loads in the lifespan unless one is given."""
+    """Build the application. The engine loads in the lifespan unless one is given.
+
+    Its services are typed and in one place: :func:`whisperd.api.services.services_of` (the
+    routes take them through the dependencies in :mod:`whisperd.api.deps`).
+    """
+    held = AppServices(settings, Lifecycle(), Metrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -125,27 +131,19 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
         running = engine or Transcriber(settings)
         if owned:
             await anyio.to_thread.run_sync(running.start)
+        # URL downloads spool here; so do uploads, `whisperd serve` making it the temp dir.
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-        # Uploads spool through tempfile; keep them under the configured (writable) tmp dir.
-        tempfile.tempdir = str(settings.tmp_dir)
-        admission = Admission(running.plan.max_active, settings.max_queue, running.speed)
-        app.state.engine = running
-        app.state.admission = admission
-        app.state.pipeline = Pipeline(settings, running, admission, Fetcher(settings))
-        app.state.live = LiveSessions(settings, running, app_metrics.observe_live)
         jobs_runtime: JobsRuntime | None = None
         try:
             if settings.jobs_enabled:
-                consumers = settings.queue_consumers
-                jobs_runtime = JobsRuntime(
-                    settings, engine=running if consumers else None, consumers=consumers
-                )
+                jobs_runtime = _jobs_runtime(settings, running, held.lifecycle)
                 await anyio.to_thread.run_sync(jobs_runtime.start)
-            app.state.jobs = jobs_runtime
-            app.state.ready = True
+            held.current = _services(held, running, jobs_runtime)
+            held.metrics.watch(held.current)
+            held.lifecycle.started()
             yield
         finally:
-            app.state.ready = False
+            held.lifecycle.stopped()
             if jobs_runtime is not None:
                 # Before the engine closes: running jobs go back to the queue.
                 await anyio.to_thread.run_sync(jobs_runtime.stop)
@@ -159,10 +157,7 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
         lifespan=lifespan,
         form_limits={"max_fields": MAX_FORM_FIELDS, "max_files": MAX_FORM_FILES},
     )
-    app.state.settings = settings
-    app.state.ready = False
-    app.state.jobs = None
-    app.state.metrics = app_metrics = Metrics(app.state)
+    app.state.services = held
     app.add_exception_handler(WhisperdError, _whisperd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -181,5 +176,31 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     if keys:
         public = PUBLIC_PATHS | {"/metrics"} if settings.metrics_public else PUBLIC_PATHS
         app.add_middleware(ApiKeyMiddleware, keys=keys, public=public)
-    app.add_middleware(RequestContextMiddleware, metrics=app_metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=held.metrics)
     return app
+
+
+def _jobs_runtime(settings: Settings, engine: Transcriber, lifecycle: Lifecycle) -> JobsRuntime:
+    """The jobs machinery; with queue consumers, they share ``engine``'s batches."""
+    consumers = settings.queue_consumers
+    return JobsRuntime(
+        settings, engine=engine if consumers else None, consumers=consumers, lifecycle=lifecycle
+    )
+
+
+def _services(held: AppServices, engine: Transcriber, jobs: JobsRuntime | None) -> Services:
+    """The running app's services (built in the event loop: live sessions wake there)."""
+    settings, lifecycle = held.settings, held.lifecycle
+    admission = Admission(
+        engine.plan.max_active, settings.max_queue, engine.speed, lifecycle=lifecycle
+    )
+    return Services(
+        settings=settings,
+        lifecycle=lifecycle,
+        metrics=held.metrics,
+        engine=engine,
+        jobs=jobs,
+        admission=admission,
+        pipeline=Pipeline(settings, engine, admission, Fetcher(settings)),
+        live=LiveSessions(settings, engine, held.metrics.observe_live, lifecycle=lifecycle),
+    )

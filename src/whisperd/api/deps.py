@@ -1,4 +1,5 @@
-"""Dependency aliases: routes take these instead of reaching into ``app.state``."""
+"""Dependency aliases: routes take the app's typed services through these (see
+:mod:`whisperd.api.services`), never from ``app.state``."""
 
 from __future__ import annotations
 
@@ -7,41 +8,70 @@ from typing import Annotated
 
 from fastapi import Depends, Form, Query, Request
 from pydantic import Field
+from starlette.requests import HTTPConnection
 
 from whisperd.api.pipeline import Pipeline
+from whisperd.api.services import AppServices, app_services
 from whisperd.engine import Transcriber
 from whisperd.errors import InvalidValueError, ServiceUnavailableError, shown
 from whisperd.jobs.owners import Owner
-from whisperd.jobs.runtime import JobsRuntime
+from whisperd.jobs.runtime import JobsRuntime, jobs_unavailable
+from whisperd.metrics import Metrics
+from whisperd.realtime.sessions import LiveSessions
+from whisperd.services import Services
 from whisperd.settings import Settings
 from whisperd.speakers.options import SpeakerFields
 from whisperd.subtitles import SubtitleOptions
 from whisperd.timings import Timings
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def get_app_services(connection: HTTPConnection) -> AppServices:
+    """The app's services holder: what exists before its lifespan starts (settings, lifecycle,
+    metrics) and the running :class:`Services`. ``connection`` is a request or a WebSocket."""
+    return app_services(connection.app)
 
 
-def get_engine(request: Request) -> Transcriber:
-    engine: Transcriber = request.app.state.engine
-    return engine
+def get_services(connection: HTTPConnection) -> Services:
+    """The running app's services (503 before the lifespan has started them)."""
+    return get_app_services(connection).services
 
 
-def get_pipeline(request: Request) -> Pipeline:
-    pipeline: Pipeline = request.app.state.pipeline
+def get_settings(connection: HTTPConnection) -> Settings:
+    return get_app_services(connection).settings
+
+
+def get_metrics(connection: HTTPConnection) -> Metrics:
+    return get_app_services(connection).metrics
+
+
+def get_engine(connection: HTTPConnection) -> Transcriber:
+    return get_services(connection).engine
+
+
+def get_pipeline(connection: HTTPConnection) -> Pipeline:
+    pipeline = get_services(connection).pipeline
+    assert pipeline is not None  # the app's services always have one
     return pipeline
 
 
-def get_jobs(request: Request) -> JobsRuntime:
-    jobs: JobsRuntime | None = getattr(request.app.state, "jobs", None)
+def get_live(connection: HTTPConnection) -> LiveSessions:
+    live = get_services(connection).live
+    assert live is not None  # the app's services always have them
+    return live
+
+
+def get_jobs(connection: HTTPConnection) -> JobsRuntime:
+    """The jobs runtime; 503 ``jobs_disabled`` when jobs are off, ``jobs_unavailable`` while
+    its Redis cannot be reached."""
+    jobs = get_services(connection).jobs
     if jobs is None:
         raise ServiceUnavailableError(
             "Async jobs are off on this server (WHISPERD_JOBS_ENABLED=false); use the "
             "synchronous endpoints, or a server with jobs enabled.",
             code="jobs_disabled",
         )
+    if not jobs.connected:
+        raise jobs_unavailable()
     return jobs
 
 
@@ -182,6 +212,10 @@ def speakers_query(
     )
 
 
+AppServicesDep = Annotated[AppServices, Depends(get_app_services)]
+ServicesDep = Annotated[Services, Depends(get_services)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+LiveDep = Annotated[LiveSessions, Depends(get_live)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Transcriber, Depends(get_engine)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]

@@ -55,6 +55,7 @@ from whisperd.jobs.records import CallbackState, ChunkRecord, Job, segments_to_j
 from whisperd.jobs.states import ChunkState, JobState
 from whisperd.jobs.store import JobStore, error_fields
 from whisperd.jobs.work import ActiveJob, Superseded, Work, WorkerStopping
+from whisperd.services import Lifecycle
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class JobRunner:
         engine: Transcriber,
         worker_id: str,
         *,
+        lifecycle: Lifecycle,
         send_job: Callable[[str, int | None], None],
         send_chunk: Callable[[str, int, int | None], None],
         send_callback: Callable[[Job], None],
@@ -113,8 +115,14 @@ class JobRunner:
         self.work = Work(settings, store, engine, worker_id, send_chunk=send_chunk)
         self._active: dict[Key, ActiveJob] = {}
         self._lock = threading.Lock()
-        self.draining = False
-        """Set when the process stops taking jobs: a message that arrives anyway goes back."""
+        self._lifecycle = lifecycle
+        self._stopping = False
+
+    @property
+    def draining(self) -> bool:
+        """Whether this process takes no more jobs (it drains, or stops): a message that
+        arrives anyway goes back."""
+        return self._stopping or self._lifecycle.draining
 
     @property
     def running(self) -> int:
@@ -146,7 +154,7 @@ class JobRunner:
 
     def stop_all(self) -> None:
         """Shutting down: all work stops at its next window and goes back to the queue."""
-        self.draining = True
+        self._stopping = True
         with self._lock:
             active = list(self._active.values())
         for work in active:

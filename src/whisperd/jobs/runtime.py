@@ -12,9 +12,13 @@ running here, stops those whose cancel was requested, and purges expired jobs.
 Used by the app's lifespan (``whisperd serve``: consumers share the engine's batches
 with synchronous requests) and by :func:`run_worker` (``whisperd worker``: consumers only).
 
-Stopping: :meth:`JobsRuntime.drain` stops taking new jobs (running ones go on);
-:meth:`JobsRuntime.stop` then stops the running ones at their next window and puts them
-back on the queue, so a drain that times out loses nothing.
+A Redis that cannot be reached at start does not stop the process: the janitor tries again
+every poll interval, and once connected declares the actors and starts the consumers. Until
+then the job routes answer 503 ``jobs_unavailable`` (see :func:`jobs_unavailable`).
+
+Stopping: when the process's :class:`~whisperd.services.Lifecycle` drains, no new jobs are
+taken (running ones go on); :meth:`JobsRuntime.stop` then stops the running ones at their next
+window and puts them back on the queue, so a drain that times out loses nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from types import FrameType, SimpleNamespace
+from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -51,6 +55,7 @@ from whisperd.jobs.runner import JobRunner
 from whisperd.jobs.states import JobState
 from whisperd.jobs.store import JobStore, error_fields, redis_errors
 from whisperd.metrics import Metrics
+from whisperd.services import Lifecycle, Services
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -64,11 +69,26 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def jobs_unavailable() -> ServiceUnavailableError:
+    """The 503 of a job route while the job queue's Redis has not been reached."""
+    return ServiceUnavailableError(
+        "The job queue (Redis) cannot be reached yet; retry shortly. Synchronous "
+        "transcription works meanwhile.",
+        code="jobs_unavailable",
+    )
+
+
 class JobsRuntime:
-    """Redis, brokers, actors, and (with ``consumers``) the workers running jobs on ``engine``."""
+    """Redis, brokers, actors, and (with ``consumers``) the workers running jobs on ``engine``;
+    they stop taking jobs when ``lifecycle`` drains."""
 
     def __init__(
-        self, settings: Settings, *, engine: Transcriber | None = None, consumers: bool = True
+        self,
+        settings: Settings,
+        *,
+        engine: Transcriber | None = None,
+        consumers: bool = True,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         if consumers and engine is None:
             msg = "Job consumers need an engine"
@@ -76,10 +96,10 @@ class JobsRuntime:
         self.settings = settings
         self.engine = engine
         self.consumers = consumers
+        self.lifecycle = lifecycle or Lifecycle()
         self.worker_id = _worker_id()
         self.max_attempts = settings.job_max_retries + 1
         self.embedded: EmbeddedRedis | None = None
-        self._client: redis.Redis | None = None
         self._brokers: tuple[Broker, Broker] | None = None
         self._store: JobStore | None = None
         self._actors: actors_module.Actors | None = None
@@ -87,12 +107,16 @@ class JobsRuntime:
         self._workers: list[Worker] = []
         self._janitor: threading.Thread | None = None
         self._stop = threading.Event()
-        self._draining = False
+        # Held while the connection is wired up, so that stop() never races a late connect.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._url = ""
         self._redis_ok = True
 
     # --- lifetime ---------------------------------------------------------------------
     def start(self) -> JobsRuntime:
-        """Connect (or start the embedded Redis), declare the actors, start the consumers."""
+        """Start the embedded Redis (when no ``redis_url`` is set) and connect: declare the
+        actors, start the consumers. A Redis not reachable yet is retried in the background."""
         url = self.settings.redis_url
         if url is None:
             self.embedded = EmbeddedRedis(self.settings.data_dir)
@@ -103,16 +127,48 @@ class JobsRuntime:
                     "to %s (set WHISPERD_REDIS_URL to share a Redis)",
                     url,
                 )
+        self._url = url
+        self.lifecycle.on_drain(self._on_drain)
+        error = self._connect()
+        if error is not None:
+            logger.warning(
+                "Cannot reach the job queue's Redis (%s; check WHISPERD_REDIS_URL): job routes "
+                "answer 503 until it is back, tried again every %g s",
+                error,
+                self.settings.job_poll_interval,
+            )
+        self._janitor = threading.Thread(
+            target=self._janitor_loop, name="whisperd-jobs-janitor", daemon=True
+        )
+        self._janitor.start()
+        return self
+
+    @property
+    def connected(self) -> bool:
+        """Whether the job queue's Redis has been reached (the job routes work)."""
+        return self._actors is not None
+
+    def _connect(self) -> redis.RedisError | None:
+        """Connect and wire up the actors and consumers; the error if Redis cannot be reached."""
         try:
-            job_broker = connect(self.settings, url)
-            callback_broker = connect(self.settings, url)
+            job_broker = connect(self.settings, self._url)
         except redis.RedisError as exc:
-            self.stop()
-            raise ServiceUnavailableError(
-                f"Cannot reach the job queue's Redis ({exc}); check WHISPERD_REDIS_URL."
-            ) from exc
+            return exc
+        try:
+            callback_broker = connect(self.settings, self._url)
+        except redis.RedisError as exc:
+            job_broker.client.close()
+            return exc
+        with self._lock:
+            if self._closed:
+                job_broker.client.close()
+                callback_broker.client.close()
+                return None
+            self._wire(job_broker, callback_broker)
+        return None
+
+    def _wire(self, job_broker: Broker, callback_broker: Broker) -> None:
         self._brokers = (job_broker, callback_broker)
-        self._client = job_broker.client
         store = self._store = JobStore(job_broker.client, self.settings)
         sender: CallbackSender | None = None
         if self.consumers:
@@ -122,6 +178,7 @@ class JobsRuntime:
                 store,
                 self.engine,
                 self.worker_id,
+                lifecycle=self.lifecycle,
                 send_job=self._send_job,
                 send_chunk=self._send_chunk,
                 send_callback=self._send_callback,
@@ -137,16 +194,11 @@ class JobsRuntime:
         if self.consumers:
             self._start_workers()
         self._housekeep()
-        self._janitor = threading.Thread(
-            target=self._janitor_loop, name="whisperd-jobs-janitor", daemon=True
-        )
-        self._janitor.start()
         logger.info(
             "Jobs ready (%s Redis, %s)",
             "external" if self.embedded is None else "embedded",
             f"{self.job_threads} job consumer(s)" if self.consumers else "no consumers",
         )
-        return self
 
     @property
     def job_threads(self) -> int:
@@ -168,14 +220,16 @@ class JobsRuntime:
             worker.queue_prefetch = threads
             worker.start()
             self._workers.append(worker)
+        if self.lifecycle.draining:  # the drain came while the consumers started
+            self._pause_jobs()
 
-    def drain(self) -> None:
-        """Take no new jobs; running ones go on. Safe to call from a signal handler."""
-        if self._draining:
-            return
-        self._draining = True
-        if self.runner is not None:
-            self.runner.draining = True
+    def _on_drain(self) -> None:
+        """Take no new jobs; running ones go on (called when the lifecycle drains, possibly
+        from a signal handler)."""
+        self._pause_jobs()
+        logger.info("Jobs draining: no new jobs taken; %d running", self.running)
+
+    def _pause_jobs(self) -> None:
         for worker in self._workers[:1]:
             # Worker.pause() would close and restart the consumer after a fixed 3 s sleep;
             # a prefetch of 0 just stops it fetching (heartbeats go on through the delay
@@ -185,11 +239,12 @@ class JobsRuntime:
                     thread.prefetch = 0
                     if thread.consumer is not None:  # the broker's _RedisConsumer
                         thread.consumer.prefetch = 0  # type: ignore[attr-defined]
-        logger.info("Jobs draining: no new jobs taken; %d running", self.running)
 
     def stop(self) -> None:
         """Put running jobs back on the queue, stop the consumers, disconnect, stop Redis."""
-        self.drain()
+        with self._lock:
+            self._closed = True
+        self._pause_jobs()
         if self.runner is not None:
             self.runner.stop_all()
         for worker in self._workers:
@@ -199,9 +254,9 @@ class JobsRuntime:
         if self._janitor is not None:
             self._janitor.join(timeout=10)
             self._janitor = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._brokers is not None:
+            for broker in self._brokers:
+                broker.client.close()
         if self.embedded is not None:
             self.embedded.stop()
             self.embedded = None
@@ -214,7 +269,12 @@ class JobsRuntime:
     # --- the janitor ------------------------------------------------------------------
     def _janitor_loop(self) -> None:
         while not self._stop.wait(self.settings.job_poll_interval):
-            self._housekeep()
+            if not self.connected:
+                error = self._connect()
+                if error is not None:
+                    logger.debug("The job queue's Redis is still unreachable: %s", error)
+            else:
+                self._housekeep()
 
     def _housekeep(self) -> None:
         try:
@@ -239,13 +299,13 @@ class JobsRuntime:
     @property
     def store(self) -> JobStore:
         if self._store is None:
-            raise ServiceUnavailableError("The job queue is not started.")
+            raise jobs_unavailable()
         return self._store
 
     @property
     def actors(self) -> actors_module.Actors:
         if self._actors is None:
-            raise ServiceUnavailableError("The job queue is not started.")
+            raise jobs_unavailable()
         return self._actors
 
     def _send_job(self, job_id: str, delay_ms: int | None) -> None:
@@ -366,7 +426,7 @@ class JobsRuntime:
         """Jobs per state (those ``owner`` sees; None: all), and the messages waiting on the
         queue, everyone's (what autoscaling watches)."""
         if self._brokers is None:
-            raise ServiceUnavailableError("The job queue is not started.")
+            raise jobs_unavailable()
         broker = self._brokers[0]
         with redis_errors():
             counts = self.store.counts(None if owner is None else owner.scope)
@@ -400,16 +460,25 @@ def run_worker(settings: Settings) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
         with Transcriber(settings) as engine:
-            runtime = JobsRuntime(settings, engine=engine, consumers=True).start()
-            state = SimpleNamespace(engine=engine, jobs=runtime, ready=True, draining=False)
-            exporter = _serve_metrics(settings, state) if settings.metrics_port else None
+            lifecycle = Lifecycle()
+            runtime = JobsRuntime(
+                settings, engine=engine, consumers=True, lifecycle=lifecycle
+            ).start()
+            services = Services(
+                settings=settings,
+                lifecycle=lifecycle,
+                metrics=Metrics(),
+                engine=engine,
+                jobs=runtime,
+            )
+            lifecycle.started()
+            exporter = _serve_metrics(services) if settings.metrics_port else None
             try:
                 logger.info("Worker %s taking jobs", runtime.worker_id)
                 while not received:
                     wake.wait(1.0)
                 logger.info("Signal received: draining (up to %.0f s)", settings.drain_timeout)
-                state.draining = True
-                runtime.drain()
+                lifecycle.drain()
                 deadline = received[0] + settings.drain_timeout
                 while runtime.running and len(received) < 2 and time.monotonic() < deadline:
                     wake.clear()
@@ -419,6 +488,7 @@ def run_worker(settings: Settings) -> int:
                         "Stopping with %d job(s) running: back to the queue", runtime.running
                     )
             finally:
+                lifecycle.stopped()
                 if exporter is not None:
                     exporter.shutdown()
                 runtime.stop()
@@ -429,11 +499,12 @@ def run_worker(settings: Settings) -> int:
     return 0
 
 
-def _serve_metrics(settings: Settings, state: SimpleNamespace) -> WSGIServer:
+def _serve_metrics(services: Services) -> WSGIServer:
     """The worker's metrics (engine, jobs, process) on ``metrics_port``, from a thread."""
-    metrics = Metrics(state)
+    settings = services.settings
+    services.metrics.watch(services)
     server, _ = start_http_server(
-        settings.metrics_port, addr=settings.host, registry=metrics.registry
+        settings.metrics_port, addr=settings.host, registry=services.metrics.registry
     )
     logger.info("Metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
     return server

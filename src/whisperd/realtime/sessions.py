@@ -18,6 +18,7 @@ from whisperd.errors import (
 )
 from whisperd.realtime.protocol import GOING_AWAY, POLICY_VIOLATION, TOO_MANY
 from whisperd.realtime.session import Budget, LiveSession, refuse
+from whisperd.services import Lifecycle
 from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,34 +35,36 @@ at two)."""
 
 class LiveSessions:
     """Runs live sessions, at most ``realtime_max_sessions`` at once. Created in the event
-    loop; :meth:`drain` may be called from a signal handler."""
+    loop. When ``lifecycle`` drains (from any thread, or a signal handler), no new sessions
+    start and open ones complete their turn in progress, then close."""
 
     def __init__(
         self,
         settings: Settings,
         engine: Transcriber,
         observe: Callable[[str, float], None],
+        *,
+        lifecycle: Lifecycle,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.active = 0
         self._observe = observe
+        self._lifecycle = lifecycle
+        # What open sessions wait on, set in the loop when the lifecycle drains.
         self._draining = anyio.Event()
         self._loop = asyncio.get_running_loop()
+        lifecycle.on_drain(self._wake)
         limit = settings.realtime_max_sessions
         self._threads = anyio.CapacityLimiter(max(1, DECODES_PER_SESSION * limit))
         self._partials = Budget(max(1, engine.plan.batch_size // PARTIALS_PER_BATCH))
 
-    @property
-    def draining(self) -> bool:
-        return self._draining.is_set()
-
-    def drain(self) -> None:
-        """No new sessions; open ones complete their turn in progress, then close."""
-        self._loop.call_soon_threadsafe(self._draining.set)
+    def _wake(self) -> None:
+        if not self._loop.is_closed():  # a loop gone with its app's lifespan has no sessions
+            self._loop.call_soon_threadsafe(self._draining.set)
 
     def _refusal(self) -> tuple[WhisperdError, int] | None:
-        if self.draining:
+        if self._lifecycle.draining:
             error: WhisperdError = ServiceUnavailableError(
                 "The server is shutting down.", code="draining"
             )

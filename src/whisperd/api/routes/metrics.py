@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 
+from whisperd.api.deps import MetricsDep
 from whisperd.api.schemas import error_responses
-from whisperd.metrics import CONTENT_TYPE, Metrics
+from whisperd.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["Health"])
 
@@ -24,10 +25,9 @@ router = APIRouter(tags=["Health"])
         **error_responses(401),
     },
 )
-async def metrics(request: Request) -> Response:
+async def metrics(registry: MetricsDep) -> Response:
     """Requests, latencies, stage times, audio seconds, real-time factor, admission, jobs,
     model load times, process and GPU memory. Needs the API key like every route except the
     health probes, unless WHISPERD_METRICS_PUBLIC is true."""
-    registry: Metrics = request.app.state.metrics
     body = await anyio.to_thread.run_sync(registry.render)
     return Response(body, media_type=CONTENT_TYPE)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from whisperd.api.deps import AppServicesDep
 from whisperd.api.schemas import Health, error_responses
 
 router = APIRouter(tags=["Health"])
@@ -19,14 +20,14 @@ async def healthz() -> Health:
 
 @router.get("/readyz", summary="Readiness", response_model=Health, responses=error_responses(503))
 @router.get("/_/ready", include_in_schema=False)
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(held: AppServicesDep) -> JSONResponse:
     """200 when the model is loaded, the server is not draining and it has room for another
     request (a transcription place or a URL fetch); else 503."""
-    state = request.app.state
-    pipeline = getattr(state, "pipeline", None)
-    if not state.ready or pipeline is None:
+    lifecycle = held.lifecycle
+    pipeline = None if held.current is None else held.current.pipeline
+    if not lifecycle.ready or pipeline is None:
         status = "starting"
-    elif pipeline.admission.draining:
+    elif lifecycle.draining:
         status = "draining"
     elif pipeline.admission.saturated or pipeline.fetcher.saturated:
         status = "saturated"
