@@ -10,6 +10,7 @@ import pytest
 
 from whisperd import formats
 from whisperd.engine import Segment, Transcription, Word
+from whisperd.render import render
 
 TRICKY = "a < b && c > d --> e\nsecond\tline «ünïcødé» 日本語 🎙"
 TRICKY_ONE_LINE = "a < b && c > d --> e second line «ünïcødé» 日本語 🎙"
@@ -115,13 +116,13 @@ def test_timestamp_without_hours_for_short_times() -> None:
 
 
 def test_text(jfk: Transcription) -> None:
-    assert formats.render(jfk, "text") == (
+    assert render(jfk, "text").text == (
         "And so, my fellow Americans ask not ask what you can do for your country.\n"
     )
 
 
 def test_json_is_text_and_duration_usage(jfk: Transcription) -> None:
-    body = json.loads(formats.render(jfk, "json"))
+    body = json.loads(render(jfk, "json").text)
     assert body == {
         "text": "And so, my fellow Americans ask not ask what you can do for your country.",
         "usage": {"type": "duration", "seconds": 11},
@@ -134,14 +135,14 @@ def test_usage_rounds_seconds_up() -> None:
 
 
 def test_srt(jfk: Transcription) -> None:
-    assert parse_srt(formats.render(jfk, "srt")) == [
+    assert parse_srt(render(jfk, "srt").text) == [
         (1, 0.0, 8.06, "And so, my fellow Americans ask not"),
         (2, 8.06, 11.0, "ask what you can do for your country."),
     ]
 
 
 def test_srt_hours_long_and_special_characters(long_and_tricky: Transcription) -> None:
-    srt = formats.render(long_and_tricky, "srt")
+    srt = render(long_and_tricky, "srt").text
     cues = parse_srt(srt)
     assert cues == [
         (1, 3725.5, 3730.25, TRICKY_ONE_LINE),
@@ -152,7 +153,7 @@ def test_srt_hours_long_and_special_characters(long_and_tricky: Transcription) -
 
 
 def test_vtt(jfk: Transcription) -> None:
-    vtt = formats.render(jfk, "vtt")
+    vtt = render(jfk, "vtt").text
     assert vtt.startswith("WEBVTT\n\n")
     blocks = vtt[len("WEBVTT\n\n") :].rstrip("\n").split("\n\n")
     assert blocks == [
@@ -162,7 +163,7 @@ def test_vtt(jfk: Transcription) -> None:
 
 
 def test_vtt_hours_long_and_escapes(long_and_tricky: Transcription) -> None:
-    vtt = formats.render(long_and_tricky, "vtt")
+    vtt = render(long_and_tricky, "vtt").text
     blocks = vtt[len("WEBVTT\n\n") :].rstrip("\n").split("\n\n")
     assert len(blocks) == 2
     for block in blocks:
@@ -180,12 +181,12 @@ def test_vtt_hours_long_and_escapes(long_and_tricky: Transcription) -> None:
 
 
 def test_tsv(jfk: Transcription, long_and_tricky: Transcription) -> None:
-    assert formats.render(jfk, "tsv") == (
+    assert render(jfk, "tsv").text == (
         "start\tend\ttext\n"
         "0\t8060\tAnd so, my fellow Americans ask not\n"
         "8060\t11000\task what you can do for your country.\n"
     )
-    rows = [line.split("\t") for line in formats.render(long_and_tricky, "tsv").splitlines()]
+    rows = [line.split("\t") for line in render(long_and_tricky, "tsv").text.splitlines()]
     assert rows == [
         ["start", "end", "text"],
         ["3725500", "3730250", TRICKY_ONE_LINE],
@@ -194,7 +195,7 @@ def test_tsv(jfk: Transcription, long_and_tricky: Transcription) -> None:
 
 
 def test_verbose_json_has_openai_field_names(jfk: Transcription) -> None:
-    body = json.loads(formats.render(jfk, "verbose_json"))
+    body = json.loads(render(jfk, "verbose_json").text)
     assert list(body) == ["task", "language", "duration", "text", "segments", "words", "usage"]
     assert body["task"] == "transcribe"
     assert body["language"] == "english"  # OpenAI gives the full name, not the code
@@ -245,32 +246,33 @@ def test_verbose_json_language_name(code: str, name: str) -> None:
 
 def test_json_formats_keep_unicode_readable(long_and_tricky: Transcription) -> None:
     for fmt in ("json", "verbose_json"):
-        rendered = formats.render(long_and_tricky, fmt)
+        rendered = render(long_and_tricky, fmt).text
         assert "日本語 🎙" in rendered
         assert json.loads(rendered)["text"] == long_and_tricky.text
 
 
 def test_every_format_renders_an_empty_transcription() -> None:
     empty = transcription(duration=60.0)
-    assert formats.render(empty, "text") == "\n"
-    assert formats.render(empty, "srt") == ""
-    assert formats.render(empty, "vtt") == "WEBVTT\n\n"
-    assert formats.render(empty, "tsv") == "start\tend\ttext\n"
-    assert json.loads(formats.render(empty, "json"))["text"] == ""
-    verbose = json.loads(formats.render(empty, "verbose_json"))
+    assert render(empty, "text").text == "\n"
+    assert render(empty, "srt").text == ""
+    assert render(empty, "vtt").text == "WEBVTT\n\n"
+    assert render(empty, "tsv").text == "start\tend\ttext\n"
+    assert json.loads(render(empty, "json").text)["text"] == ""
+    verbose = json.loads(render(empty, "verbose_json").text)
     assert verbose["segments"] == [] and verbose["usage"]["seconds"] == 60
 
 
 def test_every_format_has_a_media_type_and_extension(jfk: Transcription) -> None:
     for fmt in formats.FORMATS:
-        assert isinstance(formats.render(jfk, fmt), str)
+        rendered = render(jfk, fmt)
+        assert isinstance(rendered.body, bytes) and rendered.media_type == formats.MEDIA_TYPES[fmt]
         assert "charset=utf-8" in formats.MEDIA_TYPES[fmt] or "json" in formats.MEDIA_TYPES[fmt]
         assert formats.EXTENSIONS[fmt].isalpha()
 
 
 def test_unknown_format_names_the_choices(jfk: Transcription) -> None:
     with pytest.raises(ValueError, match="srt"):
-        formats.render(jfk, "docx")
+        render(jfk, "docx")
 
 
 def test_segment_dict_rounds_times() -> None:

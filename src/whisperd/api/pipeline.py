@@ -5,6 +5,9 @@ length) -> admission (bounded; 429 beyond it) -> the engine's second step (decod
 chunk, start) -> the batching engine, which decodes the rest chunk by chunk (deadline;
 cancelled when the client leaves) -> our dataclasses. Nothing here blocks the event loop, and
 no request holds more than a chunk of decoded audio.
+
+The caller hands down a deadline and a cancel signal (an :class:`anyio.Event` set when the
+client goes away: the API layer watches the connection); nothing here sees the request.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
-from starlette.requests import Request
 
 from whisperd import audio
 from whisperd.engine import (
@@ -43,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 Item = TranscriptionInfo | Segment
 T = TypeVar("T")
-_DISCONNECT_POLL_S = 0.25
 
 
 class Run:
@@ -136,17 +137,17 @@ class Pipeline:
 
     async def transcribe(
         self,
-        request: Request,
         source: IO[bytes],
         options: TranscribeOptions,
         *,
         model: str | None,
         deadline: float,
         timings: Timings,
+        cancel: anyio.Event | None = None,
         speakers: SpeakerOptions = NO_SPEAKERS,
     ) -> Transcription:
         """Transcribe completely (each channel on its own, with ``multichannel``), with the
-        speakers ``speakers`` asks for, stopping the work if the client disconnects."""
+        speakers ``speakers`` asks for, stopping the work once ``cancel`` is set."""
         if speakers.multichannel:
             channels = await anyio.to_thread.run_sync(channels_of, source)
             sources = audio.views(source, len(channels))
@@ -156,7 +157,7 @@ class Pipeline:
             sources, options, model=model, deadline=deadline, timings=timings, channels=channels
         ) as runs:
 
-            def cancel() -> None:
+            def stop() -> None:
                 for run in runs:
                     run.task.cancel()
 
@@ -175,7 +176,7 @@ class Pipeline:
                     raise grouped.exceptions[0] from None
                 return [results[i] for i in range(len(runs))]
 
-            results = await watch_disconnect(request, cancel, collected)
+            results = await until_cancelled(cancel, stop, collected)
         if speakers.multichannel:
             return merge_channels(results, speakers.names)
         if not speakers.by_voice:
@@ -185,15 +186,15 @@ class Pipeline:
 
     async def detect(
         self,
-        request: Request,
         source: IO[bytes],
         *,
         model: str | None,
         deadline: float,
         timings: Timings,
+        cancel: anyio.Event | None = None,
     ) -> LanguageDetection:
         """Detect the spoken language, admitted as a transcription is (the model is checked
-        before the request waits), stopping the work if the client disconnects."""
+        before the request waits), stopping the work once ``cancel`` is set."""
         engine = self.engine
         loaded = await anyio.to_thread.run_sync(engine.detector, model)
         async with AsyncExitStack() as stack:
@@ -206,15 +207,14 @@ class Pipeline:
                     functools.partial(engine.detect, loaded, source, deadline=deadline)
                 )
                 try:
-                    return await watch_disconnect(
-                        request, task.cancel, lambda: anyio.to_thread.run_sync(task.result)
+                    return await until_cancelled(
+                        cancel, task.cancel, lambda: anyio.to_thread.run_sync(task.result)
                     )
                 finally:
                     task.cancel()
 
     async def stream(
         self,
-        request: Request,
         opened: AbstractAsyncContextManager[IO[bytes]],
         options: TranscribeOptions,
         *,
@@ -255,14 +255,16 @@ def _next_or_none(iterator: Any) -> Item | None:
     return item
 
 
-async def watch_disconnect(
-    request: Request, on_disconnect: Callable[[], None], work: Callable[[], Awaitable[T]]
+async def until_cancelled(
+    cancel: anyio.Event | None, on_cancel: Callable[[], None], work: Callable[[], Awaitable[T]]
 ) -> T:
-    """Await ``work()``; if the client goes away meanwhile, call ``on_disconnect`` (which
-    should make the work end soon)."""
+    """Await ``work()``; if ``cancel`` is set meanwhile, call ``on_cancel`` (which should make
+    the work end soon)."""
+    if cancel is None:
+        return await work()
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_watch, request, on_disconnect)
+            group.start_soon(_on_set, cancel, on_cancel)
             try:
                 result = await work()
             finally:
@@ -273,9 +275,7 @@ async def watch_disconnect(
     return result
 
 
-async def _watch(request: Request, on_disconnect: Callable[[], None]) -> None:
-    # Starlette offers no disconnect event once the body is read: poll for it.
-    while not await request.is_disconnected():  # noqa: ASYNC110
-        await anyio.sleep(_DISCONNECT_POLL_S)
+async def _on_set(cancel: anyio.Event, on_cancel: Callable[[], None]) -> None:
+    await cancel.wait()
     logger.info("Client went away; stopping its work")
-    on_disconnect()
+    on_cancel()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from whisperd.api.deps import DeadlineDep, PipelineDep, TimingsDep
-from whisperd.api.responses import audio_input
-from whisperd.api.routes.openai import ERRORS, FileField, ModelField, UrlField
+from whisperd.api.inputs import AudioFormDep, ModelField, disconnected
+from whisperd.api.routes.openai import ERRORS
 from whisperd.api.schemas import LanguageDetectionResult
 
 router = APIRouter(prefix="/v1", tags=["Language detection"])
@@ -23,18 +23,18 @@ async def detect_language(
     pipeline: PipelineDep,
     timings: TimingsDep,
     deadline: DeadlineDep,
-    file: FileField = None,
-    url: UrlField = None,
+    audio: AudioFormDep,
     model: ModelField = "whisper-1",
 ) -> LanguageDetectionResult:
     """The language spoken, with its probability, and the five most likely, from the first
     30 s of speech (leading silence or music is skipped). Needs a multilingual model such as
     `base` (an English-only one is a 400, `unsupported_task`); audio without speech is a 400,
     `no_speech`."""
-    async with audio_input(
-        file, url, pipeline.fetcher, request=request, deadline=deadline, timings=timings
-    ) as source:
+    async with (
+        disconnected(request) as gone,
+        audio.opened(pipeline.fetcher, deadline=deadline, timings=timings, cancel=gone) as source,
+    ):
         found = await pipeline.detect(
-            request, source, model=model, deadline=deadline, timings=timings
+            source, model=model, deadline=deadline, timings=timings, cancel=gone
         )
     return LanguageDetectionResult.of(found)
