@@ -10,7 +10,8 @@ import pytest
 
 from whisperd import formats
 from whisperd.engine import Segment, Transcription, Word
-from whisperd.render import render
+from whisperd.render import render, wants_words
+from whisperd.subtitles import SubtitleOptions
 
 TRICKY = "a < b && c > d --> e\nsecond\tline «ünïcødé» 日本語 🎙"
 TRICKY_ONE_LINE = "a < b && c > d --> e second line «ünïcødé» 日本語 🎙"
@@ -234,6 +235,40 @@ def test_verbose_json_words_only_when_timed_or_asked() -> None:
     body = formats.to_verbose_json(plain, segments=False, extra={"model": "tiny.en"})
     assert "segments" not in body
     assert body["model"] == "tiny.en"
+
+
+def test_render_leaves_out_what_the_granularities_leave_out(jfk: Transcription) -> None:
+    words_only = json.loads(render(jfk, "verbose_json", ["word"]).text)
+    assert "segments" not in words_only and len(words_only["words"]) == 3
+    untimed = transcription(segment(0, 0.0, 1.0, " hi"), segment(1, 1.0, 2.0, " there"))
+    segments_only = json.loads(render(untimed, "verbose_json", ["segment"]).text)
+    assert "words" not in segments_only and len(segments_only["segments"]) == 2
+    asked = json.loads(render(untimed, "verbose_json", word_timestamps=True).text)
+    assert asked["words"] == []
+
+
+def test_wants_words_for_the_word_granularity_word_timestamps_or_cut_cues() -> None:
+    assert not wants_words()
+    assert not wants_words(["segment"])
+    assert wants_words(["segment", "word"])
+    assert wants_words(word_timestamps=True)
+    assert wants_words(subtitles=SubtitleOptions(max_line_width=20))
+
+
+def test_compact_json_is_the_same_json_without_spaces(long_and_tricky: Transcription) -> None:
+    for fmt in ("json", "verbose_json", "diarized_json"):
+        spaced, compact = render(long_and_tricky, fmt), render(long_and_tricky, fmt, compact=True)
+        assert json.loads(compact.body) == json.loads(spaced.body)
+        assert compact.media_type == spaced.media_type == "application/json"
+        assert b'": ' in spaced.body and b'": ' not in compact.body
+
+
+def test_render_adds_extra_keys_to_verbose_json_only(jfk: Transcription) -> None:
+    extra = {"timings": {"inference": 1.0}}
+    assert json.loads(render(jfk, "verbose_json", extra=extra).text)["timings"] == {
+        "inference": 1.0
+    }
+    assert "timings" not in json.loads(render(jfk, "json", extra=extra).text)
 
 
 @pytest.mark.parametrize(

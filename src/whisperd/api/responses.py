@@ -42,10 +42,16 @@ def transcript_response(
     return Response(rendered.body, media_type=rendered.media_type)
 
 
-def event_stream(content: AsyncIterator[bytes]) -> StreamingResponse:
-    """A ``text/event-stream`` response of server-sent events."""
-    return StreamingResponse(
-        content, media_type="text/event-stream", headers=dict(EVENT_STREAM_HEADERS)
+def event_stream(
+    content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[Any]] | None = None
+) -> StreamingResponse:
+    """A ``text/event-stream`` response of server-sent events (that runs ``cleanup``, if
+    given, however it ends)."""
+    headers = dict(EVENT_STREAM_HEADERS)
+    if cleanup is None:
+        return StreamingResponse(content, media_type="text/event-stream", headers=headers)
+    return CleanupStreamingResponse(
+        content, cleanup, media_type="text/event-stream", headers=headers
     )
 
 

@@ -49,6 +49,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+AUDIO_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503, 504)
+"""The errors a route that takes audio (an upload or a URL) may answer."""
+
+
 class Usage(BaseModel):
     type: Literal["duration"] = "duration"
     seconds: int = Field(examples=[11])

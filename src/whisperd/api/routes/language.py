@@ -6,8 +6,7 @@ from fastapi import APIRouter, Request
 
 from whisperd.api.deps import DeadlineDep, PipelineDep, TimingsDep
 from whisperd.api.inputs import AudioFormDep, ModelField, disconnected
-from whisperd.api.routes.openai import ERRORS
-from whisperd.api.schemas import LanguageDetectionResult
+from whisperd.api.schemas import AUDIO_ERRORS, LanguageDetectionResult
 
 router = APIRouter(prefix="/v1", tags=["Language detection"])
 
@@ -16,7 +15,7 @@ router = APIRouter(prefix="/v1", tags=["Language detection"])
     "/audio/language",
     summary="Detect the spoken language",
     response_model=LanguageDetectionResult,
-    responses=ERRORS,
+    responses=AUDIO_ERRORS,
 )
 async def detect_language(
     request: Request,

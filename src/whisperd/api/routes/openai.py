@@ -36,12 +36,11 @@ from whisperd.api.inputs import (
     disconnected,
 )
 from whisperd.api.responses import (
-    EVENT_STREAM_HEADERS,
-    CleanupStreamingResponse,
     event_stream,
     transcript_response,
 )
 from whisperd.api.schemas import (
+    AUDIO_ERRORS,
     ModelList,
     ModelObject,
     TranscriptionDiarized,
@@ -58,7 +57,6 @@ from whisperd.subtitles import SubtitleOptions
 
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
 
-ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503, 504)
 TEXT_TYPES = ("text/plain", "application/x-subrip", "text/vtt", "text/tab-separated-values")
 SUCCESS: dict[int | str, dict[str, Any]] = {
     200: {
@@ -105,12 +103,7 @@ async def _respond(
             items, cleanup = await pipeline.stream(
                 opened, options, model=model, deadline=deadline, timings=timings
             )
-            return CleanupStreamingResponse(
-                sse_events(items),
-                cleanup,
-                media_type="text/event-stream",
-                headers=dict(EVENT_STREAM_HEADERS),
-            )
+            return event_stream(sse_events(items), cleanup)
         async with opened as source:
             result = await pipeline.transcribe(
                 source,
@@ -136,7 +129,7 @@ async def _respond(
 @router.post(
     "/audio/transcriptions",
     summary="Transcribe audio",
-    responses={**SUCCESS, **ERRORS},
+    responses={**SUCCESS, **AUDIO_ERRORS},
     response_model=None,
 )
 async def create_transcription(
@@ -199,7 +192,7 @@ async def create_transcription(
 @router.post(
     "/audio/translations",
     summary="Translate audio into English",
-    responses={**SUCCESS, **ERRORS},
+    responses={**SUCCESS, **AUDIO_ERRORS},
     response_model=None,
 )
 async def create_translation(
