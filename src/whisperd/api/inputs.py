@@ -5,8 +5,8 @@ function's body (raw audio, or a URL as plain text), each held to its limits.
 jobs routes; :func:`read_function_body` reads the body of the two function routes. Both give
 an :class:`AudioInput`, which opens as a file for a synchronous request
 (:meth:`AudioInput.opened`) or is read into bytes to store with a job
-(:meth:`AudioInput.for_job`). :func:`disconnected` is the cancel signal the service layer
-takes instead of the request.
+(:meth:`AudioInput.for_job`). :func:`request_call` is what the pipeline takes instead of
+the request: its deadline, its timings, and an event set once the client goes away.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from whisperd.api.fetching import Fetcher
 from whisperd.api.middleware import upload_too_large
+from whisperd.api.pipeline import Call
 from whisperd.errors import EmptyAudioError, InvalidRequestError, PayloadTooLargeError
 from whisperd.settings import ResponseFormat
 from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
@@ -152,17 +153,10 @@ class AudioInput:
         return self
 
     @asynccontextmanager
-    async def opened(
-        self,
-        fetcher: Fetcher,
-        *,
-        deadline: float,
-        timings: Timings,
-        cancel: anyio.Event | None = None,
-    ) -> AsyncIterator[IO[bytes]]:
+    async def opened(self, fetcher: Fetcher, call: Call) -> AsyncIterator[IO[bytes]]:
         """The audio as a file: the spooled upload or body, or the URL fetched safely; a body
         or a fetched file is closed when the block ends (for a stream: when the response
-        ends)."""
+        ends). A fetch ends by the call's deadline, or once it is cancelled."""
         self.checked()
         if self.body is not None:
             with self.body:
@@ -177,8 +171,9 @@ class AudioInput:
             yield self.file.file
             return
         assert self.url is not None
-        with timings.measure("fetch"):
-            fetched = await fetcher.fetch(self.url.strip(), deadline=deadline, cancel=cancel)
+        with call.timings.measure("fetch"):
+            url = self.url.strip()
+            fetched = await fetcher.fetch(url, deadline=call.deadline, cancel=call.cancel)
         try:
             yield fetched
         finally:
@@ -288,15 +283,15 @@ def check_format(
 
 
 @asynccontextmanager
-async def disconnected(request: Request) -> AsyncIterator[anyio.Event]:
-    """An event set once the client goes away, watched while the block runs: the cancel
-    signal the pipeline and the fetcher take."""
+async def request_call(request: Request, deadline: float, timings: Timings) -> AsyncIterator[Call]:
+    """The request as the pipeline sees it: its deadline and timings, and an event set once
+    the client goes away (the connection is watched while the block runs)."""
     gone = anyio.Event()
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(_watch, request, gone)
             try:
-                yield gone
+                yield Call(deadline, timings, gone)
             finally:
                 group.cancel_scope.cancel()
     except BaseExceptionGroup as grouped:

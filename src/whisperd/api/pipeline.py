@@ -6,8 +6,9 @@ chunk, start) -> the batching engine, which decodes the rest chunk by chunk (dea
 cancelled when the client leaves) -> our dataclasses. Nothing here blocks the event loop, and
 no request holds more than a chunk of decoded audio.
 
-The caller hands down a deadline and a cancel signal (an :class:`anyio.Event` set when the
-client goes away: the API layer watches the connection); nothing here sees the request.
+Each method takes a :class:`Call`: the deadline, the timings to record into, and a cancel
+signal (an :class:`anyio.Event` the API layer sets when the client goes away); nothing here
+sees the request.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -45,6 +47,16 @@ logger = logging.getLogger(__name__)
 
 Item = TranscriptionInfo | Segment
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One caller's work: the monotonic instant it must end by, the timings it records into,
+    and the event set when the caller goes away (None: it never does)."""
+
+    deadline: float
+    timings: Timings
+    cancel: anyio.Event | None = None
 
 
 class Run:
@@ -82,17 +94,14 @@ class Pipeline:
         options: TranscribeOptions,
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
+        call: Call,
     ) -> AsyncIterator[Run]:
         """Admit and begin; yields the running transcription, stopped with the block.
 
         The model and options are checked, and the declared length against the limit, before
         the request waits or decodes anything.
         """
-        async with self._started(
-            [source], options, model=model, deadline=deadline, timings=timings
-        ) as runs:
+        async with self._started([source], options, model=model, call=call) as runs:
             yield runs[0]
 
     @asynccontextmanager
@@ -102,13 +111,12 @@ class Pipeline:
         options: TranscribeOptions,
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
+        call: Call,
         channels: Sequence[int | None] = (None,),
     ) -> AsyncIterator[list[Run]]:
         """Admit once, then begin a transcription of each of ``channels`` (None: mixed
         down), each read from its own of ``sources`` (views of one file)."""
-        engine = self.engine
+        engine, deadline, timings = self.engine, call.deadline, call.timings
         prepared = await anyio.to_thread.run_sync(
             functools.partial(engine.prepare, options, model=model, source=sources[0])
         )
@@ -141,20 +149,18 @@ class Pipeline:
         options: TranscribeOptions,
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
-        cancel: anyio.Event | None = None,
+        call: Call,
         speakers: SpeakerOptions = NO_SPEAKERS,
     ) -> Transcription:
         """Transcribe completely (each channel on its own, with ``multichannel``), with the
-        speakers ``speakers`` asks for, stopping the work once ``cancel`` is set."""
+        speakers ``speakers`` asks for, stopping the work once the call is cancelled."""
         if speakers.multichannel:
             channels = await anyio.to_thread.run_sync(channels_of, source)
             sources = audio.views(source, len(channels))
         else:
             channels, sources = [None], [source]
         async with self._started(
-            sources, options, model=model, deadline=deadline, timings=timings, channels=channels
+            sources, options, model=model, call=call, channels=channels
         ) as runs:
 
             def stop() -> None:
@@ -176,12 +182,12 @@ class Pipeline:
                     raise grouped.exceptions[0] from None
                 return [results[i] for i in range(len(runs))]
 
-            results = await until_cancelled(cancel, stop, collected)
+            results = await until_cancelled(call.cancel, stop, collected)
         if speakers.multichannel:
             return merge_channels(results, speakers.names)
         if not speakers.by_voice:
             return results[0]
-        with timings.measure("speakers"):
+        with call.timings.measure("speakers"):
             return await anyio.to_thread.run_sync(attribute, results[0], speakers)
 
     async def detect(
@@ -189,13 +195,11 @@ class Pipeline:
         source: IO[bytes],
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
-        cancel: anyio.Event | None = None,
+        call: Call,
     ) -> LanguageDetection:
         """Detect the spoken language, admitted as a transcription is (the model is checked
-        before the request waits), stopping the work once ``cancel`` is set."""
-        engine = self.engine
+        before the request waits), stopping the work once the call is cancelled."""
+        engine, deadline, timings = self.engine, call.deadline, call.timings
         loaded = await anyio.to_thread.run_sync(engine.detector, model)
         async with AsyncExitStack() as stack:
             with timings.measure("queue"):
@@ -208,7 +212,7 @@ class Pipeline:
                 )
                 try:
                     return await until_cancelled(
-                        cancel, task.cancel, lambda: anyio.to_thread.run_sync(task.result)
+                        call.cancel, task.cancel, lambda: anyio.to_thread.run_sync(task.result)
                     )
                 finally:
                     task.cancel()
@@ -219,8 +223,7 @@ class Pipeline:
         options: TranscribeOptions,
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
+        call: Call,
     ) -> tuple[AsyncIterator[Item], Callable[[], Awaitable[None]]]:
         """Start a transcription of the source ``opened`` gives; return its items as an async
         iterator, and the cleanup that stops it and closes the source.
@@ -233,7 +236,7 @@ class Pipeline:
         try:
             source = await stack.enter_async_context(opened)
             run = await stack.enter_async_context(
-                self.started(source, options, model=model, deadline=deadline, timings=timings)
+                self.started(source, options, model=model, call=call)
             )
         except BaseException:
             await stack.aclose()

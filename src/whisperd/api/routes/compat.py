@@ -22,8 +22,8 @@ from whisperd.api.inputs import (
     FUNCTION_BODY,
     AudioInput,
     check_format,
-    disconnected,
     read_function_body,
+    request_call,
 )
 from whisperd.api.middleware import upload_too_large
 from whisperd.api.responses import CleanupStreamingResponse, transcript_response
@@ -93,13 +93,11 @@ async def function_whisper(
     options = TranscribeOptions.asked(
         pipeline.settings, word_timestamps=subtitles.active, voices=speakers.by_voice
     )
-    async with disconnected(request) as gone:
-        opened = sent.opened(pipeline.fetcher, deadline=deadline, timings=timings, cancel=gone)
+    async with request_call(request, deadline, timings) as call:
+        opened = sent.opened(pipeline.fetcher, call)
         if format in STREAMED_FORMATS and not speakers.active:
             # Bad input (decoding the first piece, admission) raises here: still a proper 4xx.
-            items, cleanup = await pipeline.stream(
-                opened, options, model=None, deadline=deadline, timings=timings
-            )
+            items, cleanup = await pipeline.stream(opened, options, model=None, call=call)
             return CleanupStreamingResponse(
                 text_stream(items, format, subtitles),
                 cleanup,
@@ -107,13 +105,7 @@ async def function_whisper(
             )
         async with opened as source:
             result = await pipeline.transcribe(
-                source,
-                options,
-                model=None,
-                deadline=deadline,
-                timings=timings,
-                cancel=gone,
-                speakers=speakers,
+                source, options, model=None, call=call, speakers=speakers
             )
     return transcript_response(result, format, timings, subtitles=subtitles)
 
@@ -133,19 +125,12 @@ async def translate_upload(
     file: Annotated[UploadFile, File(description="The audio or video file.")],
 ) -> TranslateResult:
     """Transcribes the file in its own language (despite the route's name)."""
-    sent = AudioInput(file=file)
+    options = TranscribeOptions.asked(pipeline.settings)
     async with (
-        disconnected(request) as gone,
-        sent.opened(pipeline.fetcher, deadline=deadline, timings=timings, cancel=gone) as source,
+        request_call(request, deadline, timings) as call,
+        AudioInput(file=file).opened(pipeline.fetcher, call) as source,
     ):
-        result = await pipeline.transcribe(
-            source,
-            TranscribeOptions.asked(pipeline.settings),
-            model=None,
-            deadline=deadline,
-            timings=timings,
-            cancel=gone,
-        )
+        result = await pipeline.transcribe(source, options, model=None, call=call)
     return TranslateResult(text=result.text, language=result.language)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from whisperd.api.deps import DeadlineDep, PipelineDep, TimingsDep
-from whisperd.api.inputs import AudioFormDep, ModelField, disconnected
+from whisperd.api.inputs import AudioFormDep, ModelField, request_call
 from whisperd.api.schemas import AUDIO_ERRORS, LanguageDetectionResult
 
 router = APIRouter(prefix="/v1", tags=["Language detection"])
@@ -30,10 +30,8 @@ async def detect_language(
     `base` (an English-only one is a 400, `unsupported_task`); audio without speech is a 400,
     `no_speech`."""
     async with (
-        disconnected(request) as gone,
-        audio.opened(pipeline.fetcher, deadline=deadline, timings=timings, cancel=gone) as source,
+        request_call(request, deadline, timings) as call,
+        audio.opened(pipeline.fetcher, call) as source,
     ):
-        found = await pipeline.detect(
-            source, model=model, deadline=deadline, timings=timings, cancel=gone
-        )
+        found = await pipeline.detect(source, model=model, call=call)
     return LanguageDetectionResult.of(found)

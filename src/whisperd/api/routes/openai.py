@@ -33,7 +33,7 @@ from whisperd.api.inputs import (
     VadField,
     WordsField,
     check_format,
-    disconnected,
+    request_call,
 )
 from whisperd.api.responses import (
     event_stream,
@@ -97,22 +97,14 @@ async def _respond(
     speakers: SpeakerOptions = NO_SPEAKERS,
 ) -> Response:
     check_format(response_format, stream=stream, granularities=granularities, subtitles=subtitles)
-    async with disconnected(request) as gone:
-        opened = audio.opened(pipeline.fetcher, deadline=deadline, timings=timings, cancel=gone)
+    async with request_call(request, deadline, timings) as call:
+        opened = audio.opened(pipeline.fetcher, call)
         if stream and not speakers.active:
-            items, cleanup = await pipeline.stream(
-                opened, options, model=model, deadline=deadline, timings=timings
-            )
+            items, cleanup = await pipeline.stream(opened, options, model=model, call=call)
             return event_stream(sse_events(items), cleanup)
         async with opened as source:
             result = await pipeline.transcribe(
-                source,
-                options,
-                model=model,
-                deadline=deadline,
-                timings=timings,
-                cancel=gone,
-                speakers=speakers,
+                source, options, model=model, call=call, speakers=speakers
             )
     if stream:  # speakers are known once the whole file is heard: the events come then
         return event_stream(sse_transcript(result, response_format))
