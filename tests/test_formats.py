@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from whisperd import formats
+from whisperd.api import schemas
 from whisperd.engine import Segment, Transcription, Word
-from whisperd.render import render, wants_words
+from whisperd.render import delta_event, done_event, render, wants_words
 from whisperd.subtitles import SubtitleOptions
 
 TRICKY = "a < b && c > d --> e\nsecond\tline «ünïcødé» 日本語 🎙"
@@ -314,3 +318,25 @@ def test_segment_dict_rounds_times() -> None:
     body = formats.segment_dict(segment(3, 1.23456, 2.98765, " x"))
     assert (body["start"], body["end"]) == (1.235, 2.988)
     assert math.isclose(body["avg_logprob"], -0.25)
+
+
+def _documented(model: type[BaseModel], body: dict[str, Any]) -> None:
+    """``body`` is what ``model`` documents: it validates, with no key the model lacks."""
+    model.model_validate(body)
+    assert set(body) <= set(model.model_fields), set(body) - set(model.model_fields)
+
+
+def test_the_bodies_are_what_the_api_documents(jfk: Transcription) -> None:
+    speaker = transcription(*(replace(s, speaker="A") for s in jfk.segments))
+    _documented(schemas.TranscriptionJson, json.loads(render(jfk, "json").body))
+    verbose = json.loads(render(jfk, "verbose_json", extra={"timings": {"format": 0.1}}).body)
+    _documented(schemas.TranscriptionVerbose, verbose)
+    for segment_body in verbose["segments"]:
+        _documented(schemas.SegmentModel, segment_body)
+    diarized = json.loads(render(speaker, "diarized_json").body)
+    _documented(schemas.TranscriptionDiarized, diarized)
+    for event in diarized["segments"]:
+        _documented(schemas.DiarizedSegment, event)
+    for segment_ in jfk.segments:
+        _documented(schemas.TranscriptTextDelta, delta_event(segment_))
+    _documented(schemas.TranscriptTextDone, done_event([s.text for s in jfk.segments], jfk))
