@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from whisperd import formats
+from whisperd.api import schemas
 from whisperd.engine import Segment, Transcription, Word
+from whisperd.render import delta_event, done_event, render, wants_words
+from whisperd.subtitles import SubtitleOptions
 
 TRICKY = "a < b && c > d --> e\nsecond\tline «ünïcødé» 日本語 🎙"
 TRICKY_ONE_LINE = "a < b && c > d --> e second line «ünïcødé» 日本語 🎙"
@@ -115,13 +121,13 @@ def test_timestamp_without_hours_for_short_times() -> None:
 
 
 def test_text(jfk: Transcription) -> None:
-    assert formats.render(jfk, "text") == (
+    assert render(jfk, "text").text == (
         "And so, my fellow Americans ask not ask what you can do for your country.\n"
     )
 
 
 def test_json_is_text_and_duration_usage(jfk: Transcription) -> None:
-    body = json.loads(formats.render(jfk, "json"))
+    body = json.loads(render(jfk, "json").text)
     assert body == {
         "text": "And so, my fellow Americans ask not ask what you can do for your country.",
         "usage": {"type": "duration", "seconds": 11},
@@ -134,14 +140,14 @@ def test_usage_rounds_seconds_up() -> None:
 
 
 def test_srt(jfk: Transcription) -> None:
-    assert parse_srt(formats.render(jfk, "srt")) == [
+    assert parse_srt(render(jfk, "srt").text) == [
         (1, 0.0, 8.06, "And so, my fellow Americans ask not"),
         (2, 8.06, 11.0, "ask what you can do for your country."),
     ]
 
 
 def test_srt_hours_long_and_special_characters(long_and_tricky: Transcription) -> None:
-    srt = formats.render(long_and_tricky, "srt")
+    srt = render(long_and_tricky, "srt").text
     cues = parse_srt(srt)
     assert cues == [
         (1, 3725.5, 3730.25, TRICKY_ONE_LINE),
@@ -152,7 +158,7 @@ def test_srt_hours_long_and_special_characters(long_and_tricky: Transcription) -
 
 
 def test_vtt(jfk: Transcription) -> None:
-    vtt = formats.render(jfk, "vtt")
+    vtt = render(jfk, "vtt").text
     assert vtt.startswith("WEBVTT\n\n")
     blocks = vtt[len("WEBVTT\n\n") :].rstrip("\n").split("\n\n")
     assert blocks == [
@@ -162,7 +168,7 @@ def test_vtt(jfk: Transcription) -> None:
 
 
 def test_vtt_hours_long_and_escapes(long_and_tricky: Transcription) -> None:
-    vtt = formats.render(long_and_tricky, "vtt")
+    vtt = render(long_and_tricky, "vtt").text
     blocks = vtt[len("WEBVTT\n\n") :].rstrip("\n").split("\n\n")
     assert len(blocks) == 2
     for block in blocks:
@@ -180,12 +186,12 @@ def test_vtt_hours_long_and_escapes(long_and_tricky: Transcription) -> None:
 
 
 def test_tsv(jfk: Transcription, long_and_tricky: Transcription) -> None:
-    assert formats.render(jfk, "tsv") == (
+    assert render(jfk, "tsv").text == (
         "start\tend\ttext\n"
         "0\t8060\tAnd so, my fellow Americans ask not\n"
         "8060\t11000\task what you can do for your country.\n"
     )
-    rows = [line.split("\t") for line in formats.render(long_and_tricky, "tsv").splitlines()]
+    rows = [line.split("\t") for line in render(long_and_tricky, "tsv").text.splitlines()]
     assert rows == [
         ["start", "end", "text"],
         ["3725500", "3730250", TRICKY_ONE_LINE],
@@ -194,7 +200,7 @@ def test_tsv(jfk: Transcription, long_and_tricky: Transcription) -> None:
 
 
 def test_verbose_json_has_openai_field_names(jfk: Transcription) -> None:
-    body = json.loads(formats.render(jfk, "verbose_json"))
+    body = json.loads(render(jfk, "verbose_json").text)
     assert list(body) == ["task", "language", "duration", "text", "segments", "words", "usage"]
     assert body["task"] == "transcribe"
     assert body["language"] == "english"  # OpenAI gives the full name, not the code
@@ -235,6 +241,40 @@ def test_verbose_json_words_only_when_timed_or_asked() -> None:
     assert body["model"] == "tiny.en"
 
 
+def test_render_leaves_out_what_the_granularities_leave_out(jfk: Transcription) -> None:
+    words_only = json.loads(render(jfk, "verbose_json", ["word"]).text)
+    assert "segments" not in words_only and len(words_only["words"]) == 3
+    untimed = transcription(segment(0, 0.0, 1.0, " hi"), segment(1, 1.0, 2.0, " there"))
+    segments_only = json.loads(render(untimed, "verbose_json", ["segment"]).text)
+    assert "words" not in segments_only and len(segments_only["segments"]) == 2
+    asked = json.loads(render(untimed, "verbose_json", word_timestamps=True).text)
+    assert asked["words"] == []
+
+
+def test_wants_words_for_the_word_granularity_word_timestamps_or_cut_cues() -> None:
+    assert not wants_words()
+    assert not wants_words(["segment"])
+    assert wants_words(["segment", "word"])
+    assert wants_words(word_timestamps=True)
+    assert wants_words(subtitles=SubtitleOptions(max_line_width=20))
+
+
+def test_compact_json_is_the_same_json_without_spaces(long_and_tricky: Transcription) -> None:
+    for fmt in ("json", "verbose_json", "diarized_json"):
+        spaced, compact = render(long_and_tricky, fmt), render(long_and_tricky, fmt, compact=True)
+        assert json.loads(compact.body) == json.loads(spaced.body)
+        assert compact.media_type == spaced.media_type == "application/json"
+        assert b'": ' in spaced.body and b'": ' not in compact.body
+
+
+def test_render_adds_extra_keys_to_verbose_json_only(jfk: Transcription) -> None:
+    extra = {"timings": {"inference": 1.0}}
+    assert json.loads(render(jfk, "verbose_json", extra=extra).text)["timings"] == {
+        "inference": 1.0
+    }
+    assert "timings" not in json.loads(render(jfk, "json", extra=extra).text)
+
+
 @pytest.mark.parametrize(
     ("code", "name"), [("en", "english"), ("de", "german"), ("yue", "cantonese"), ("xx", "xx")]
 )
@@ -245,35 +285,58 @@ def test_verbose_json_language_name(code: str, name: str) -> None:
 
 def test_json_formats_keep_unicode_readable(long_and_tricky: Transcription) -> None:
     for fmt in ("json", "verbose_json"):
-        rendered = formats.render(long_and_tricky, fmt)
+        rendered = render(long_and_tricky, fmt).text
         assert "日本語 🎙" in rendered
         assert json.loads(rendered)["text"] == long_and_tricky.text
 
 
 def test_every_format_renders_an_empty_transcription() -> None:
     empty = transcription(duration=60.0)
-    assert formats.render(empty, "text") == "\n"
-    assert formats.render(empty, "srt") == ""
-    assert formats.render(empty, "vtt") == "WEBVTT\n\n"
-    assert formats.render(empty, "tsv") == "start\tend\ttext\n"
-    assert json.loads(formats.render(empty, "json"))["text"] == ""
-    verbose = json.loads(formats.render(empty, "verbose_json"))
+    assert render(empty, "text").text == "\n"
+    assert render(empty, "srt").text == ""
+    assert render(empty, "vtt").text == "WEBVTT\n\n"
+    assert render(empty, "tsv").text == "start\tend\ttext\n"
+    assert json.loads(render(empty, "json").text)["text"] == ""
+    verbose = json.loads(render(empty, "verbose_json").text)
     assert verbose["segments"] == [] and verbose["usage"]["seconds"] == 60
 
 
 def test_every_format_has_a_media_type_and_extension(jfk: Transcription) -> None:
     for fmt in formats.FORMATS:
-        assert isinstance(formats.render(jfk, fmt), str)
+        rendered = render(jfk, fmt)
+        assert isinstance(rendered.body, bytes) and rendered.media_type == formats.MEDIA_TYPES[fmt]
         assert "charset=utf-8" in formats.MEDIA_TYPES[fmt] or "json" in formats.MEDIA_TYPES[fmt]
         assert formats.EXTENSIONS[fmt].isalpha()
 
 
 def test_unknown_format_names_the_choices(jfk: Transcription) -> None:
     with pytest.raises(ValueError, match="srt"):
-        formats.render(jfk, "docx")
+        render(jfk, "docx")
 
 
 def test_segment_dict_rounds_times() -> None:
     body = formats.segment_dict(segment(3, 1.23456, 2.98765, " x"))
     assert (body["start"], body["end"]) == (1.235, 2.988)
     assert math.isclose(body["avg_logprob"], -0.25)
+
+
+def _documented(model: type[BaseModel], body: dict[str, Any]) -> None:
+    """``body`` is what ``model`` documents: it validates, with no key the model lacks."""
+    model.model_validate(body)
+    assert set(body) <= set(model.model_fields), set(body) - set(model.model_fields)
+
+
+def test_the_bodies_are_what_the_api_documents(jfk: Transcription) -> None:
+    speaker = transcription(*(replace(s, speaker="A") for s in jfk.segments))
+    _documented(schemas.TranscriptionJson, json.loads(render(jfk, "json").body))
+    verbose = json.loads(render(jfk, "verbose_json", extra={"timings": {"format": 0.1}}).body)
+    _documented(schemas.TranscriptionVerbose, verbose)
+    for segment_body in verbose["segments"]:
+        _documented(schemas.SegmentModel, segment_body)
+    diarized = json.loads(render(speaker, "diarized_json").body)
+    _documented(schemas.TranscriptionDiarized, diarized)
+    for event in diarized["segments"]:
+        _documented(schemas.DiarizedSegment, event)
+    for segment_ in jfk.segments:
+        _documented(schemas.TranscriptTextDelta, delta_event(segment_))
+    _documented(schemas.TranscriptTextDone, done_event([s.text for s in jfk.segments], jfk))

@@ -32,11 +32,11 @@ from test_jobs_support import (
     wait_ready,
     whisperd_env,
 )
-from whisperd import audio, formats
+from whisperd import audio
 from whisperd.api import create_app
-from whisperd.api.routes.compat import _text_stream
 from whisperd.api.services import services_of
 from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo
+from whisperd.render import render, text_stream
 from whisperd.settings import Settings
 from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
 from whisperd_bench.wer import word_error_rate, words
@@ -361,14 +361,14 @@ def test_the_streamed_formats_add_up_to_the_whole_transcript(fmt: str) -> None:
             yield segment
 
     async def streamed(subtitles: SubtitleOptions) -> str:
-        parts = [part async for part in _text_stream(items(), fmt, subtitles)]
+        parts = [part async for part in text_stream(items(), fmt, subtitles)]
         return b"".join(parts).decode()
 
     whole = Transcription.from_parts(info, segments)
     for subtitles in (DEFAULT_CUES, SubtitleOptions(max_line_width=10)):
         if subtitles.active and fmt not in ("srt", "vtt"):
             continue
-        assert anyio.run(streamed, subtitles) == formats.render(whole, fmt, subtitles)
+        assert anyio.run(streamed, subtitles) == render(whole, fmt, subtitles=subtitles).text
 
 
 def test_an_error_after_the_stream_started_breaks_the_response(

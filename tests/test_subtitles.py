@@ -20,11 +20,14 @@ from whisperd.api import create_app
 from whisperd.engine import Segment, Transcriber, Transcription, Word
 from whisperd.errors import InvalidRequestError
 from whisperd.jobs.records import JobSpec
+from whisperd.render import render
 from whisperd.settings import Settings
 from whisperd.subtitles import Cue, Cuer, SubtitleOptions, line_text
 from whisperd_bench.wer import word_error_rate
 
 from support import JFK, poll, running_app, speech_flac
+
+HIGHLIGHT = SubtitleOptions(highlight_words=True)
 
 SPEECH = (
     "And so my fellow Americans, ask not what your country can do for you, ask what you can "
@@ -98,7 +101,7 @@ def test_no_option_is_one_cue_per_segment_as_before() -> None:
     assert [(c.start, c.end) for c in cut(SubtitleOptions(), *segments)] == [
         (s.start, s.end) for s in segments
     ]
-    plain = formats.render(transcription(*segments), "srt")
+    plain = render(transcription(*segments), "srt").text
     assert plain == formats.to_srt(transcription(*segments), SubtitleOptions())
     assert plain.count("-->") == 2
 
@@ -107,7 +110,7 @@ def test_no_option_is_one_cue_per_segment_as_before() -> None:
 @pytest.mark.parametrize(("width", "count"), [(32, 2), (42, 1), (10, 3), (1, 2)])
 def test_lines_fit_the_width_and_cues_the_count(fmt: str, width: int, count: int) -> None:
     options = SubtitleOptions(max_line_width=width, max_line_count=count)
-    cues = parse(formats.render(transcription(timed(SPEECH)), fmt, options))
+    cues = parse(render(transcription(timed(SPEECH)), fmt, subtitles=options).text)
     assert_fit(cues, width, count)
     said = " ".join(line for _, _, lines in cues for line in lines)
     assert said.split() == SPEECH.split()  # every word, once, in order
@@ -174,7 +177,9 @@ def test_words_per_line_and_cue_seconds() -> None:
 
 def test_highlight_underlines_each_word_in_turn() -> None:
     segment = timed("ask not what your country can do", step=0.5, length=0.3)
-    vtt = formats.render(transcription(segment), "vtt", SubtitleOptions(highlight_words=True))
+    vtt = render(
+        transcription(segment), "vtt", subtitles=SubtitleOptions(highlight_words=True)
+    ).text
     cues = parse(vtt)
     lit = [re.findall(r"<u>(.*?)</u>", "\n".join(lines)) for _, _, lines in cues]
     assert [w for found in lit for w in found] == segment.text.split()
@@ -188,7 +193,9 @@ def test_highlight_underlines_each_word_in_turn() -> None:
 
 def test_vtt_escapes_the_text_but_not_the_underline() -> None:
     segment = timed("a <b> & c")
-    vtt = formats.render(transcription(segment), "vtt", SubtitleOptions(highlight_words=True))
+    vtt = render(
+        transcription(segment), "vtt", subtitles=SubtitleOptions(highlight_words=True)
+    ).text
     assert "<u>&lt;b&gt;</u>" in vtt and "<u>&amp;</u>" in vtt
     assert "<b>" not in vtt
 
@@ -235,7 +242,7 @@ def test_a_job_keeps_its_options_and_renders_with_them() -> None:
         JobSpec.from_json(JobSpec(response_format="srt").to_json()).subtitles == SubtitleOptions()
     )
     body, _ = again.render(transcription(timed(SPEECH)))
-    assert body == formats.render(transcription(timed(SPEECH)), "vtt", options)
+    assert body == render(transcription(timed(SPEECH)), "vtt", subtitles=options).text
 
 
 # --- through the real stack ---------------------------------------------------------------

@@ -268,6 +268,7 @@ def transcribe(
 
     from whisperd import audio, formats
     from whisperd.engine import TranscribeOptions, collect, items
+    from whisperd.render import render
     from whisperd.speakers.diarize import attribute, channels_of, merge_channels
     from whisperd.subtitles import SubtitleOptions
 
@@ -344,8 +345,10 @@ def transcribe(
                 results = [_collect_with_progress(tasks[0], prepared.estimate, name, single)]
                 results += [collect(items(task)) for task in tasks[1:]]
             if speakers.multichannel:
-                return formats.render(merge_channels(results, speakers.names), fmt, subtitles)
-            return formats.render(attribute(results[0], speakers), fmt, subtitles)
+                merged = merge_channels(results, speakers.names)
+            else:
+                merged = attribute(results[0], speakers)
+            return render(merged, fmt, subtitles=subtitles).text
 
         failures = 0
         try:

@@ -1,8 +1,10 @@
-"""Transcript formats: text, json, verbose_json (OpenAI's field names), srt, vtt, tsv."""
+"""Transcript formats: text, json, verbose_json (OpenAI's field names), srt, vtt, tsv.
+
+The pieces each format is made of; :mod:`whisperd.render` puts them together.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -286,41 +288,20 @@ def to_vtt(transcription: Transcription, subtitles: SubtitleOptions = DEFAULT_CU
     return "WEBVTT\n\n" + cues
 
 
+TSV_HEADER = "start\tend\ttext\n"
+
+
+def tsv_row(segment: Segment, *, speakers: bool = False) -> str:
+    """One segment as a TSV line: start and end in integer milliseconds, the speaker (with
+    ``speakers``), the text on one line."""
+    said = [segment.speaker or ""] if speakers else []
+    start, end = str(round(segment.start * 1000)), str(round(segment.end * 1000))
+    return "\t".join([start, end, *said, _one_line(segment.text)]) + "\n"
+
+
 def to_tsv(transcription: Transcription) -> str:
     """openai-whisper's TSV: start and end in integer milliseconds, then the text (after a
     speaker column, when segments have speakers)."""
     speakers = any(s.speaker is not None for s in transcription.segments)
-    rows = ["start\tend\tspeaker\ttext" if speakers else "start\tend\ttext"]
-    for s in transcription.segments:
-        said = [s.speaker or ""] if speakers else []
-        cells = [str(round(s.start * 1000)), str(round(s.end * 1000)), *said, _one_line(s.text)]
-        rows.append("\t".join(cells))
-    return "\n".join(rows) + "\n"
-
-
-_RENDER: dict[str, Callable[[Transcription], str]] = {
-    "text": to_text,
-    "tsv": to_tsv,
-    "json": lambda t: json.dumps(to_json(t), ensure_ascii=False),
-    "verbose_json": lambda t: json.dumps(to_verbose_json(t), ensure_ascii=False),
-    "diarized_json": lambda t: json.dumps(to_diarized_json(t), ensure_ascii=False),
-}
-
-
-def render(
-    transcription: Transcription,
-    response_format: str,
-    subtitles: SubtitleOptions = DEFAULT_CUES,
-) -> str:
-    """The transcript as a string in ``response_format`` (one of :data:`FORMATS`), its
-    SRT or VTT cues cut as ``subtitles`` says."""
-    if response_format == "srt":
-        return to_srt(transcription, subtitles)
-    if response_format == "vtt":
-        return to_vtt(transcription, subtitles)
-    try:
-        renderer = _RENDER[response_format]
-    except KeyError:
-        msg = f"Unknown response_format {response_format!r}; use one of {', '.join(FORMATS)}"
-        raise ValueError(msg) from None
-    return renderer(transcription)
+    header = "start\tend\tspeaker\ttext\n" if speakers else TSV_HEADER
+    return header + "".join(tsv_row(s, speakers=speakers) for s in transcription.segments)

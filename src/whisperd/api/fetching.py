@@ -13,10 +13,9 @@ import tempfile
 import threading
 
 import anyio
-from starlette.requests import Request
 
 from whisperd import fetch
-from whisperd.api.pipeline import watch_disconnect
+from whisperd.api.pipeline import until_cancelled
 from whisperd.errors import RateLimitError
 from whisperd.settings import Settings
 
@@ -46,9 +45,10 @@ class Fetcher:
             stop.set()
 
     async def fetch(
-        self, url: str, *, request: Request, deadline: float
+        self, url: str, *, deadline: float, cancel: anyio.Event | None = None
     ) -> tempfile.SpooledTemporaryFile[bytes]:
-        """The file at url, positioned at 0; the caller closes it."""
+        """The file at url, positioned at 0; the caller closes it. The fetch stops at its next
+        chunk once ``cancel`` is set."""
         if self.saturated:
             raise RateLimitError(
                 f"The server is already fetching {self.settings.fetch_concurrency} audio URLs "
@@ -61,8 +61,8 @@ class Fetcher:
         )
         self._stops.add(stop)
         try:
-            return await watch_disconnect(
-                request, stop.set, lambda: anyio.to_thread.run_sync(download, limiter=self._threads)
+            return await until_cancelled(
+                cancel, stop.set, lambda: anyio.to_thread.run_sync(download, limiter=self._threads)
             )
         finally:
             self._stops.discard(stop)

@@ -212,7 +212,7 @@ def upload_too_large(limit: int, param: str = "file") -> PayloadTooLargeError:
 class BodyLimitMiddleware:
     """Refuses request bodies over ``max_upload_bytes`` with 413, by Content-Length or while
     reading. A multipart body may be FORM_OVERHEAD larger: the file in it is held to the
-    limit exactly once the form is parsed (``responses.audio_input``)."""
+    limit exactly once the form is parsed (``inputs.AudioInput.opened``)."""
 
     def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
         self.app = app

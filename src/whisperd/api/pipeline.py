@@ -5,6 +5,10 @@ length) -> admission (bounded; 429 beyond it) -> the engine's second step (decod
 chunk, start) -> the batching engine, which decodes the rest chunk by chunk (deadline;
 cancelled when the client leaves) -> our dataclasses. Nothing here blocks the event loop, and
 no request holds more than a chunk of decoded audio.
+
+Each method takes a :class:`Call`: the deadline, the timings to record into, and a cancel
+signal (an :class:`anyio.Event` the API layer sets when the client goes away); nothing here
+sees the request.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
-from starlette.requests import Request
 
 from whisperd import audio
 from whisperd.engine import (
@@ -43,7 +47,16 @@ logger = logging.getLogger(__name__)
 
 Item = TranscriptionInfo | Segment
 T = TypeVar("T")
-_DISCONNECT_POLL_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One caller's work: the monotonic instant it must end by, the timings it records into,
+    and the event set when the caller goes away (None: it never does)."""
+
+    deadline: float
+    timings: Timings
+    cancel: anyio.Event | None = None
 
 
 class Run:
@@ -81,17 +94,14 @@ class Pipeline:
         options: TranscribeOptions,
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
+        call: Call,
     ) -> AsyncIterator[Run]:
         """Admit and begin; yields the running transcription, stopped with the block.
 
         The model and options are checked, and the declared length against the limit, before
         the request waits or decodes anything.
         """
-        async with self._started(
-            [source], options, model=model, deadline=deadline, timings=timings
-        ) as runs:
+        async with self._started([source], options, model=model, call=call) as runs:
             yield runs[0]
 
     @asynccontextmanager
@@ -101,13 +111,12 @@ class Pipeline:
         options: TranscribeOptions,
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
+        call: Call,
         channels: Sequence[int | None] = (None,),
     ) -> AsyncIterator[list[Run]]:
         """Admit once, then begin a transcription of each of ``channels`` (None: mixed
         down), each read from its own of ``sources`` (views of one file)."""
-        engine = self.engine
+        engine, deadline, timings = self.engine, call.deadline, call.timings
         prepared = await anyio.to_thread.run_sync(
             functools.partial(engine.prepare, options, model=model, source=sources[0])
         )
@@ -136,27 +145,25 @@ class Pipeline:
 
     async def transcribe(
         self,
-        request: Request,
         source: IO[bytes],
         options: TranscribeOptions,
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
+        call: Call,
         speakers: SpeakerOptions = NO_SPEAKERS,
     ) -> Transcription:
         """Transcribe completely (each channel on its own, with ``multichannel``), with the
-        speakers ``speakers`` asks for, stopping the work if the client disconnects."""
+        speakers ``speakers`` asks for, stopping the work once the call is cancelled."""
         if speakers.multichannel:
             channels = await anyio.to_thread.run_sync(channels_of, source)
             sources = audio.views(source, len(channels))
         else:
             channels, sources = [None], [source]
         async with self._started(
-            sources, options, model=model, deadline=deadline, timings=timings, channels=channels
+            sources, options, model=model, call=call, channels=channels
         ) as runs:
 
-            def cancel() -> None:
+            def stop() -> None:
                 for run in runs:
                     run.task.cancel()
 
@@ -175,26 +182,24 @@ class Pipeline:
                     raise grouped.exceptions[0] from None
                 return [results[i] for i in range(len(runs))]
 
-            results = await watch_disconnect(request, cancel, collected)
+            results = await until_cancelled(call.cancel, stop, collected)
         if speakers.multichannel:
             return merge_channels(results, speakers.names)
         if not speakers.by_voice:
             return results[0]
-        with timings.measure("speakers"):
+        with call.timings.measure("speakers"):
             return await anyio.to_thread.run_sync(attribute, results[0], speakers)
 
     async def detect(
         self,
-        request: Request,
         source: IO[bytes],
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
+        call: Call,
     ) -> LanguageDetection:
         """Detect the spoken language, admitted as a transcription is (the model is checked
-        before the request waits), stopping the work if the client disconnects."""
-        engine = self.engine
+        before the request waits), stopping the work once the call is cancelled."""
+        engine, deadline, timings = self.engine, call.deadline, call.timings
         loaded = await anyio.to_thread.run_sync(engine.detector, model)
         async with AsyncExitStack() as stack:
             with timings.measure("queue"):
@@ -206,21 +211,19 @@ class Pipeline:
                     functools.partial(engine.detect, loaded, source, deadline=deadline)
                 )
                 try:
-                    return await watch_disconnect(
-                        request, task.cancel, lambda: anyio.to_thread.run_sync(task.result)
+                    return await until_cancelled(
+                        call.cancel, task.cancel, lambda: anyio.to_thread.run_sync(task.result)
                     )
                 finally:
                     task.cancel()
 
     async def stream(
         self,
-        request: Request,
         opened: AbstractAsyncContextManager[IO[bytes]],
         options: TranscribeOptions,
         *,
         model: str | None,
-        deadline: float,
-        timings: Timings,
+        call: Call,
     ) -> tuple[AsyncIterator[Item], Callable[[], Awaitable[None]]]:
         """Start a transcription of the source ``opened`` gives; return its items as an async
         iterator, and the cleanup that stops it and closes the source.
@@ -233,7 +236,7 @@ class Pipeline:
         try:
             source = await stack.enter_async_context(opened)
             run = await stack.enter_async_context(
-                self.started(source, options, model=model, deadline=deadline, timings=timings)
+                self.started(source, options, model=model, call=call)
             )
         except BaseException:
             await stack.aclose()
@@ -255,14 +258,16 @@ def _next_or_none(iterator: Any) -> Item | None:
     return item
 
 
-async def watch_disconnect(
-    request: Request, on_disconnect: Callable[[], None], work: Callable[[], Awaitable[T]]
+async def until_cancelled(
+    cancel: anyio.Event | None, on_cancel: Callable[[], None], work: Callable[[], Awaitable[T]]
 ) -> T:
-    """Await ``work()``; if the client goes away meanwhile, call ``on_disconnect`` (which
-    should make the work end soon)."""
+    """Await ``work()``; if ``cancel`` is set meanwhile, call ``on_cancel`` (which should make
+    the work end soon)."""
+    if cancel is None:
+        return await work()
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_watch, request, on_disconnect)
+            group.start_soon(_on_set, cancel, on_cancel)
             try:
                 result = await work()
             finally:
@@ -273,9 +278,7 @@ async def watch_disconnect(
     return result
 
 
-async def _watch(request: Request, on_disconnect: Callable[[], None]) -> None:
-    # Starlette offers no disconnect event once the body is read: poll for it.
-    while not await request.is_disconnected():  # noqa: ASYNC110
-        await anyio.sleep(_DISCONNECT_POLL_S)
+async def _on_set(cancel: anyio.Event, on_cancel: Callable[[], None]) -> None:
+    await cancel.wait()
     logger.info("Client went away; stopping its work")
-    on_disconnect()
+    on_cancel()

@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from whisperd.jobs.states import JobState
+
 if TYPE_CHECKING:
     from whisperd.engine import LanguageDetection
+    from whisperd.jobs.records import Job
 
 
 class ErrorDetail(BaseModel):
@@ -44,6 +47,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {"model": ErrorResponse, "description": descriptions.get(status, "Error")}
         for status in statuses
     }
+
+
+AUDIO_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503, 504)
+"""The errors a route that takes audio (an upload or a URL) may answer."""
 
 
 class Usage(BaseModel):
@@ -269,3 +276,129 @@ class ModelCheck(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
+
+
+class JobProgress(BaseModel):
+    seconds: float = Field(
+        description="Audio seconds transcribed so far (for a long job: the finished chunks')."
+    )
+    duration: float | None = Field(None, description="The audio's length, once known.")
+    chunks: int | None = Field(
+        None,
+        description="Pieces the job runs in: 1 in one go; a long job's chunks, once its audio "
+        "is split (null until then).",
+    )
+    chunks_done: int = Field(0, description="Pieces finished.")
+
+
+class JobInput(BaseModel):
+    type: Literal["url", "upload"]
+    url: str | None = None
+    filename: str | None = None
+    bytes: int | None = None
+
+
+class JobCallback(BaseModel):
+    url: str
+    status: Literal["pending", "queued", "delivered", "failed"] | None = None
+    attempts: int = 0
+    last_http_status: int | None = None
+    last_error: str | None = None
+
+
+class JobObject(BaseModel):
+    """A job. ``result`` is the transcript in ``response_format`` once it succeeded."""
+
+    id: str = Field(examples=["1b4e28ba-2fa1-11d2-883f-0016d3cca427"])
+    object: Literal["job"] = "job"
+    status: JobState
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = Field(description="Attempts started so far (retries included).")
+    max_attempts: int
+    cancel_requested: bool = False
+    progress: JobProgress
+    model: str
+    task: Literal["transcribe", "translate"] = "transcribe"
+    response_format: str
+    input: JobInput
+    worker: str | None = None
+    error: ErrorDetail | None = Field(None, description="Why it failed (or the last try did).")
+    callback: JobCallback | None = None
+    result: Any = None
+
+    @classmethod
+    def of(cls, job: Job, *, max_attempts: int) -> JobObject:
+        """The job as the API shows it."""
+        callback = None
+        if job.callback_url:
+            callback = JobCallback(
+                url=job.callback_url,
+                status=str(job.callback_state) or None,  # type: ignore[arg-type]
+                attempts=job.callback_attempts,
+                last_http_status=job.callback_status,
+                last_error=job.callback_error,
+            )
+        return cls(
+            id=job.id,
+            status=job.state,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            attempts=job.attempts,
+            max_attempts=max_attempts,
+            cancel_requested=job.cancel_requested,
+            progress=JobProgress(
+                seconds=round(job.progress, 3),
+                duration=job.duration,
+                chunks=job.chunks,
+                chunks_done=job.chunks_done,
+            ),
+            model=job.spec.model,
+            task=job.spec.task,
+            response_format=job.spec.response_format,
+            input=JobInput(type=job.source, url=job.url, filename=job.filename, bytes=job.size),
+            worker=job.worker,
+            error=None if job.error is None else ErrorDetail.model_validate(job.error),
+            callback=callback,
+            result=job.result_value(),
+        )
+
+    def body(self, *, with_result: bool = True) -> dict[str, Any]:
+        """The JSON body: every field (``result`` only ``with_result``)."""
+        return self.model_dump(mode="json", exclude=None if with_result else {"result"})
+
+
+class QueueStats(BaseModel):
+    """The key's jobs per state (an admin key's: everyone's), and the queue's messages."""
+
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    waiting_messages: int = Field(
+        description="Messages on the queue, not yet taken (every key's: how busy it is)."
+    )
+    delayed_messages: int = Field(description="Retries waiting for their time (every key's).")
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobObject]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+    queue: QueueStats
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body; a listed job has no ``result``."""
+        return {
+            "object": self.object,
+            "data": [job.body(with_result=False) for job in self.data],
+            "first_id": self.first_id,
+            "last_id": self.last_id,
+            "has_more": self.has_more,
+            "queue": self.queue.model_dump(mode="json"),
+        }

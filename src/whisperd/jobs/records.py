@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from whisperd import formats
 from whisperd.engine import Segment, TaskName, TranscribeOptions, Transcription, Word
 from whisperd.jobs.states import ChunkState, JobState
+from whisperd.render import JSON_FORMATS, render, wants_words
 from whisperd.settings import Settings
 from whisperd.speakers.diarize import attribute
 from whisperd.speakers.options import NO_SPEAKERS, SpeakerOptions
@@ -73,30 +73,25 @@ class JobSpec:
             hotwords=self.hotwords,
             vad_filter=self.vad_filter,
             beam_size=self.beam_size,
-            word_timestamps=self.word_timestamps
-            or "word" in self.timestamp_granularities
-            or self.subtitles.active,
+            word_timestamps=wants_words(
+                self.timestamp_granularities,
+                word_timestamps=self.word_timestamps,
+                subtitles=self.subtitles,
+            ),
             multilingual=self.multilingual,
             voices=self.speakers.by_voice,
         )
 
     def render(self, transcription: Transcription) -> tuple[str, str]:
         """The transcript in ``response_format``, with its speakers: (body, media type)."""
-        transcription = attribute(transcription, self.speakers)
-        fmt = self.response_format
-        if fmt == "verbose_json":
-            granularities = self.timestamp_granularities
-            body = formats.to_verbose_json(
-                transcription,
-                words=self.word_timestamps or "word" in granularities or None,
-                segments=not granularities or "segment" in granularities,
-            )
-            text = json.dumps(body, ensure_ascii=False)
-        elif fmt == "json":
-            text = json.dumps(formats.to_json(transcription), ensure_ascii=False)
-        else:
-            text = formats.render(transcription, fmt, self.subtitles)
-        return text, formats.MEDIA_TYPES[fmt]
+        rendered = render(
+            attribute(transcription, self.speakers),
+            self.response_format,
+            self.timestamp_granularities,
+            word_timestamps=self.word_timestamps,
+            subtitles=self.subtitles,
+        )
+        return rendered.text, rendered.media_type
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -270,7 +265,7 @@ class Job:
         """The result as JSON for the json formats, else the text; None until it succeeds."""
         if self.result is None:
             return None
-        if formats.MEDIA_TYPES[self.spec.response_format] == "application/json":
+        if self.spec.response_format in JSON_FORMATS:
             return json.loads(self.result)
         return self.result
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import IO, Annotated, Any, Literal, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from fastapi import APIRouter, File, Query, Request, UploadFile
@@ -20,15 +18,19 @@ from whisperd.api.deps import (
     SubtitlesQueryDep,
     TimingsDep,
 )
-from whisperd.api.fetching import Fetcher
+from whisperd.api.inputs import (
+    FUNCTION_BODY,
+    AudioInput,
+    check_format,
+    read_function_body,
+    request_call,
+)
 from whisperd.api.middleware import upload_too_large
-from whisperd.api.pipeline import Item
-from whisperd.api.responses import CleanupStreamingResponse, audio_input, check_format, render
+from whisperd.api.responses import CleanupStreamingResponse, transcript_response
 from whisperd.api.schemas import FfmpegCheck, GpuCheck, ModelCheck, TranslateResult, error_responses
-from whisperd.engine import TranscribeOptions, TranscriptionInfo, cuda_device_count
+from whisperd.engine import TranscribeOptions, cuda_device_count
 from whisperd.errors import InvalidRequestError
-from whisperd.subtitles import Cuer, SubtitleOptions
-from whisperd.timings import Timings
+from whisperd.render import text_stream
 
 router = APIRouter()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,16 +38,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 FUNCTION_FORMATS = Literal["text", "json", "verbose_json", "srt", "vtt", "tsv", "diarized_json"]
 STREAMED_FORMATS = ("text", "srt", "vtt", "tsv")
 """The function streams these as segments are transcribed; JSON comes whole, at the end."""
-_MAX_URL_BYTES = 8192
-_AUDIO_TYPES = ("audio/", "video/", "application/octet-stream", "application/ogg")
-
-FUNCTION_BODY = {
-    "required": True,
-    "content": {
-        "text/plain": {"schema": {"type": "string", "example": "https://example.com/call.mp3"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
 
 
 def _get_and_post(path: str, **kwargs: Any) -> Callable[[F], F]:
@@ -57,96 +49,6 @@ def _get_and_post(path: str, **kwargs: Any) -> Callable[[F], F]:
         return func
 
     return register
-
-
-async def _read_function_body(request: Request, limit: int) -> tuple[str | None, bytes | None]:
-    """The body as (url, None) when it is a URL, or (None, audio bytes) when it is raw audio."""
-    content_type = request.headers.get("content-type", "").lower()
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise upload_too_large(limit, param="body")
-    if content_type.startswith(_AUDIO_TYPES):
-        return None, bytes(body)
-    if len(body) <= _MAX_URL_BYTES:
-        try:
-            text = body.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            text = ""
-        if text.lower().startswith(("http://", "https://")) and not any(c.isspace() for c in text):
-            return text, None
-    raise InvalidRequestError(
-        "The body must be an http(s) URL of the audio as plain text, or the audio itself "
-        "with an audio/* or application/octet-stream Content-Type.",
-        param="body",
-    )
-
-
-@asynccontextmanager
-async def _function_source(
-    url: str | None,
-    raw: bytes | None,
-    fetcher: Fetcher,
-    *,
-    request: Request,
-    deadline: float,
-    timings: Timings,
-) -> AsyncIterator[IO[bytes]]:
-    """The function's audio as a file: the raw body spooled (to disk past 1 MiB), or the URL
-    fetched safely; closed when the block ends (for a stream: when the response ends)."""
-    if raw is None:
-        async with audio_input(
-            None, url, fetcher, request=request, deadline=deadline, timings=timings
-        ) as fetched:
-            yield fetched
-        return
-    with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spooled:
-        spooled.write(raw)
-        spooled.seek(0)
-        del raw
-        yield spooled
-
-
-async def _text_stream(
-    items: AsyncIterator[Item], fmt: str, subtitles: SubtitleOptions
-) -> AsyncIterator[bytes]:
-    """The transcript in a text format, a segment's line or cues at a time, as it comes; the
-    bytes add up to what :func:`whisperd.formats.render` gives for the whole transcript.
-
-    An error after the first bytes propagates: the connection is cut, so the client sees a
-    broken response rather than a transcript silently cut short.
-    """
-    if fmt == "vtt":
-        yield b"WEBVTT\n\n"
-    elif fmt == "tsv":
-        yield b"start\tend\ttext\n"
-    number = 0
-    cuer = Cuer(subtitles)
-    started = False
-    held = ""  # whitespace at the end of the text so far: written once more text follows
-    async for item in items:
-        if isinstance(item, TranscriptionInfo):
-            continue
-        if fmt == "srt":
-            for cue in cuer.cues(item):
-                number += 1
-                yield formats.srt_block(number, cue).encode()
-        elif fmt == "vtt":
-            yield "".join(formats.vtt_block(cue) for cue in cuer.cues(item)).encode()
-        elif fmt == "tsv":
-            line = " ".join(item.text.split())
-            yield f"{round(item.start * 1000)}\t{round(item.end * 1000)}\t{line}\n".encode()
-        else:
-            # the whole text is stripped: none of the leading whitespace, nor the trailing
-            text = held + item.text if started else item.text.lstrip()
-            started = started or bool(text)
-            kept = text.rstrip()
-            held = text[len(kept) :]
-            if kept:
-                yield kept.encode()
-    if fmt == "text":
-        yield b"\n"
 
 
 @router.post(
@@ -185,34 +87,27 @@ async def function_whisper(
     streamed as it is transcribed (whole, once speakers are told apart)."""
     check_format(format, subtitles=subtitles)
     speakers = await anyio.to_thread.run_sync(speaker_fields.checked, format)
+    limit = pipeline.settings.max_upload_bytes
     with timings.measure("receive"):  # the body is read here, after the dependencies
-        url, raw = await _read_function_body(request, pipeline.settings.max_upload_bytes)
+        sent = (await read_function_body(request, limit, upload_too_large)).checked()
     options = TranscribeOptions.asked(
         pipeline.settings, word_timestamps=subtitles.active, voices=speakers.by_voice
     )
-    opened = _function_source(
-        url, raw, pipeline.fetcher, request=request, deadline=deadline, timings=timings
-    )
-    del raw  # the source owns it now (and spools it)
-    if format in STREAMED_FORMATS and not speakers.active:
-        # Bad input (decoding the first piece, admission) raises here: still a proper 4xx.
-        items, cleanup = await pipeline.stream(
-            request, opened, options, model=None, deadline=deadline, timings=timings
-        )
-        return CleanupStreamingResponse(
-            _text_stream(items, format, subtitles), cleanup, media_type=formats.MEDIA_TYPES[format]
-        )
-    async with opened as source:
-        result = await pipeline.transcribe(
-            request,
-            source,
-            options,
-            model=None,
-            deadline=deadline,
-            timings=timings,
-            speakers=speakers,
-        )
-    return render(result, format, timings, subtitles=subtitles)
+    async with request_call(request, deadline, timings) as call:
+        opened = sent.opened(pipeline.fetcher, call)
+        if format in STREAMED_FORMATS and not speakers.active:
+            # Bad input (decoding the first piece, admission) raises here: still a proper 4xx.
+            items, cleanup = await pipeline.stream(opened, options, model=None, call=call)
+            return CleanupStreamingResponse(
+                text_stream(items, format, subtitles),
+                cleanup,
+                media_type=formats.MEDIA_TYPES[format],
+            )
+        async with opened as source:
+            result = await pipeline.transcribe(
+                source, options, model=None, call=call, speakers=speakers
+            )
+    return transcript_response(result, format, timings, subtitles=subtitles)
 
 
 @router.post(
@@ -230,18 +125,12 @@ async def translate_upload(
     file: Annotated[UploadFile, File(description="The audio or video file.")],
 ) -> TranslateResult:
     """Transcribes the file in its own language (despite the route's name)."""
-    fetcher = pipeline.fetcher
-    async with audio_input(
-        file, None, fetcher, request=request, deadline=deadline, timings=timings
-    ) as source:
-        result = await pipeline.transcribe(
-            request,
-            source,
-            TranscribeOptions.asked(pipeline.settings),
-            model=None,
-            deadline=deadline,
-            timings=timings,
-        )
+    options = TranscribeOptions.asked(pipeline.settings)
+    async with (
+        request_call(request, deadline, timings) as call,
+        AudioInput(file=file).opened(pipeline.fetcher, call) as source,
+    ):
+        result = await pipeline.transcribe(source, options, model=None, call=call)
     return TranslateResult(text=result.text, language=result.language)
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Form, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 
 from whisperd import fetch
 from whisperd.api.deps import (
@@ -28,10 +27,11 @@ from whisperd.api.deps import (
     SubtitlesFormDep,
     SubtitlesQueryDep,
 )
-from whisperd.api.responses import check_format
-from whisperd.api.routes.openai import (
+from whisperd.api.inputs import (
+    FUNCTION_BODY,
+    AudioFormDep,
+    AudioInput,
     BeamField,
-    FileField,
     FormatField,
     GranularitiesField,
     HotwordsField,
@@ -39,21 +39,22 @@ from whisperd.api.routes.openai import (
     MultilingualField,
     PromptField,
     TemperatureField,
-    UrlField,
     VadField,
     WordsField,
+    check_format,
+    job_too_large,
+    read_function_body,
 )
-from whisperd.api.schemas import ErrorDetail, error_responses
+from whisperd.api.schemas import JobList, JobObject, QueueStats, error_responses
 from whisperd.engine import Transcriber
 from whisperd.errors import (
     ConflictError,
-    EmptyAudioError,
     FetchError,
     InvalidRequestError,
     JobNotFoundError,
-    PayloadTooLargeError,
     shown,
 )
+from whisperd.jobs.owners import Owner
 from whisperd.jobs.records import Job, JobSpec
 from whisperd.jobs.runtime import JobsRuntime
 from whisperd.jobs.states import JobState
@@ -61,18 +62,6 @@ from whisperd.settings import ResponseFormat, Settings
 from whisperd.speakers.options import SpeakerFields, SpeakerOptions
 
 router = APIRouter(tags=["Async jobs"])
-
-_MAX_URL_BYTES = 8192
-_AUDIO_TYPES = ("audio/", "video/", "application/octet-stream", "application/ogg")
-_CHUNK = 1 << 20
-
-FUNCTION_BODY = {
-    "required": True,
-    "content": {
-        "text/plain": {"schema": {"type": "string", "example": "https://example.com/call.mp3"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
 
 LanguageField = Annotated[
     str | None, Form(description="ISO-639-1 code of the spoken language; default: detect.")
@@ -90,89 +79,14 @@ CallbackField = Annotated[
 ]
 
 
-# --- documentation models -----------------------------------------------------------------
-class JobProgress(BaseModel):
-    seconds: float = Field(
-        description="Audio seconds transcribed so far (for a long job: the finished chunks')."
-    )
-    duration: float | None = Field(None, description="The audio's length, once known.")
-    chunks: int | None = Field(
-        None,
-        description="Pieces the job runs in: 1 in one go; a long job's chunks, once its audio "
-        "is split (null until then).",
-    )
-    chunks_done: int = Field(0, description="Pieces finished.")
-
-
-class JobInput(BaseModel):
-    type: Literal["url", "upload"]
-    url: str | None = None
-    filename: str | None = None
-    bytes: int | None = None
-
-
-class JobCallback(BaseModel):
-    url: str
-    status: Literal["pending", "queued", "delivered", "failed"] | None = None
-    attempts: int = 0
-    last_http_status: int | None = None
-    last_error: str | None = None
-
-
-class JobObject(BaseModel):
-    """A job. ``result`` is the transcript in ``response_format`` once it succeeded."""
-
-    id: str = Field(examples=["1b4e28ba-2fa1-11d2-883f-0016d3cca427"])
-    object: Literal["job"] = "job"
-    status: JobState
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    attempts: int = Field(description="Attempts started so far (retries included).")
-    max_attempts: int
-    cancel_requested: bool = False
-    progress: JobProgress
-    model: str
-    task: Literal["transcribe", "translate"] = "transcribe"
-    response_format: str
-    input: JobInput
-    worker: str | None = None
-    error: ErrorDetail | None = Field(None, description="Why it failed (or the last try did).")
-    callback: JobCallback | None = None
-    result: Any = None
-
-
-class QueueStats(BaseModel):
-    """The key's jobs per state (an admin key's: everyone's), and the queue's messages."""
-
-    queued: int
-    running: int
-    succeeded: int
-    failed: int
-    cancelled: int
-    waiting_messages: int = Field(
-        description="Messages on the queue, not yet taken (every key's: how busy it is)."
-    )
-    delayed_messages: int = Field(description="Retries waiting for their time (every key's).")
-
-
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[JobObject]
-    first_id: str | None = None
-    last_id: str | None = None
-    has_more: bool
-    queue: QueueStats
-
-
 # --- helpers ------------------------------------------------------------------------------
-def _public(job: Job, jobs: JobsRuntime, *, with_result: bool = True) -> dict[str, Any]:
-    return job.public(max_attempts=jobs.max_attempts, with_result=with_result)
+def _public(job: Job, jobs: JobsRuntime) -> JobObject:
+    return JobObject.of(job, max_attempts=jobs.max_attempts)
 
 
 def _accepted(job: Job, jobs: JobsRuntime) -> JSONResponse:
     return JSONResponse(
-        _public(job, jobs, with_result=False),
+        _public(job, jobs).body(with_result=False),
         status_code=202,
         headers={"X-Call-Id": job.id, "Location": f"/v1/jobs/{job.id}"},
     )
@@ -204,23 +118,35 @@ async def _check_options(engine: Transcriber, spec: JobSpec, settings: Settings)
     )
 
 
-def _too_large(limit: int, param: str) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        f"The audio of a job is stored in the queue until it runs, and may be at most {limit} "
-        "bytes (WHISPERD_JOB_MAX_UPLOAD_BYTES); send a URL instead, or a smaller file.",
-        param=param,
+async def _submit(
+    jobs: JobsRuntime,
+    spec: JobSpec,
+    sent: AudioInput,
+    settings: Settings,
+    *,
+    owner: Owner,
+    callback_url: str | None,
+) -> Job:
+    """Store the job's input (the audio, or its URL once it is known to be reachable) and
+    queue it."""
+    audio = await sent.for_job(settings.job_max_upload_bytes)
+    if audio.data is not None:
+        data = audio.data
+        return await anyio.to_thread.run_sync(
+            lambda: jobs.submit(
+                spec,
+                owner=owner,
+                source="upload",
+                audio=data,
+                filename=audio.filename,
+                callback_url=callback_url,
+            )
+        )
+    assert audio.url is not None
+    url = await _check_url(audio.url, settings, sent.param)
+    return await anyio.to_thread.run_sync(
+        lambda: jobs.submit(spec, owner=owner, source="url", url=url, callback_url=callback_url)
     )
-
-
-async def _read_upload(file: UploadFile, limit: int) -> bytes:
-    if file.size is not None and file.size > limit:
-        raise _too_large(limit, "file")
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise _too_large(limit, "file")
-    if not data:
-        raise EmptyAudioError("The uploaded file is empty (0 bytes).", param="file")
-    return data
 
 
 # --- routes -------------------------------------------------------------------------------
@@ -250,10 +176,9 @@ async def create_job(
     owner: OwnerDep,
     engine: EngineDep,
     settings: SettingsDep,
+    audio: AudioFormDep,
     subtitles: SubtitlesFormDep,
     speaker_fields: SpeakersFormDep,
-    file: FileField = None,
-    url: UrlField = None,
     model: ModelField = "whisper-1",
     task: TaskField = "transcribe",
     language: LanguageField = None,
@@ -292,34 +217,10 @@ async def create_job(
         speakers=speakers,
     )
     check_format(response_format, granularities=spec.timestamp_granularities, subtitles=subtitles)
-    if file is not None and url:
-        raise InvalidRequestError("Send either 'file' or 'url', not both.", param="url")
-    if file is None and not url:
-        raise InvalidRequestError(
-            "Missing audio: send a 'file' (multipart upload) or a 'url'.",
-            param="file",
-            code="missing_field",
-        )
+    audio.checked()
     await _check_options(engine, spec, settings)
     callback = await _check_url(callback_url, settings, "callback_url") if callback_url else None
-    if file is not None:
-        data = await _read_upload(file, settings.job_max_upload_bytes)
-        job = await anyio.to_thread.run_sync(
-            lambda: jobs.submit(
-                spec,
-                owner=owner,
-                source="upload",
-                audio=data,
-                filename=file.filename,
-                callback_url=callback,
-            )
-        )
-    else:
-        assert url is not None
-        checked = await _check_url(url, settings, "url")
-        job = await anyio.to_thread.run_sync(
-            lambda: jobs.submit(spec, owner=owner, source="url", url=checked, callback_url=callback)
-        )
+    job = await _submit(jobs, spec, audio, settings, owner=owner, callback_url=callback)
     return _accepted(job, jobs)
 
 
@@ -355,42 +256,13 @@ async def async_function(
     """The body is an audio URL (or the audio itself with an audio/* Content-Type), as for
     `/function/whisper`; the answer is 202 with `X-Call-Id` at once."""
     check_format(format, subtitles=subtitles)
-    limit = settings.job_max_upload_bytes
-    content_type = request.headers.get("content-type", "").lower()
-    is_audio = content_type.startswith(_AUDIO_TYPES)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > (limit if is_audio else _MAX_URL_BYTES):
-            if is_audio:
-                raise _too_large(limit, "body")
-            break
+    sent = await read_function_body(request, settings.job_max_upload_bytes, job_too_large)
     callback = (
         await _check_url(x_callback_url, settings, "X-Callback-Url") if x_callback_url else None
     )
     speakers = await _job_speakers(speaker_fields, format)
     spec = JobSpec(response_format=format, subtitles=subtitles, speakers=speakers)
-    if is_audio:
-        if not body:
-            raise EmptyAudioError("The body is empty: send the audio or its URL.", param="body")
-        data = bytes(body)
-        job = await anyio.to_thread.run_sync(
-            lambda: jobs.submit(
-                spec, owner=owner, source="upload", audio=data, callback_url=callback
-            )
-        )
-        return Response(status_code=202, headers={"X-Call-Id": job.id})
-    text = body.decode("utf-8", errors="replace").strip() if len(body) <= _MAX_URL_BYTES else ""
-    if not text.lower().startswith(("http://", "https://")) or any(c.isspace() for c in text):
-        raise InvalidRequestError(
-            "The body must be an http(s) URL of the audio as plain text, or the audio itself "
-            "with an audio/* or application/octet-stream Content-Type.",
-            param="body",
-        )
-    url = await _check_url(text, settings, "body")
-    job = await anyio.to_thread.run_sync(
-        lambda: jobs.submit(spec, owner=owner, source="url", url=url, callback_url=callback)
-    )
+    job = await _submit(jobs, spec, sent, settings, owner=owner, callback_url=callback)
     return Response(status_code=202, headers={"X-Call-Id": job.id})
 
 
@@ -415,17 +287,14 @@ async def list_jobs(
         lambda: jobs.list_jobs(status, owner=owner, limit=limit, after=after)
     )
     stats = await anyio.to_thread.run_sync(jobs.queue_stats, owner)
-    data = [_public(job, jobs, with_result=False) for job in found]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-            "queue": stats,
-        }
+    listed = JobList(
+        data=[_public(job, jobs) for job in found],
+        first_id=found[0].id if found else None,
+        last_id=found[-1].id if found else None,
+        has_more=has_more,
+        queue=QueueStats.model_validate(stats),
     )
+    return JSONResponse(listed.body())
 
 
 @router.get(
@@ -438,7 +307,7 @@ async def get_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> JSONResponse:
     """State, timestamps, attempts, progress, error, callback, and the result once done."""
     job_id = _check_job_id(job_id)
     job = await anyio.to_thread.run_sync(lambda: jobs.get(job_id, owner=owner))
-    return JSONResponse(_public(job, jobs))
+    return JSONResponse(_public(job, jobs).body())
 
 
 @router.get(
@@ -476,4 +345,4 @@ async def cancel_job(job_id: str, jobs: JobsDep, owner: OwnerDep) -> JSONRespons
     ended (succeeded, failed or cancelled)."""
     job_id = _check_job_id(job_id)
     job = await anyio.to_thread.run_sync(lambda: jobs.cancel(job_id, owner=owner))
-    return JSONResponse(_public(job, jobs, with_result=False))
+    return JSONResponse(_public(job, jobs).body(with_result=False))

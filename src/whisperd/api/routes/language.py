@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from whisperd.api.deps import DeadlineDep, PipelineDep, TimingsDep
-from whisperd.api.responses import audio_input
-from whisperd.api.routes.openai import ERRORS, FileField, ModelField, UrlField
-from whisperd.api.schemas import LanguageDetectionResult
+from whisperd.api.inputs import AudioFormDep, ModelField, request_call
+from whisperd.api.schemas import AUDIO_ERRORS, LanguageDetectionResult
 
 router = APIRouter(prefix="/v1", tags=["Language detection"])
 
@@ -16,25 +15,23 @@ router = APIRouter(prefix="/v1", tags=["Language detection"])
     "/audio/language",
     summary="Detect the spoken language",
     response_model=LanguageDetectionResult,
-    responses=ERRORS,
+    responses=AUDIO_ERRORS,
 )
 async def detect_language(
     request: Request,
     pipeline: PipelineDep,
     timings: TimingsDep,
     deadline: DeadlineDep,
-    file: FileField = None,
-    url: UrlField = None,
+    audio: AudioFormDep,
     model: ModelField = "whisper-1",
 ) -> LanguageDetectionResult:
     """The language spoken, with its probability, and the five most likely, from the first
     30 s of speech (leading silence or music is skipped). Needs a multilingual model such as
     `base` (an English-only one is a 400, `unsupported_task`); audio without speech is a 400,
     `no_speech`."""
-    async with audio_input(
-        file, url, pipeline.fetcher, request=request, deadline=deadline, timings=timings
-    ) as source:
-        found = await pipeline.detect(
-            request, source, model=model, deadline=deadline, timings=timings
-        )
+    async with (
+        request_call(request, deadline, timings) as call,
+        audio.opened(pipeline.fetcher, call) as source,
+    ):
+        found = await pipeline.detect(source, model=model, call=call)
     return LanguageDetectionResult.of(found)

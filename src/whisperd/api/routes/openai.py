@@ -6,10 +6,8 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import Response, StreamingResponse
-from pydantic import Field
-from pydantic.json_schema import SkipJsonSchema
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
 
 from whisperd import models
 from whisperd.api.deps import (
@@ -20,15 +18,29 @@ from whisperd.api.deps import (
     SubtitlesFormDep,
     TimingsDep,
 )
-from whisperd.api.responses import (
-    CleanupStreamingResponse,
-    audio_input,
+from whisperd.api.inputs import (
+    AudioFormDep,
+    AudioInput,
+    BeamField,
+    FormatField,
+    GranularitiesField,
+    HotwordsField,
+    ModelField,
+    MultilingualField,
+    Omitted,
+    PromptField,
+    TemperatureField,
+    VadField,
+    WordsField,
     check_format,
-    render,
-    sse_events,
-    sse_transcript,
+    request_call,
+)
+from whisperd.api.responses import (
+    event_stream,
+    transcript_response,
 )
 from whisperd.api.schemas import (
+    AUDIO_ERRORS,
     ModelList,
     ModelObject,
     TranscriptionDiarized,
@@ -39,13 +51,12 @@ from whisperd.api.schemas import (
 )
 from whisperd.engine import TranscribeOptions, Transcriber
 from whisperd.errors import ModelNotFoundError, shown
-from whisperd.settings import ResponseFormat
+from whisperd.render import sse_events, sse_transcript, wants_words
 from whisperd.speakers.options import NO_SPEAKERS, SpeakerOptions
 from whisperd.subtitles import SubtitleOptions
 
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
 
-ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503, 504)
 TEXT_TYPES = ("text/plain", "application/x-subrip", "text/vtt", "text/tab-separated-values")
 SUCCESS: dict[int | str, dict[str, Any]] = {
     200: {
@@ -61,71 +72,12 @@ SUCCESS: dict[int | str, dict[str, Any]] = {
     }
 }
 
-# A form field is sent or left out, never null: ``Omitted`` keeps the None that stands for
-# "left out" out of the schema, so the docs (and clients generated from them) offer no null
-# and a file stays plainly binary.
-Omitted = SkipJsonSchema[None]
-
-FileField = Annotated[
-    UploadFile | Omitted,
-    File(description="The audio or video file (any format FFmpeg reads)."),
-]
-UrlField = Annotated[
-    str | Omitted,
-    Form(description="Instead of `file`: an http(s) URL of the audio, fetched by the server."),
-]
-ModelField = Annotated[
-    str,
-    Form(
-        description="`whisper-1` (the served default), a catalog name such as `base`, or a "
-        "model directory.",
-        examples=["whisper-1"],
-    ),
-]
-PromptField = Annotated[
-    str | Omitted, Form(description="Text to guide spelling and style (initial prompt).")
-]
-FormatField = Annotated[ResponseFormat, Form(description="Output format.")]
 TranslationFormatField = Annotated[
     Literal["json", "text", "srt", "verbose_json", "vtt", "tsv"],
     Form(description="Output format."),
 ]
-TemperatureField = Annotated[
-    float,
-    Form(
-        ge=0,
-        le=1,
-        description="Sampling temperature; 0 falls back to higher temperatures "
-        "only when decoding fails.",
-    ),
-]
-GranularitiesField = Annotated[
-    list[Literal["word", "segment"]] | Omitted,
-    Form(
-        alias="timestamp_granularities[]",
-        description="`word` and/or `segment` timestamps in verbose_json.",
-    ),
-]
 StreamField = Annotated[
     bool, Form(description="Stream server-sent events as segments are transcribed.")
-]
-HotwordsField = Annotated[
-    str | Omitted, Form(description="Extra: words to favour, such as names or jargon.")
-]
-VadField = Annotated[
-    bool | Omitted, Form(description="Extra: skip long silences with a voice activity detector.")
-]
-BeamField = Annotated[
-    Annotated[int, Field(ge=1, le=20)] | Omitted, Form(description="Extra: beam size.")
-]
-WordsField = Annotated[bool, Form(description="Extra: word timestamps (as granularity word).")]
-MultilingualField = Annotated[
-    bool,
-    Form(
-        description="Extra: with no `language`, detect the language of each stretch of speech "
-        "and transcribe each in its own; verbose_json segments carry `language`, the top-level "
-        "`language` is the one spoken longest (needs a multilingual model)."
-    ),
 ]
 
 
@@ -135,8 +87,7 @@ async def _respond(
     timings: TimingsDep,
     deadline: float,
     *,
-    file: UploadFile | None,
-    url: str | None,
+    audio: AudioInput,
     model: str,
     options: TranscribeOptions,
     response_format: str,
@@ -146,41 +97,23 @@ async def _respond(
     speakers: SpeakerOptions = NO_SPEAKERS,
 ) -> Response:
     check_format(response_format, stream=stream, granularities=granularities, subtitles=subtitles)
-    opened = audio_input(
-        file, url, pipeline.fetcher, request=request, deadline=deadline, timings=timings
-    )
-    if stream and not speakers.active:
-        items, cleanup = await pipeline.stream(
-            request, opened, options, model=model, deadline=deadline, timings=timings
-        )
-        return CleanupStreamingResponse(
-            sse_events(items),
-            cleanup,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
-    async with opened as source:
-        result = await pipeline.transcribe(
-            request,
-            source,
-            options,
-            model=model,
-            deadline=deadline,
-            timings=timings,
-            speakers=speakers,
-        )
+    async with request_call(request, deadline, timings) as call:
+        opened = audio.opened(pipeline.fetcher, call)
+        if stream and not speakers.active:
+            items, cleanup = await pipeline.stream(opened, options, model=model, call=call)
+            return event_stream(sse_events(items), cleanup)
+        async with opened as source:
+            result = await pipeline.transcribe(
+                source, options, model=model, call=call, speakers=speakers
+            )
     if stream:  # speakers are known once the whole file is heard: the events come then
-        return StreamingResponse(
-            sse_transcript(result, response_format),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
-    return render(
+        return event_stream(sse_transcript(result, response_format))
+    return transcript_response(
         result,
         response_format,
         timings,
-        words=options.word_timestamps or None,
-        segments=not granularities or "segment" in granularities,
+        granularities,
+        word_timestamps=options.word_timestamps,
         subtitles=subtitles,
     )
 
@@ -188,7 +121,7 @@ async def _respond(
 @router.post(
     "/audio/transcriptions",
     summary="Transcribe audio",
-    responses={**SUCCESS, **ERRORS},
+    responses={**SUCCESS, **AUDIO_ERRORS},
     response_model=None,
 )
 async def create_transcription(
@@ -196,10 +129,9 @@ async def create_transcription(
     pipeline: PipelineDep,
     timings: TimingsDep,
     deadline: DeadlineDep,
+    audio: AudioFormDep,
     subtitles: SubtitlesFormDep,
     speaker_fields: SpeakersFormDep,
-    file: FileField = None,
-    url: UrlField = None,
     model: ModelField = "whisper-1",
     language: Annotated[
         str | Omitted, Form(description="ISO-639-1 code of the spoken language; default: detect.")
@@ -227,7 +159,9 @@ async def create_transcription(
         hotwords=hotwords,
         vad_filter=vad_filter,
         beam_size=beam_size,
-        word_timestamps=word_timestamps or "word" in granularities or subtitles.active,
+        word_timestamps=wants_words(
+            granularities, word_timestamps=word_timestamps, subtitles=subtitles
+        ),
         multilingual=multilingual,
         voices=speakers.by_voice,
     )
@@ -236,8 +170,7 @@ async def create_transcription(
         pipeline,
         timings,
         deadline,
-        file=file,
-        url=url,
+        audio=audio,
         model=model,
         options=options,
         response_format=response_format,
@@ -251,7 +184,7 @@ async def create_transcription(
 @router.post(
     "/audio/translations",
     summary="Translate audio into English",
-    responses={**SUCCESS, **ERRORS},
+    responses={**SUCCESS, **AUDIO_ERRORS},
     response_model=None,
 )
 async def create_translation(
@@ -259,9 +192,8 @@ async def create_translation(
     pipeline: PipelineDep,
     timings: TimingsDep,
     deadline: DeadlineDep,
+    audio: AudioFormDep,
     subtitles: SubtitlesFormDep,
-    file: FileField = None,
-    url: UrlField = None,
     model: ModelField = "whisper-1",
     prompt: PromptField = None,
     response_format: TranslationFormatField = "json",
@@ -280,15 +212,14 @@ async def create_translation(
         hotwords=None,
         vad_filter=vad_filter,
         beam_size=beam_size,
-        word_timestamps=subtitles.active,
+        word_timestamps=wants_words(subtitles=subtitles),
     )
     return await _respond(
         request,
         pipeline,
         timings,
         deadline,
-        file=file,
-        url=url,
+        audio=audio,
         model=model,
         options=options,
         response_format=response_format,
