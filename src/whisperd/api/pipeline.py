@@ -2,9 +2,9 @@
 
 input (spooled upload or fetched URL) -> the engine's first step (model, options, declared
 length) -> admission (bounded; 429 beyond it) -> the engine's second step (decode the first
-chunk, start) -> the batching engine, which decodes the rest chunk by chunk (deadline;
+section, start) -> the batching engine, which decodes the rest section by section (deadline;
 cancelled when the client leaves) -> our dataclasses. Nothing here blocks the event loop, and
-no request holds more than a chunk of decoded audio.
+no request holds more than a section of decoded audio.
 
 Each method takes a :class:`Call`: the deadline, the timings to record into, and a cancel
 signal (an :class:`anyio.Event` the API layer sets when the client goes away); nothing here
