@@ -118,7 +118,7 @@ def test_english_only_model_refuses_translation_and_other_languages(
 def test_unknown_language_is_a_validation_error(
     language: str, engine: Transcriber, jfk_audio: audio.Audio
 ) -> None:
-    with pytest.raises(errors.ValidationError) as info:
+    with pytest.raises(errors.InvalidValueError) as info:
         engine.transcribe(jfk_audio, TranscribeOptions(language=language))
     assert info.value.status_code == 422
     assert info.value.param == "language"
