@@ -18,7 +18,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from test_jobs_support import (
+from job_helpers import (
     JFK,
     JFK_WORDS,
     LocalServer,
