@@ -35,7 +35,7 @@ from whisperd.jobs.chunks import merge
 from whisperd.jobs.embedded import EmbeddedRedis
 from whisperd.jobs.owners import Owner
 from whisperd.jobs.records import ChunkRecord, JobSpec, segments_to_json
-from whisperd.jobs.runtime import JobsRuntime
+from whisperd.jobs.service import JobsService
 from whisperd.jobs.states import TRANSITIONS, ChunkState, JobState, check_transition
 from whisperd.settings import Settings
 
@@ -570,12 +570,12 @@ def test_two_api_processes_racing_never_go_past_the_caps(tmp_path: Path) -> None
         job_max_upload_bytes=1000,
         job_max_queued_bytes_per_key=3000,
     )
-    first = JobsRuntime(settings, consumers=False).start()
+    first = JobsService(settings, consumers=False).start()
     try:
         assert first.embedded is not None
         # another API process on the same Redis
         other = settings.model_copy(update={"redis_url": first.embedded.url})
-        second = JobsRuntime(other, consumers=False).start()
+        second = JobsService(other, consumers=False).start()
         try:
             racers = 32
             barrier = threading.Barrier(racers)

@@ -55,7 +55,7 @@ from whisperd.errors import (
     shown,
 )
 from whisperd.jobs.records import Job, JobSpec
-from whisperd.jobs.runtime import JobsRuntime
+from whisperd.jobs.service import JobsService as JobsRuntime
 from whisperd.jobs.states import JobState
 from whisperd.settings import ResponseFormat, Settings
 from whisperd.speakers.options import SpeakerFields, SpeakerOptions
