@@ -581,17 +581,17 @@ def test_two_api_processes_racing_never_go_past_the_caps(tmp_path: Path) -> None
             barrier = threading.Barrier(racers)
 
             def race(index: int) -> str | None:
-                runtime = (first, second)[index % 2]
+                service = (first, second)[index % 2]
                 barrier.wait(30)
                 try:
                     if index % 4 < 2:  # Alice's jobs are URLs: her cap is 5 jobs
                         owner = Owner.of(ALICE, settings)
-                        job = runtime.submit(
+                        job = service.submit(
                             JobSpec(), source="url", url="http://a.test/", owner=owner
                         )
                     else:  # Bob uploads 1000 bytes a job: his cap is 3000 bytes
                         owner = Owner.of(BOB, settings)
-                        job = runtime.submit(
+                        job = service.submit(
                             JobSpec(), source="upload", audio=b"x" * 1000, owner=owner
                         )
                 except RateLimitError:

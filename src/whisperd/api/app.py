@@ -133,20 +133,20 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
             await anyio.to_thread.run_sync(running.start)
         # URL downloads spool here; so do uploads, `whisperd serve` making it the temp dir.
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-        jobs_runtime: JobsService | None = None
+        jobs_service: JobsService | None = None
         try:
             if settings.jobs_enabled:
-                jobs_runtime = _jobs_runtime(settings, running, held.lifecycle)
-                await anyio.to_thread.run_sync(jobs_runtime.start)
-            held.current = _services(held, running, jobs_runtime)
+                jobs_service = _jobs_service(settings, running, held.lifecycle)
+                await anyio.to_thread.run_sync(jobs_service.start)
+            held.current = _services(held, running, jobs_service)
             held.metrics.watch(held.current)
             held.lifecycle.started()
             yield
         finally:
             held.lifecycle.stopped()
-            if jobs_runtime is not None:
+            if jobs_service is not None:
                 # Before the engine closes: running jobs go back to the queue.
-                await anyio.to_thread.run_sync(jobs_runtime.stop)
+                await anyio.to_thread.run_sync(jobs_service.stop)
             if owned:
                 await anyio.to_thread.run_sync(running.close)
 
@@ -180,7 +180,7 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     return app
 
 
-def _jobs_runtime(settings: Settings, engine: Transcriber, lifecycle: Lifecycle) -> JobsService:
+def _jobs_service(settings: Settings, engine: Transcriber, lifecycle: Lifecycle) -> JobsService:
     """The jobs machinery; with queue consumers, they share ``engine``'s batches."""
     consumers = settings.queue_consumers
     return JobsService(

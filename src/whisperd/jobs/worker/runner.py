@@ -145,7 +145,7 @@ class JobRunner:
         """Jobs and chunks running here."""
         return len(self._active)
 
-    # --- called by the runtime --------------------------------------------------------
+    # --- called by the service --------------------------------------------------------
     def tick(self) -> None:
         """Renew this worker's leases and stop the work of jobs cancelled or ended."""
         with self._lock:
