@@ -29,6 +29,7 @@ SERVER_MODULES = (
     "whisperd.api.app",
     "whisperd.server",
     "whisperd.jobs.service",
+    "whisperd.jobs.process",
     "whisperd.jobs.worker.main",
     "whisperd.cli",
 )

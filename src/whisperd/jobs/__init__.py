@@ -2,8 +2,9 @@
 
 Layers, each using only those below it:
 
-- ``service``: what the API calls (submit, get, cancel, list, queue stats), and the start
-  and stop of the jobs machinery in a server or a ``whisperd worker``;
+- ``service``: what the API calls (submit, get, cancel, list, queue stats), on
+  ``process``: the start and stop of the jobs machinery in a server or a ``whisperd worker``
+  (Redis, the queue, the runner, the janitor);
 - ``worker``: what a worker runs: ``worker.runner`` handles each delivery of a job's or a
   chunk's message (states, retries, leases, the merge of a long job's chunks), deciding with
   the pure functions of ``worker.decisions``; ``worker.work`` is what one try does;
