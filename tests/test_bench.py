@@ -25,7 +25,14 @@ from support import JFK, running_app
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SRC = Path(__file__).resolve().parents[1] / "src"
-SERVER_MODULES = ("whisperd.api.app", "whisperd.server", "whisperd.jobs.runtime", "whisperd.cli")
+SERVER_MODULES = (
+    "whisperd.api.app",
+    "whisperd.server",
+    "whisperd.jobs.service",
+    "whisperd.jobs.process",
+    "whisperd.jobs.worker.main",
+    "whisperd.cli",
+)
 
 
 @pytest.fixture(scope="module")

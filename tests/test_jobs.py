@@ -18,7 +18,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from test_jobs_support import (
+from job_helpers import (
     JFK,
     JFK_WORDS,
     LocalServer,
@@ -35,7 +35,7 @@ from whisperd.jobs.chunks import merge
 from whisperd.jobs.embedded import EmbeddedRedis
 from whisperd.jobs.owners import Owner
 from whisperd.jobs.records import ChunkRecord, JobSpec, segments_to_json
-from whisperd.jobs.runtime import JobsRuntime
+from whisperd.jobs.service import JobsService
 from whisperd.jobs.states import TRANSITIONS, ChunkState, JobState, check_transition
 from whisperd.settings import Settings
 
@@ -570,28 +570,28 @@ def test_two_api_processes_racing_never_go_past_the_caps(tmp_path: Path) -> None
         job_max_upload_bytes=1000,
         job_max_queued_bytes_per_key=3000,
     )
-    first = JobsRuntime(settings, consumers=False).start()
+    first = JobsService(settings, consumers=False).start()
     try:
         assert first.embedded is not None
         # another API process on the same Redis
         other = settings.model_copy(update={"redis_url": first.embedded.url})
-        second = JobsRuntime(other, consumers=False).start()
+        second = JobsService(other, consumers=False).start()
         try:
             racers = 32
             barrier = threading.Barrier(racers)
 
             def race(index: int) -> str | None:
-                runtime = (first, second)[index % 2]
+                service = (first, second)[index % 2]
                 barrier.wait(30)
                 try:
                     if index % 4 < 2:  # Alice's jobs are URLs: her cap is 5 jobs
                         owner = Owner.of(ALICE, settings)
-                        job = runtime.submit(
+                        job = service.submit(
                             JobSpec(), source="url", url="http://a.test/", owner=owner
                         )
                     else:  # Bob uploads 1000 bytes a job: his cap is 3000 bytes
                         owner = Owner.of(BOB, settings)
-                        job = runtime.submit(
+                        job = service.submit(
                             JobSpec(), source="upload", audio=b"x" * 1000, owner=owner
                         )
                 except RateLimitError:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from test_jobs_support import (
+from job_helpers import (
     JFK,
     JFK_WORDS,
     LocalServer,

@@ -20,7 +20,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from test_jobs_support import (
+from job_helpers import (
     FREE_WORDS,
     JFK,
     Utterance,

@@ -186,7 +186,7 @@ def worker(**flags: Any) -> None:
 
     Jobs still running after that go back to the queue for another worker.
     """
-    from whisperd.jobs.runtime import run_worker
+    from whisperd.jobs.worker.main import run_worker
 
     settings = _settings(**flags)
     _setup_logging(settings.log_level, settings.log_format)

@@ -65,7 +65,7 @@ from whisperd.timings import Timings
 
 if TYPE_CHECKING:
     from whisperd.engine import Transcriber
-    from whisperd.jobs.runtime import JobsRuntime
+    from whisperd.jobs.service import JobsService
     from whisperd.services import Services
 
 logger = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=float(value))
 
 
-def _jobs(jobs: JobsRuntime) -> Iterator[Metric]:
+def _jobs(jobs: JobsService) -> Iterator[Metric]:
     yield _gauge("whisperd_jobs_running", "Jobs running in this process.", jobs.running)
     try:
         stats = jobs.queue_stats()

@@ -3,7 +3,7 @@
 
 The API server builds its services in the app's lifespan; ``whisperd worker`` builds the same
 kind of object with no request machinery (no admission, pipeline or live sessions). Routes,
-metrics, the server's signal handling and the jobs runtime read them from here instead of from
+metrics, the server's signal handling and the jobs service read them from here instead of from
 attributes looked up by name.
 """
 
@@ -20,7 +20,7 @@ from whisperd.settings import Settings
 
 if TYPE_CHECKING:
     from whisperd.api.pipeline import Pipeline
-    from whisperd.jobs.runtime import JobsRuntime
+    from whisperd.jobs.service import JobsService
     from whisperd.metrics import Metrics
     from whisperd.realtime.sessions import LiveSessions
     from whisperd.scheduler import Admission
@@ -101,7 +101,7 @@ class Services:
     lifecycle: Lifecycle
     metrics: Metrics
     engine: Transcriber
-    jobs: JobsRuntime | None
+    jobs: JobsService | None
     admission: Admission | None = None
     pipeline: Pipeline | None = None
     live: LiveSessions | None = None

@@ -34,7 +34,7 @@ from whisperd.errors import (
     WhisperdError,
     shown,
 )
-from whisperd.jobs.runtime import JobsRuntime
+from whisperd.jobs.service import JobsService
 from whisperd.metrics import Metrics
 from whisperd.realtime.sessions import LiveSessions
 from whisperd.scheduler import Admission
@@ -133,20 +133,20 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
             await anyio.to_thread.run_sync(running.start)
         # URL downloads spool here; so do uploads, `whisperd serve` making it the temp dir.
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-        jobs_runtime: JobsRuntime | None = None
+        jobs_service: JobsService | None = None
         try:
             if settings.jobs_enabled:
-                jobs_runtime = _jobs_runtime(settings, running, held.lifecycle)
-                await anyio.to_thread.run_sync(jobs_runtime.start)
-            held.current = _services(held, running, jobs_runtime)
+                jobs_service = _jobs_service(settings, running, held.lifecycle)
+                await anyio.to_thread.run_sync(jobs_service.start)
+            held.current = _services(held, running, jobs_service)
             held.metrics.watch(held.current)
             held.lifecycle.started()
             yield
         finally:
             held.lifecycle.stopped()
-            if jobs_runtime is not None:
+            if jobs_service is not None:
                 # Before the engine closes: running jobs go back to the queue.
-                await anyio.to_thread.run_sync(jobs_runtime.stop)
+                await anyio.to_thread.run_sync(jobs_service.stop)
             if owned:
                 await anyio.to_thread.run_sync(running.close)
 
@@ -180,15 +180,15 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     return app
 
 
-def _jobs_runtime(settings: Settings, engine: Transcriber, lifecycle: Lifecycle) -> JobsRuntime:
+def _jobs_service(settings: Settings, engine: Transcriber, lifecycle: Lifecycle) -> JobsService:
     """The jobs machinery; with queue consumers, they share ``engine``'s batches."""
     consumers = settings.queue_consumers
-    return JobsRuntime(
+    return JobsService(
         settings, engine=engine if consumers else None, consumers=consumers, lifecycle=lifecycle
     )
 
 
-def _services(held: AppServices, engine: Transcriber, jobs: JobsRuntime | None) -> Services:
+def _services(held: AppServices, engine: Transcriber, jobs: JobsService | None) -> Services:
     """The running app's services (built in the event loop: live sessions wake there)."""
     settings, lifecycle = held.settings, held.lifecycle
     admission = Admission(

@@ -15,7 +15,7 @@ from whisperd.api.services import AppServices, app_services
 from whisperd.engine import Transcriber
 from whisperd.errors import InvalidValueError, ServiceUnavailableError, shown
 from whisperd.jobs.owners import Owner
-from whisperd.jobs.runtime import JobsRuntime, jobs_unavailable
+from whisperd.jobs.service import JobsService, jobs_unavailable
 from whisperd.metrics import Metrics
 from whisperd.realtime.sessions import LiveSessions
 from whisperd.services import Services
@@ -60,8 +60,8 @@ def get_live(connection: HTTPConnection) -> LiveSessions:
     return live
 
 
-def get_jobs(connection: HTTPConnection) -> JobsRuntime:
-    """The jobs runtime; 503 ``jobs_disabled`` when jobs are off, ``jobs_unavailable`` while
+def get_jobs(connection: HTTPConnection) -> JobsService:
+    """The jobs service; 503 ``jobs_disabled`` when jobs are off, ``jobs_unavailable`` while
     its Redis cannot be reached."""
     jobs = get_services(connection).jobs
     if jobs is None:
@@ -219,7 +219,7 @@ LiveDep = Annotated[LiveSessions, Depends(get_live)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Transcriber, Depends(get_engine)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
-JobsDep = Annotated[JobsRuntime, Depends(get_jobs)]
+JobsDep = Annotated[JobsService, Depends(get_jobs)]
 OwnerDep = Annotated[Owner, Depends(get_owner)]
 TimingsDep = Annotated[Timings, Depends(get_timings)]
 DeadlineDep = Annotated[float, Depends(get_deadline)]

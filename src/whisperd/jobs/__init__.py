@@ -1,14 +1,30 @@
 """Async jobs: durable transcriptions on a dramatiq queue in Redis, with callbacks.
 
-- ``states``: the job states and their legal transitions;
-- ``records``: a job's options and record; ``store``: records in Redis, and the caps on
-  jobs not yet ended; ``owners``: whose a job is (the fingerprint of its API key);
-- ``embedded``: the redis-server ``whisperd serve`` runs when no Redis URL is set;
-- ``broker``: dramatiq's RedisBroker, queue names, on-demand queue maintenance;
-- ``actors``: the transcribe, chunk and callback actors; ``runner``: handling their messages
-  (states, retries, leases, the merge of a long job's chunks); ``work``: what one try does
-  (transcribe in one go, split into chunks, transcribe a chunk); ``chunks``: a chunk's audio
-  in Redis and the merge of results;
+Layers, each using only those below it:
+
+- ``service``: what the API calls (submit, get, cancel, list, queue stats), on
+  ``process``: the start and stop of the jobs machinery in a server or a ``whisperd worker``
+  (Redis, the queue, the runner, the janitor);
+- ``worker``: what a worker runs: ``worker.runner`` handles each delivery of a job's or a
+  chunk's message (states, retries, leases, the merge of a long job's chunks), deciding with
+  the pure functions of ``worker.decisions``; ``worker.work`` is what one try does;
+  ``worker.main`` is ``whisperd worker`` and its metrics exporter;
 - ``callbacks``: OpenFaaS-style callback delivery with signatures and retries;
-- ``runtime``: start and stop all of it in a server or a ``whisperd worker``.
+- ``queue``: the broker and the actors as one object (declaring them, sending messages,
+  consuming); ``dramatiq_adapter``: the only code that touches dramatiq's internals;
+- ``store``: records in Redis (keys, the Lua scripts in ``lua/``), and the caps on jobs not
+  yet ended; ``chunks``: a chunk's audio and the merge of results; ``records``, ``states``,
+  ``owners``: a job's record, its states and legal transitions, whose it is;
+- ``embedded``: the redis-server ``whisperd serve`` runs when no Redis URL is set.
+
+Retries have one owner: every retry is a message we send again with a delay from
+:func:`whisperd.jobs.queue.backoff_seconds`: the runner's for a failed attempt of a job or a
+chunk (``job_max_retries``), the callback sender's for a failed delivery
+(``callback_max_retries``), and the queue's for a handler that raised (Redis lost mid-job).
+dramatiq itself never retries (no ``Retries`` middleware).
+
+Leases have one owner: whether a job's or a chunk's worker is alive is the store's lease
+key, which that worker renews every poll interval and which lapses before dramatiq's
+heartbeat timeout. dramatiq's heartbeats only make the transport redeliver the messages a
+dead worker held; the runner then reads the lease to decide what the delivery means.
 """

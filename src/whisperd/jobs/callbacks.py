@@ -8,7 +8,8 @@ OpenAI error object). The headers are OpenFaaS's — ``X-Call-Id``, ``X-Function
 
 A delivery runs on its own queue, so a failing receiver never re-runs a transcription.
 Connection errors, timeouts, 5xx and 429 are retried with exponential backoff up to
-``callback_max_retries``; any other answer (3xx, 4xx) or a forbidden address ends it.
+``callback_max_retries`` (each retry a delayed message on that queue); any other answer
+(3xx, 4xx) or a forbidden address ends it.
 Every connection goes through the same SSRF guard as fetching audio.
 """
 
@@ -18,13 +19,12 @@ import hashlib
 import hmac
 import json
 import logging
-import random
-from collections.abc import Callable
 
 import httpx
 
 from whisperd import fetch
 from whisperd.errors import FetchError, ForbiddenURLError
+from whisperd.jobs.queue import JobQueue, backoff_seconds
 from whisperd.jobs.records import CallbackState, Job
 from whisperd.jobs.states import JobState
 from whisperd.jobs.store import JobStore
@@ -66,23 +66,20 @@ def request_for(job: Job, settings: Settings) -> tuple[bytes, dict[str, str]]:
     return body, headers
 
 
-def backoff_seconds(base: float, attempt: int) -> float:
-    """Exponential backoff with jitter: ``base * 2**(attempt-1)``, up to 1.5x, capped at 1 h."""
-    return min(base * 2.0 ** max(0, attempt - 1), _MAX_BACKOFF_S) * random.uniform(1.0, 1.5)
-
-
 class CallbackSender:
-    """Delivers one callback attempt per message; re-sends itself (delayed) to retry."""
+    """Queues the callbacks of ended jobs, and delivers one attempt per message; re-sends
+    itself (delayed) to retry."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: JobStore,
-        send_later: Callable[[str, int], None],
-    ) -> None:
+    def __init__(self, settings: Settings, store: JobStore, queue: JobQueue) -> None:
         self.settings = settings
         self.store = store
-        self._send_later = send_later
+        self.queue = queue
+
+    def send_if_due(self, job: Job) -> None:
+        """Queue the callback of an ended job, if it has one not sent yet."""
+        if job.callback_state is CallbackState.PENDING:
+            self.queue.send_callback(job.id)
+            self.store.update(job.id, {"callback_state": str(CallbackState.QUEUED)})
 
     def deliver(self, job_id: str) -> None:
         """One delivery attempt for ``job_id``'s callback (the callbacks actor calls this)."""
@@ -162,7 +159,7 @@ class CallbackSender:
                 "callback_error": error,
             },
         )
-        self._send_later(job_id, int(delay * 1000))
+        self.queue.send_callback(job_id, int(delay * 1000))
 
     def _give_up(self, job_id: str, attempt: int, status: int | None, error: str) -> None:
         logger.warning(

@@ -12,7 +12,8 @@ A job is created ``queued``. A worker takes it (``running``); it ends ``succeede
 cancelled before it ever runs. The three final states have no way out: a transition the
 table below does not list raises :class:`~whisperd.errors.InvalidTransitionError`.
 
-A long job is split into chunks (see ``runner``), each with its own state while its job runs::
+A long job is split into chunks (see ``worker.runner``), each with its own state while its
+job runs::
 
     queued ──> running ──> done
        ^          │

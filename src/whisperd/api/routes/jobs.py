@@ -56,7 +56,7 @@ from whisperd.errors import (
 )
 from whisperd.jobs.owners import Owner
 from whisperd.jobs.records import Job, JobSpec
-from whisperd.jobs.runtime import JobsRuntime
+from whisperd.jobs.service import JobsService as JobsRuntime
 from whisperd.jobs.states import JobState
 from whisperd.settings import ResponseFormat, Settings
 from whisperd.speakers.options import SpeakerFields, SpeakerOptions

@@ -8,7 +8,6 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import IO
 
 from whisperd import audio, chunking, fetch
@@ -21,6 +20,7 @@ from whisperd.errors import (
     WorkCancelledError,
 )
 from whisperd.jobs import chunks as chunk_audio
+from whisperd.jobs.queue import JobQueue
 from whisperd.jobs.records import ChunkRecord, Job
 from whisperd.jobs.states import ChunkState
 from whisperd.jobs.store import JobStore
@@ -80,13 +80,13 @@ class Work:
         engine: Transcriber,
         worker_id: str,
         *,
-        send_chunk: Callable[[str, int, int | None], None],
+        queue: JobQueue,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.worker_id = worker_id
-        self._send_chunk = send_chunk
+        self.queue = queue
 
     def open_audio(self, job: Job, active: ActiveJob) -> IO[bytes]:
         if job.source == "upload":
@@ -166,7 +166,7 @@ class Work:
             # An earlier try stored these; their messages may not all have been sent.
             for record in self.store.chunks(job.id, job.chunks_stored):
                 if record is not None and record.state is ChunkState.QUEUED:
-                    self._send_chunk(job.id, record.index, None)
+                    self.queue.send_chunk(job.id, record.index)
         frames = audio.iter_frames(source, max_seconds=self.settings.max_audio_seconds)
         index, position = job.chunks_stored, job.split_at
         # each chunk is encoded before the next is cut: views, not copies, of the split's buffer
@@ -188,7 +188,7 @@ class Work:
             )
             if not stored:
                 raise Superseded("the job ended, or another worker splits it now")
-            self._send_chunk(job.id, index, None)
+            self.queue.send_chunk(job.id, index)
             logger.info(
                 "Job %s: chunk %d stored (%.1f-%.1f s, %d bytes)",
                 job.id,

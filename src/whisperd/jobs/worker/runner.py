@@ -1,7 +1,9 @@
 """Running jobs: the bodies of the transcription actors (a job's, and a chunk's).
 
 A message carries only the job id (a chunk's, the id and its index); the records in Redis
-say what to do, which makes a message safe to deliver twice. On each delivery of a job:
+say what to do, which makes a message safe to deliver twice. What a delivery means is
+decided by :mod:`whisperd.jobs.worker.decisions` (both tables in full, tested row by row);
+the runner reads the records and does it. On each delivery of a job:
 
 - no record (expired), or a final state: nothing to do (a callback still pending is sent);
 - ``running`` with a live lease held by another worker: someone is on it; look again later;
@@ -30,9 +32,10 @@ with segment ids that run on, renders the job's format and ends the job.
 
 Failures: a transient one (fetch 5xx or timeout, out of memory, engine unavailable, an
 unexpected error) is retried with exponential backoff, up to ``job_max_retries`` retries: the
-job (its split) or the chunk alone; a permanent one (undecodable audio, a 4xx on fetch, a bad
-option, the time limit) fails the job at once with its error. A cancel stops the split and
-every chunk at its next window; the job's end deletes what is left of its chunks.
+job (its split) or the chunk alone, sent again as a delayed message; a permanent one
+(undecodable audio, a 4xx on fetch, a bad option, the time limit) fails the job at once with
+its error. A cancel stops the split and every chunk at its next window; the job's end
+deletes what is left of its chunks.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 from whisperd.engine import Transcriber
 from whisperd.errors import (
@@ -50,11 +52,13 @@ from whisperd.errors import (
     WorkerLostError,
 )
 from whisperd.jobs import chunks as chunk_audio
-from whisperd.jobs.callbacks import backoff_seconds
-from whisperd.jobs.records import CallbackState, ChunkRecord, Job, segments_to_json
+from whisperd.jobs.callbacks import CallbackSender
+from whisperd.jobs.queue import JobQueue, backoff_seconds
+from whisperd.jobs.records import ChunkRecord, Job, segments_to_json
 from whisperd.jobs.states import ChunkState, JobState
 from whisperd.jobs.store import JobStore, error_fields
-from whisperd.jobs.work import ActiveJob, Superseded, Work, WorkerStopping
+from whisperd.jobs.worker.decisions import Action, chunk_action, job_action
+from whisperd.jobs.worker.work import ActiveJob, Superseded, Work, WorkerStopping
 from whisperd.services import Lifecycle
 from whisperd.settings import Settings
 
@@ -77,6 +81,20 @@ def _cancelled() -> WorkCancelledError:
     return WorkCancelledError("The job was cancelled.")
 
 
+def _worker_lost(job: Job) -> WorkerLostError:
+    return WorkerLostError(
+        f"The worker running the job ({job.worker}) stopped before it finished "
+        "(killed, crashed or out of memory)."
+    )
+
+
+def _chunk_worker_lost(record: ChunkRecord) -> WorkerLostError:
+    return WorkerLostError(
+        f"The worker transcribing chunk {record.index} of the job ({record.worker}) stopped "
+        "before it finished (killed, crashed or out of memory)."
+    )
+
+
 def _as_error(exc: Exception, what: str) -> WhisperdError:
     if isinstance(exc, WhisperdError):
         return exc
@@ -97,9 +115,8 @@ class JobRunner:
         worker_id: str,
         *,
         lifecycle: Lifecycle,
-        send_job: Callable[[str, int | None], None],
-        send_chunk: Callable[[str, int, int | None], None],
-        send_callback: Callable[[Job], None],
+        queue: JobQueue,
+        callbacks: CallbackSender,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -109,10 +126,9 @@ class JobRunner:
         # The lease lapses a little before dramatiq's heartbeat timeout, so the job's owner
         # is known to be gone when its message comes back.
         self.lease_ms = max(1, int(settings.job_heartbeat_timeout * 1000 * 2 / 3))
-        self._send_job = send_job
-        self._send_chunk = send_chunk
-        self._send_callback = send_callback
-        self.work = Work(settings, store, engine, worker_id, send_chunk=send_chunk)
+        self.queue = queue
+        self.callbacks = callbacks
+        self.work = Work(settings, store, engine, worker_id, queue=queue)
         self._active: dict[Key, ActiveJob] = {}
         self._lock = threading.Lock()
         self._lifecycle = lifecycle
@@ -129,7 +145,7 @@ class JobRunner:
         """Jobs and chunks running here."""
         return len(self._active)
 
-    # --- called by the runtime --------------------------------------------------------
+    # --- called by the service --------------------------------------------------------
     def tick(self) -> None:
         """Renew this worker's leases and stop the work of jobs cancelled or ended."""
         with self._lock:
@@ -180,20 +196,42 @@ class JobRunner:
         """Handle one delivery of ``job_id``'s message (idempotent)."""
         for _ in range(3):  # a lost race re-reads the record
             job = self.store.get(job_id)
-            if job is None:
+            live = job is not None and job.state is JobState.RUNNING and not job.split_done
+            action = job_action(
+                job,
+                lease_live=live and self.store.lease_owner(job_id) is not None,
+                draining=self.draining,
+                max_attempts=self.max_attempts,
+            )
+            if action is Action.GONE:
                 logger.info("Job %s is gone (expired or deleted); nothing to do", job_id)
                 return
-            if job.state.final:
-                self.send_callback_if_due(job)  # a callback the previous delivery did not send yet
+            assert job is not None
+            if action is Action.SEND_CALLBACK:
+                self.callbacks.send_if_due(job)  # one the previous delivery did not send yet
                 return
-            if job.state is JobState.RUNNING:
-                if not self._recover(job):
-                    return
+            if action is Action.MERGE:
+                # Its chunks finish it; a merger that died left it running with all of them done.
+                self._merge_if_done(job)
+                return
+            if action is Action.LOOK_LATER:
+                # Its worker is alive (or this process already runs it): look again later.
+                self.queue.send_job(job_id, self.lease_ms)
+                return
+            if action is Action.FAIL_LOST:
+                logger.warning("Job %s: its worker died in all %d attempts", job_id, job.attempts)
+                self._end_job(job_id, JobState.FAILED, _worker_lost(job))
+                return
+            if action is Action.RETRY_LOST:
+                logger.warning("Job %s: its worker %s died; running it again", job_id, job.worker)
+                self.store.transition(
+                    job_id, JobState.RUNNING, JobState.QUEUED, error_fields(_worker_lost(job))
+                )
                 continue
-            if self.draining:
-                self._send_job(job_id, None)  # hand it back for another worker
+            if action is Action.HAND_BACK:
+                self.queue.send_job(job_id)  # for another worker
                 return
-            if job.cancel_requested:
+            if action is Action.CANCEL:
                 if self._end_job(job_id, JobState.CANCELLED, _cancelled()):
                     return
                 continue
@@ -210,29 +248,6 @@ class JobRunner:
                 return
         logger.warning("Job %s changed state under us repeatedly; leaving it", job_id)
 
-    def _recover(self, job: Job) -> bool:
-        """A ``running`` job's message came (back): True if it is now queued for this try."""
-        if job.split_done:
-            # Its chunks finish it; a merger that died left it running with all of them done.
-            self._merge_if_done(job)
-            return False
-        owner = self.store.lease_owner(job.id)
-        if owner is not None:
-            # Its worker is alive (or this process already runs it): look again later.
-            self._send_job(job.id, self.lease_ms)
-            return False
-        error = WorkerLostError(
-            f"The worker running the job ({job.worker}) stopped before it finished "
-            "(killed, crashed or out of memory)."
-        )
-        if job.attempts >= self.max_attempts:
-            logger.warning("Job %s: its worker died in all %d attempts", job.id, job.attempts)
-            self._end_job(job.id, JobState.FAILED, error)
-            return False
-        logger.warning("Job %s: its worker %s died; running it again", job.id, job.worker)
-        self.store.transition(job.id, JobState.RUNNING, JobState.QUEUED, error_fields(error))
-        return True
-
     def _run_attempt(self, job: Job) -> None:
         key: Key = (job.id, None)
         active = self._track(key)
@@ -243,7 +258,7 @@ class JobRunner:
         except WorkerStopping:
             # Not the job's fault: this try does not count.
             self.store.transition(job.id, JobState.RUNNING, JobState.QUEUED, attempts_delta=-1)
-            self._send_job(job.id, None)
+            self.queue.send_job(job.id, None)
             logger.info("Job %s: back on the queue (worker stopping)", job.id)
         except Superseded as exc:
             logger.info("Job %s: stopped: %s", job.id, exc.message)
@@ -263,7 +278,7 @@ class JobRunner:
                     result=body,
                 )
                 if done is not None:
-                    self.send_callback_if_due(done)
+                    self.callbacks.send_if_due(done)
                     logger.info("Job %s succeeded in %.2f s", job.id, done.run_seconds)
         finally:
             self._untrack(key)
@@ -295,7 +310,7 @@ class JobRunner:
                 job.id, JobState.RUNNING, JobState.QUEUED, error_fields(error)
             )
             if back is not None:
-                self._send_job(job.id, int(delay * 1000))
+                self.queue.send_job(job.id, int(delay * 1000))
                 logger.info("Job %s: retrying in %.1f s", job.id, delay)
             return
         self._end_job(job.id, JobState.FAILED, error)
@@ -311,77 +326,84 @@ class JobRunner:
         if done is None and state is JobState.CANCELLED:
             done = self.store.transition(job_id, JobState.QUEUED, state, fields)
         if done is not None:
-            self.send_callback_if_due(done)
+            self.callbacks.send_if_due(done)
             logger.info("Job %s %s: %s", job_id, state, error.message)
             return True
         job = self.store.get(job_id)
         return job is None or job.state.final
-
-    def send_callback_if_due(self, job: Job) -> None:
-        """Send the callback of an ended job, if it has one not sent yet."""
-        if job.callback_state is CallbackState.PENDING:
-            self._send_callback(job)
 
     # --- a chunk's message ------------------------------------------------------------
     def run_chunk(self, job_id: str, index: int) -> None:
         """Handle one delivery of chunk ``index`` of ``job_id`` (idempotent)."""
         for _ in range(3):  # a lost race re-reads the records
             job = self.store.get(job_id)
-            if job is None or job.state.final:
+            record = None
+            if job is not None and not job.state.final and not job.cancel_requested:
+                record = self.store.get_chunk(job_id, index)
+            action = chunk_action(
+                job,
+                record,
+                lease_live=self._chunk_lease_live(job, record),
+                draining=self.draining,
+                max_attempts=self.max_attempts,
+            )
+            if action is Action.GONE:
                 return  # the job ended: its chunks are gone, or going
-            if job.cancel_requested:
+            assert job is not None
+            if action is Action.CANCEL:
                 if self._end_job(job_id, JobState.CANCELLED, _cancelled()):
                     return
                 continue
-            record = self.store.get_chunk(job_id, index)
-            if record is None:
+            if action is Action.DROP:
                 logger.warning(
                     "Job %s: chunk %d is not stored; dropping its message", job_id, index
                 )
                 return
-            if record.state is ChunkState.DONE:
+            assert record is not None
+            if action is Action.MERGE:
                 self._merge_if_done(job)  # a duplicate; or the last one's merger died
                 return
-            if job.state is JobState.QUEUED or self.draining:
-                # its split is waiting to resume, or this worker is stopping: look again later
-                self._send_chunk(job_id, index, None if self.draining else self.lease_ms)
+            if action is Action.HAND_BACK:
+                self.queue.send_chunk(job_id, index)  # this worker is stopping
                 return
-            if record.state is ChunkState.RUNNING:
-                if not self._recover_chunk(job, record):
-                    return
+            if action is Action.LOOK_LATER:
+                # its split is waiting to resume, or its worker is alive
+                self.queue.send_chunk(job_id, index, self.lease_ms)
+                return
+            if action is Action.FAIL_LOST:
+                logger.warning(
+                    "Job %s: chunk %d lost its worker in all %d attempts",
+                    job_id,
+                    index,
+                    record.attempts,
+                )
+                if not self._end_job(job_id, JobState.FAILED, _chunk_worker_lost(record)):
+                    self.queue.send_chunk(job_id, index, self.lease_ms)  # fail it once it runs
+                return
+            if action is Action.RETRY_LOST:
+                logger.warning(
+                    "Job %s: the worker of chunk %d (%s) died; running it again",
+                    job_id,
+                    index,
+                    record.worker,
+                )
+                self.store.requeue_chunk(
+                    job_id, index, worker=None, error=_chunk_worker_lost(record)
+                )
                 continue
             if self.store.start_chunk(job_id, index, self.worker_id, self.lease_ms):
                 self._run_chunk_attempt(job, index)
                 return
         logger.warning("Job %s: chunk %d changed state under us repeatedly", job_id, index)
 
-    def _recover_chunk(self, job: Job, record: ChunkRecord) -> bool:
-        """A running chunk's message came (back): True to look at it again."""
-        if self.store.lease_owner(job.id, record.index) is not None:
-            self._send_chunk(job.id, record.index, self.lease_ms)  # its worker is alive
+    def _chunk_lease_live(self, job: Job | None, record: ChunkRecord | None) -> bool:
+        """Whether another worker's lease on a running chunk is live (read only when the
+        answer matters)."""
+        if job is None or record is None or record.state is not ChunkState.RUNNING:
             return False
-        error = WorkerLostError(
-            f"The worker transcribing chunk {record.index} of the job ({record.worker}) stopped "
-            "before it finished (killed, crashed or out of memory)."
-        )
-        if record.attempts >= self.max_attempts:
-            logger.warning(
-                "Job %s: chunk %d lost its worker in all %d attempts",
-                job.id,
-                record.index,
-                record.attempts,
-            )
-            if not self._end_job(job.id, JobState.FAILED, error):
-                self._send_chunk(job.id, record.index, self.lease_ms)  # fail it once it runs
+        if job.state is JobState.QUEUED or self.draining:
             return False
-        logger.warning(
-            "Job %s: the worker of chunk %d (%s) died; running it again",
-            job.id,
-            record.index,
-            record.worker,
-        )
-        self.store.requeue_chunk(job.id, record.index, worker=None, error=error)
-        return True
+        return self.store.lease_owner(job.id, record.index) is not None
 
     def _run_chunk_attempt(self, job: Job, index: int) -> None:
         key: Key = (job.id, index)
@@ -403,7 +425,7 @@ class JobRunner:
             info, segments = self.work.transcribe_chunk(job, record, active)
         except WorkerStopping:
             self.store.requeue_chunk(job.id, index, worker=self.worker_id, attempts_delta=-1)
-            self._send_chunk(job.id, index, None)
+            self.queue.send_chunk(job.id, index, None)
             logger.info("Job %s: chunk %d back on the queue (worker stopping)", job.id, index)
         except Superseded as exc:
             logger.info("Job %s: chunk %d stopped: %s", job.id, index, exc.message)
@@ -448,7 +470,7 @@ class JobRunner:
         else:
             delay = int(backoff_seconds(self.settings.job_retry_backoff, record.attempts) * 1000)
         if self.store.requeue_chunk(job.id, record.index, worker=self.worker_id, error=error):
-            self._send_chunk(job.id, record.index, delay)
+            self.queue.send_chunk(job.id, record.index, delay)
             logger.info("Job %s: chunk %d retrying in %.1f s", job.id, record.index, delay / 1000)
 
     # --- the merge --------------------------------------------------------------------
@@ -484,7 +506,7 @@ class JobRunner:
             job_id, JobState.RUNNING, JobState.SUCCEEDED, fields, result=body
         )
         if ended is not None:
-            self.send_callback_if_due(ended)
+            self.callbacks.send_if_due(ended)
             logger.info(
                 "Job %s succeeded in %.2f s (%d chunks merged)",
                 job_id,
