@@ -56,7 +56,7 @@ from whisperd.errors import (
 )
 from whisperd.jobs.owners import Owner
 from whisperd.jobs.records import Job, JobSpec
-from whisperd.jobs.service import JobsService as JobsRuntime
+from whisperd.jobs.service import JobsService
 from whisperd.jobs.states import JobState
 from whisperd.settings import ResponseFormat, Settings
 from whisperd.speakers.options import SpeakerFields, SpeakerOptions
@@ -80,11 +80,11 @@ CallbackField = Annotated[
 
 
 # --- helpers ------------------------------------------------------------------------------
-def _public(job: Job, jobs: JobsRuntime) -> JobObject:
+def _public(job: Job, jobs: JobsService) -> JobObject:
     return JobObject.of(job, max_attempts=jobs.max_attempts)
 
 
-def _accepted(job: Job, jobs: JobsRuntime) -> JSONResponse:
+def _accepted(job: Job, jobs: JobsService) -> JSONResponse:
     return JSONResponse(
         _public(job, jobs).body(with_result=False),
         status_code=202,
@@ -119,7 +119,7 @@ async def _check_options(engine: Transcriber, spec: JobSpec, settings: Settings)
 
 
 async def _submit(
-    jobs: JobsRuntime,
+    jobs: JobsService,
     spec: JobSpec,
     sent: AudioInput,
     settings: Settings,
