@@ -17,9 +17,9 @@ import pytest
 
 from whisperd import audio
 from whisperd.engine import Transcriber
-from whisperd.settings import Settings
 
 from browser import require
+from support import make_settings
 
 AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
 
@@ -94,22 +94,28 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
-def _started(model: str, cache: Path) -> Transcriber:
-    settings = Settings(model=model, model_cache_dir=cache, offline=True, preload_models=())
+def _started(model: str, root: Path, cache: Path) -> Transcriber:
+    settings = make_settings(root, cache, model=model, preload_models=())
     return Transcriber(settings).start()
 
 
 @pytest.fixture(scope="session")
-def engine(model_cache: Path) -> Iterator[Transcriber]:
-    """The bundled English-only tiny.en, on every core."""
-    with _started("tiny.en", model_cache) as transcriber:
+def engine(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Transcriber]:
+    """The bundled English-only tiny.en, on every core, with the default engine settings.
+
+    A module whose app differs only in app-level settings (keys, fetching, jobs, dirs,
+    limits the app enforces) serves it with ``create_app(settings, engine=engine)``.
+    """
+    with _started("tiny.en", tmp_path_factory.mktemp("engine"), model_cache) as transcriber:
         yield transcriber
 
 
 @pytest.fixture(scope="session")
-def base_engine(model_cache: Path) -> Iterator[Transcriber]:
+def base_engine(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path
+) -> Iterator[Transcriber]:
     """The bundled multilingual base (assembled into the session's cache)."""
-    with _started("base", model_cache) as transcriber:
+    with _started("base", tmp_path_factory.mktemp("base-engine"), model_cache) as transcriber:
         yield transcriber
 
 

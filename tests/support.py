@@ -25,12 +25,28 @@ import uvicorn
 from whisperd import audio
 from whisperd.api.services import app_services
 from whisperd.server import uvicorn_config
+from whisperd.settings import Settings
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 JFK = AUDIO / "jfk.flac"
 HOTWORDS = AUDIO / "hotwords.mp3"
 JFK_WORDS = ("ask not what your country can do for you", "ask what you can do for your country")
 T = TypeVar("T")
+
+
+def make_settings(root: Path, model_cache: Path | None = None, **overrides: Any) -> Settings:
+    """A test's settings: models from ``model_cache`` (the session's ``model_cache`` fixture,
+    see tests/conftest.py; without it an empty cache under ``root``, for tests that load no
+    model), never a model hub, and its temporary and data dirs under ``root``. ``overrides``
+    win."""
+    values: dict[str, Any] = {
+        "model_cache_dir": root / "cache" if model_cache is None else model_cache,
+        "offline": True,
+        "tmp_dir": root / "tmp",
+        "data_dir": root / "data",
+        **overrides,
+    }
+    return Settings(**values)
 
 
 def normalise(text: str) -> str:

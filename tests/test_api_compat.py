@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from whisperd.api import create_app
 from whisperd.engine import Transcriber
-from whisperd.settings import Settings
 
-from support import JFK, assert_jfk, file_server, running_app
+from support import JFK, assert_jfk, file_server, make_settings, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -27,15 +27,12 @@ def files() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def base_url(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, engine: Transcriber
+) -> Iterator[str]:
     root = tmp_path_factory.mktemp("compat")
-    settings = Settings(
-        model_cache_dir=root / "cache",
-        tmp_dir=root / "tmp",
-        data_dir=root / "data",
-        fetch_allow_hosts=("127.0.0.1",),
-    )
-    with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
+    settings = make_settings(root, model_cache, fetch_allow_hosts=("127.0.0.1",))
+    with running_app(create_app(settings, engine=engine)) as url:
         yield url
 
 

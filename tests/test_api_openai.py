@@ -22,6 +22,7 @@ from support import (
     assert_english_then_german,
     assert_jfk,
     file_server,
+    make_settings,
     normalise,
     running_app,
 )
@@ -30,19 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("api")
-    return Settings(
-        model_cache_dir=root / "cache",
-        tmp_dir=root / "tmp",
-        data_dir=root / "data",
-    )
-
-
-@pytest.fixture(scope="module")
-def engine(settings: Settings) -> Iterator[Transcriber]:
-    with Transcriber(settings) as running:
-        yield running
+def settings(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("api"), model_cache)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +164,7 @@ def test_a_models_dir_offers_its_models_by_name(
         (mine / name).symlink_to(tiny / name)
     (tmp_path / "models" / "empty").mkdir()
     offered = _variant(settings, tmp_path, models_dir=tmp_path / "models")
+    # its own engine: the engine reads models_dir (the session engine has none)
     with (
         Transcriber(offered) as own,
         running_app(create_app(offered, engine=own)) as url,

@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from whisperd.api import create_app
 from whisperd.cli import app as cli
-from whisperd.settings import Settings
+from whisperd.engine import Transcriber
 from whisperd_bench.load import parse_named, percentile, status_class
 from whisperd_bench.wer import word_error_rate, word_errors
 
-from support import JFK, running_app
+from support import JFK, make_settings, running_app
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -36,17 +36,12 @@ SERVER_MODULES = (
 
 
 @pytest.fixture(scope="module")
-def ours(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[str]:
+def ours(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, engine: Transcriber
+) -> Iterator[str]:
     """whisperd with the default batches, in this process."""
-    root = tmp_path_factory.mktemp("bench-ours")
-    settings = Settings(
-        model_cache_dir=model_cache,
-        tmp_dir=root / "tmp",
-        data_dir=root / "data",
-        jobs_enabled=False,
-        offline=True,
-    )
-    with running_app(create_app(settings)) as url:
+    settings = make_settings(tmp_path_factory.mktemp("bench-ours"), model_cache, jobs_enabled=False)
+    with running_app(create_app(settings, engine=engine)) as url:
         yield url
 
 

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from whisperd.api import create_app
 from whisperd.engine import Transcriber
-from whisperd.settings import Settings
 
 from browser import offline_page
-from support import running_app
+from support import make_settings, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("docs")
-    settings = Settings(
-        model_cache_dir=root / "cache", tmp_dir=root / "tmp", data_dir=root / "data"
-    )
-    with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
+def base_url(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, engine: Transcriber
+) -> Iterator[str]:
+    settings = make_settings(tmp_path_factory.mktemp("docs"), model_cache)
+    with running_app(create_app(settings, engine=engine)) as url:
         yield url
 
 

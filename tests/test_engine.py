@@ -26,7 +26,7 @@ from whisperd.scheduler import Task
 from whisperd.settings import Settings
 from whisperd_bench.wer import word_error_rate, words
 
-from support import poll
+from support import make_settings, poll
 
 pytestmark = pytest.mark.slow
 
@@ -313,9 +313,10 @@ def test_detection_refuses_english_only_models_silence_and_lateness(
 
 @pytest.mark.slow
 def test_batched_decoding_gives_the_same_words(
-    model_cache: Path, long_speech: audio.Audio, engine: Transcriber
+    tmp_path: Path, model_cache: Path, long_speech: audio.Audio, engine: Transcriber
 ) -> None:
-    settings = Settings(model_cache_dir=model_cache, offline=True, batch_size=4)
+    # its own engine: the engine reads batch_size
+    settings = make_settings(tmp_path, model_cache, batch_size=4)
     options = TranscribeOptions(vad_filter=True)
     plain = engine.transcribe(long_speech, options)
     with Transcriber(settings) as batched_engine:
@@ -343,7 +344,8 @@ def models_dir(tmp_path: Path, model_cache: Path) -> Path:
 
 
 def pool(model_cache: Path, models_dir: Path, **changes: float) -> Transcriber:
-    settings = Settings(model_cache_dir=model_cache, models_dir=models_dir, offline=True, **changes)
+    """An engine of its own (the engine reads models_dir and its limits on loaded models)."""
+    settings = make_settings(models_dir.parent, model_cache, models_dir=models_dir, **changes)
     return Transcriber(settings)
 
 

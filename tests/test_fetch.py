@@ -38,7 +38,7 @@ from whisperd.errors import (
 from whisperd.fetch import check_url, fetch_to_file, guarded_client
 from whisperd.settings import Settings
 
-from support import QuietHandler
+from support import QuietHandler, make_settings
 
 AUDIO = Path(__file__).parents[2] / "shared" / "audio" / "jfk.flac"
 
@@ -222,14 +222,14 @@ def _port(base: str) -> int:
 
 
 def _settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Fetching from 127.0.0.1, spooling to ``tmp_path`` itself."""
     values: dict[str, Any] = {
         "fetch_allow_hosts": ("127.0.0.1",),
         "tmp_dir": tmp_path,
         "fetch_timeout": 5.0,
         "fetch_total_timeout": 30.0,
     }
-    values.update(overrides)
-    return Settings(**values)
+    return make_settings(tmp_path, **(values | overrides))
 
 
 def _fetch_bytes(url: str, settings: Settings) -> bytes:

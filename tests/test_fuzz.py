@@ -11,6 +11,7 @@ import io
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
@@ -31,7 +32,7 @@ from whisperd.api import create_app
 from whisperd.engine import Transcriber
 from whisperd.settings import Settings
 
-from support import JFK, Misbehaving, misbehaving_server, running_app
+from support import JFK, Misbehaving, make_settings, misbehaving_server, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -57,23 +58,34 @@ schema = schemathesis.openapi.from_dict(OPENAPI).exclude(tag="Async jobs")
 audio_routes = schema.include(path_regex="^/v1/audio/")
 
 
+def _settings(root: Path, model_cache: Path, **overrides: Any) -> Settings:
+    return make_settings(
+        root, model_cache, tmp_dir=root / "spool", load_on_demand=False, **overrides
+    )
+
+
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("fuzz")
-    app_settings = Settings(
-        model_cache_dir=model_cache,
-        tmp_dir=root / "spool",
-        data_dir=root / "data",
+def fixed_engine(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path
+) -> Iterator[Transcriber]:
+    """tiny.en alone: its own engine, because the engine reads load_on_demand, and generated
+    model names (``base``...) must not load more models."""
+    with Transcriber(_settings(tmp_path_factory.mktemp("fuzz-engine"), model_cache)) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, fixed_engine: Transcriber
+) -> Iterator[str]:
+    app_settings = _settings(
+        tmp_path_factory.mktemp("fuzz"),
+        model_cache,
         jobs_enabled=False,
-        offline=True,
-        load_on_demand=False,
         # generated URLs must never reach a real host: refuse them before any DNS lookup
         fetch_enabled=False,
     )
-    with (
-        Transcriber(app_settings) as engine,
-        running_app(create_app(app_settings, engine=engine)) as url,
-    ):
+    with running_app(create_app(app_settings, engine=fixed_engine)) as url:
         yield url
 
 
@@ -153,25 +165,21 @@ def upstream() -> Iterator[Misbehaving]:
 
 @pytest.fixture(scope="module")
 def fetching_url(
-    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, upstream: Misbehaving
+    tmp_path_factory: pytest.TempPathFactory,
+    model_cache: Path,
+    fixed_engine: Transcriber,
+    upstream: Misbehaving,
 ) -> Iterator[str]:
     """The server with URL fetching (to 127.0.0.1 only) and jobs (embedded Redis) on."""
-    root = tmp_path_factory.mktemp("fuzz-urls")
-    app_settings = Settings(
-        model_cache_dir=model_cache,
-        tmp_dir=root / "spool",
-        data_dir=root / "data",
-        offline=True,
-        load_on_demand=False,
+    app_settings = _settings(
+        tmp_path_factory.mktemp("fuzz-urls"),
+        model_cache,
         fetch_allow_hosts=("127.0.0.1",),
         fetch_timeout=1.0,
         fetch_total_timeout=5.0,
         job_workers=1,
     )
-    with (
-        Transcriber(app_settings) as engine,
-        running_app(create_app(app_settings, engine=engine)) as url,
-    ):
+    with running_app(create_app(app_settings, engine=fixed_engine)) as url:
         yield url
 
 

@@ -35,6 +35,7 @@ from support import (
     Misbehaving,
     UnseekableSink,
     assert_jfk,
+    make_settings,
     misbehaving_server,
     normalise,
     running_app,
@@ -246,22 +247,11 @@ REFUSALS = {
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Settings]:
     root = tmp_path_factory.mktemp("hostile")
-    configured = Settings(
-        model_cache_dir=model_cache,
-        tmp_dir=root / "spool",
-        data_dir=root / "data",
-        jobs_enabled=False,
-    )
+    configured = make_settings(root, model_cache, tmp_dir=root / "spool", jobs_enabled=False)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tempfile, "tempdir", tempfile.tempdir)  # put back after the module
         spool_in(configured.tmp_dir)  # what `whisperd serve` does at start
         yield configured
-
-
-@pytest.fixture(scope="module")
-def engine(settings: Settings) -> Iterator[Transcriber]:
-    with Transcriber(settings) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +265,7 @@ def client(settings: Settings, engine: Transcriber) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def small(settings: Settings) -> Iterator[httpx.Client]:
     """A server with small limits (60 s of audio, 1 MiB uploads), spooling to the same dir;
-    its own engine, which enforces the audio limit."""
+    its own engine, because the engine (not the app) enforces max_audio_seconds."""
     limited = settings.model_copy(
         update={"max_audio_seconds": SMALL_CAP_SECONDS, "max_upload_bytes": SMALL_UPLOAD_BYTES}
     )

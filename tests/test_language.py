@@ -19,9 +19,8 @@ from whisperd import audio
 from whisperd.api import create_app
 from whisperd.api.services import services_of
 from whisperd.engine import Transcriber
-from whisperd.settings import Settings
 
-from support import JFK, file_server, poll, running_app, speech_flac
+from support import JFK, file_server, make_settings, poll, running_app, speech_flac
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -30,14 +29,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 def server(
     tmp_path_factory: pytest.TempPathFactory, model_cache: Path
 ) -> Iterator[tuple[str, Any]]:
-    """tiny.en by default (base loads when asked for); one active place and one queued."""
-    root = tmp_path_factory.mktemp("language")
-    settings = Settings(
-        model_cache_dir=model_cache,
-        tmp_dir=root / "tmp",
-        data_dir=root / "data",
+    """tiny.en by default (base loads when asked for); one active place and one queued.
+
+    Its own engine: admission takes the active places from the engine's plan (max_active).
+    """
+    settings = make_settings(
+        tmp_path_factory.mktemp("language"),
+        model_cache,
         jobs_enabled=False,
-        offline=True,
         fetch_allow_hosts=("127.0.0.1",),
         max_active=1,
         max_queue=1,

@@ -16,9 +16,17 @@ import pytest
 from whisperd.api import create_app
 from whisperd.api.services import services_of
 from whisperd.engine import Transcriber
-from whisperd.settings import Settings
 
-from support import HOTWORDS, JFK, assert_jfk, normalise, poll, running_app, speech_flac
+from support import (
+    HOTWORDS,
+    JFK,
+    assert_jfk,
+    make_settings,
+    normalise,
+    poll,
+    running_app,
+    speech_flac,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -29,13 +37,17 @@ def long_speech() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    """A server on two threads, with four active places and a queue of two."""
-    root = tmp_path_factory.mktemp("small-server")
-    settings = Settings(
-        model_cache_dir=root / "cache",
-        tmp_dir=root / "tmp",
-        data_dir=root / "data",
+def small_server(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path
+) -> Iterator[tuple[str, Any]]:
+    """A server on two threads, with four active places and a queue of two.
+
+    Its own engine: the engine reads cpu_threads and max_active (admission takes its active
+    places from the engine's plan).
+    """
+    settings = make_settings(
+        tmp_path_factory.mktemp("small-server"),
+        model_cache,
         cpu_threads=2,
         max_active=4,
         max_queue=2,
@@ -138,19 +150,13 @@ def test_client_that_disconnects_stops_its_work(small_server: tuple[str, Any]) -
     poll(lambda: _idle(app), timeout=20)
 
 
-def test_api_keys(tmp_path: Path) -> None:
+def test_api_keys(tmp_path: Path, model_cache: Path, engine: Transcriber) -> None:
     import openai
 
     keys_file = tmp_path / "keys"
     keys_file.write_text("# one per line\nfrom-file\n\n")
-    settings = Settings(
-        model_cache_dir=tmp_path / "cache",
-        tmp_dir=tmp_path / "tmp",
-        data_dir=tmp_path / "data",
-        api_keys=("k1", "k2"),
-        api_keys_file=keys_file,
-    )
-    with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
+    settings = make_settings(tmp_path, model_cache, api_keys=("k1", "k2"), api_keys_file=keys_file)
+    with running_app(create_app(settings, engine=engine)) as url:
         for headers in (
             {},
             {"Authorization": "Bearer nope"},
@@ -178,16 +184,12 @@ def test_api_keys(tmp_path: Path) -> None:
             client.models.list()
 
 
-def test_long_audio_runs_in_pieces_streamed_and_not(tmp_path: Path) -> None:
+def test_long_audio_runs_in_pieces_streamed_and_not(tmp_path: Path, model_cache: Path) -> None:
     """Audio longer than section_seconds is decoded section by section, also while it streams."""
     import json
 
-    settings = Settings(
-        model_cache_dir=tmp_path / "cache",
-        tmp_dir=tmp_path / "tmp",
-        data_dir=tmp_path / "data",
-        section_seconds=30,
-    )
+    # its own engine: the engine cuts the sections (section_seconds)
+    settings = make_settings(tmp_path, model_cache, section_seconds=30)
     speech = speech_flac(100)
     with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
         whole = _post(url, speech, data={"response_format": "verbose_json"}).json()

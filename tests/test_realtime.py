@@ -25,7 +25,7 @@ from whisperd.realtime.codecs import InputAudio, pcm16
 from whisperd.settings import Settings
 from whisperd_bench.wer import word_error_rate
 
-from support import assert_jfk, normalise, poll, running_app, server_process
+from support import assert_jfk, make_settings, normalise, poll, running_app, server_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -57,15 +57,14 @@ def jfk_pcm(jfk_audio: audio.Audio) -> bytes:
 
 
 def live_settings(engine: Transcriber, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings of an app that serves ``engine`` live, with jobs off, spooling to ``tmp_path``
+    itself (a test checks that nothing is left there)."""
     values: dict[str, Any] = {
-        "model_cache_dir": engine.settings.model_cache_dir,
-        "offline": True,
         "jobs_enabled": False,
         "tmp_dir": tmp_path,
         "realtime_partial_interval": 0.3,
-        **overrides,
     }
-    return Settings(**values)
+    return make_settings(tmp_path, engine.settings.model_cache_dir, **(values | overrides))
 
 
 @pytest.fixture(scope="module")

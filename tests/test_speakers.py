@@ -23,7 +23,7 @@ from whisperd.settings import Settings
 from whisperd.speakers.options import SpeakerOptions
 from whisperd.speakers.voices import Voice, window_spans
 
-from support import assert_jfk, normalise, running_app, wav
+from support import assert_jfk, make_settings, normalise, running_app, wav
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -62,9 +62,8 @@ def call(voices: tuple[audio.Audio, audio.Audio]) -> tuple[bytes, audio.Audio, a
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("speakers")
-    return Settings(model_cache_dir=root / "cache", tmp_dir=root / "tmp", data_dir=root / "data")
+def settings(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("speakers"), model_cache)
 
 
 @pytest.fixture(scope="module")

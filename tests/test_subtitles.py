@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from whisperd.settings import Settings
 from whisperd.subtitles import Cue, Cuer, SubtitleOptions, line_text
 from whisperd_bench.wer import word_error_rate
 
-from support import JFK, poll, running_app, speech_flac
+from support import JFK, make_settings, poll, running_app, speech_flac
 
 HIGHLIGHT = SubtitleOptions(highlight_words=True)
 
@@ -250,16 +251,13 @@ FIT = {"max_line_width": 32, "max_line_count": 2}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Settings]]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, engine: Transcriber
+) -> Iterator[tuple[str, Settings]]:
     """A real server with jobs (its embedded Redis in a temporary directory)."""
     root = tmp_path_factory.mktemp("subtitles")
-    settings = Settings(
-        model_cache_dir=root / "cache",
-        tmp_dir=root / "tmp",
-        data_dir=root / "data",
-        job_poll_interval=0.1,
-    )
-    with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
+    settings = make_settings(root, model_cache, job_poll_interval=0.1)
+    with running_app(create_app(settings, engine=engine)) as url:
         yield url, settings
 
 

@@ -30,6 +30,7 @@ from support import (
     JFK,
     JFK_WORDS,
     assert_jfk,
+    make_settings,
     normalise,
     poll,
     running_app,
@@ -45,20 +46,15 @@ SRT_CUE = re.compile(
 )
 
 
-def app_settings(root: Path, **overrides: Any) -> Settings:
-    return Settings(
-        model_cache_dir=root / "cache",
-        tmp_dir=root / "tmp",
-        data_dir=root / "data",
-        job_poll_interval=0.2,
-        **overrides,
-    )
+def app_settings(root: Path, engine: Transcriber, **overrides: Any) -> Settings:
+    """Settings of an app that serves ``engine``, its dirs under ``root``."""
+    return make_settings(root, engine.settings.model_cache_dir, job_poll_interval=0.2, **overrides)
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory, engine: Transcriber) -> Iterator[str]:
     """A server with jobs (its own embedded Redis) and no API keys."""
-    settings = app_settings(tmp_path_factory.mktemp("ui"))
+    settings = app_settings(tmp_path_factory.mktemp("ui"), engine)
     with running_app(create_app(settings, engine=engine)) as url:
         yield url
 
@@ -236,7 +232,7 @@ def test_with_several_keys_the_page_lists_only_its_own_jobs(
 ) -> None:
     other = "ui-test-other-key"
     # No consumers: the jobs stay queued, listed until the test ends.
-    settings = app_settings(tmp_path, api_keys=(KEY, other), queue_consumers=False)
+    settings = app_settings(tmp_path, engine, api_keys=(KEY, other), queue_consumers=False)
     with running_app(create_app(settings, engine=engine)) as url:
         ids = {}
         for key, name in ((KEY, "mine.flac"), (other, "theirs.flac")):
@@ -336,7 +332,7 @@ def test_the_page_fits_a_phone(base_url: str, tmp_path: Path) -> None:
 def test_with_api_keys_the_page_asks_for_one_then_works(
     tmp_path: Path, engine: Transcriber
 ) -> None:
-    settings = app_settings(tmp_path, api_keys=(KEY,), jobs_enabled=False)
+    settings = app_settings(tmp_path, engine, api_keys=(KEY,), jobs_enabled=False)
     with running_app(create_app(settings, engine=engine)) as url:
         # The page and its assets are open; the API (and POST /, the function) is not.
         assert httpx.get(f"{url}/").status_code == 200
@@ -417,7 +413,7 @@ def final_lines(page: Any) -> list[str]:
 
 
 def test_live_from_the_microphone_with_an_api_key(tmp_path: Path, engine: Transcriber) -> None:
-    settings = app_settings(tmp_path, api_keys=(KEY,), jobs_enabled=False)
+    settings = app_settings(tmp_path, engine, api_keys=(KEY,), jobs_enabled=False)
     app = create_app(settings, engine=engine)
     with running_app(app) as url, offline_page(fake_microphone(tmp_path)) as (page, blocked):
         page.add_init_script(WATCH_LIVE)
@@ -469,7 +465,7 @@ def test_live_from_the_microphone_with_an_api_key(tmp_path: Path, engine: Transc
 def test_a_live_session_the_server_refuses_is_explained(
     tmp_path: Path, engine: Transcriber
 ) -> None:
-    settings = app_settings(tmp_path, jobs_enabled=False, realtime_max_sessions=0)
+    settings = app_settings(tmp_path, engine, jobs_enabled=False, realtime_max_sessions=0)
     with (
         running_app(create_app(settings, engine=engine)) as url,
         offline_page(fake_microphone(tmp_path)) as (page, blocked),
