@@ -6,6 +6,7 @@ a temporary directory, so the tests never touch the user's ``~/.cache/whisperd``
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -34,6 +35,17 @@ GERMAN_TEXT = (
     "Guten Morgen! Heute ist ein schöner Tag. Das Wetter ist warm und die Sonne scheint. "
     "Am Nachmittag gehen wir mit den Kindern in den Park."
 )
+
+
+@pytest.fixture(autouse=True)
+def _root_logging() -> Iterator[None]:
+    """The root logger as each test found it: a CLI command run in-process points it at the
+    runner's stream, which is closed once the command returns."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_configure(config: pytest.Config) -> None:
