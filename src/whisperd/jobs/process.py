@@ -38,6 +38,7 @@ from whisperd.jobs.embedded import EmbeddedRedis
 from whisperd.jobs.queue import Handlers, JobQueue
 from whisperd.jobs.store import JobStore
 from whisperd.jobs.worker.runner import JobRunner
+from whisperd.jobs.worker.work import Work
 from whisperd.services import Lifecycle
 from whisperd.settings import Settings
 
@@ -150,15 +151,8 @@ class JobsProcess:
         handlers: Handlers | None = None
         if self.consumers:
             assert self.engine is not None
-            runner = self.runner = JobRunner(
-                self.settings,
-                store,
-                self.engine,
-                self.worker_id,
-                lifecycle=self.lifecycle,
-                queue=queue,
-                callbacks=callbacks,
-            )
+            work = Work(self.settings, store, self.engine, self.worker_id, queue=queue)
+            runner = self.runner = JobRunner(work, lifecycle=self.lifecycle, callbacks=callbacks)
             handlers = Handlers(runner.run, runner.run_chunk, callbacks.deliver)
         queue.declare(handlers)
         # set last: it says the routes may use the queue (see ``connected``)

@@ -44,7 +44,6 @@ import logging
 import threading
 import time
 
-from whisperd.engine import Transcriber
 from whisperd.errors import (
     DeadlineExceededError,
     WhisperdError,
@@ -53,14 +52,13 @@ from whisperd.errors import (
 )
 from whisperd.jobs import chunks as chunk_audio
 from whisperd.jobs.callbacks import CallbackSender
-from whisperd.jobs.queue import JobQueue, backoff_seconds
+from whisperd.jobs.queue import backoff_seconds
 from whisperd.jobs.records import ChunkRecord, Job, segments_to_json
 from whisperd.jobs.states import ChunkState, JobState
-from whisperd.jobs.store import JobStore, error_fields
+from whisperd.jobs.store import error_fields
 from whisperd.jobs.worker.decisions import Action, chunk_action, job_action
 from whisperd.jobs.worker.work import ActiveJob, Superseded, Work, WorkerStopping
 from whisperd.services import Lifecycle
-from whisperd.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -107,28 +105,17 @@ class JobRunner:
     """Runs the jobs and chunks this process takes, and tracks them for cancels, leases and
     drains."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: JobStore,
-        engine: Transcriber,
-        worker_id: str,
-        *,
-        lifecycle: Lifecycle,
-        queue: JobQueue,
-        callbacks: CallbackSender,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.engine = engine
-        self.worker_id = worker_id
+    def __init__(self, work: Work, *, lifecycle: Lifecycle, callbacks: CallbackSender) -> None:
+        settings = self.settings = work.settings
+        self.store = work.store
+        self.worker_id = work.worker_id
+        self.queue = work.queue
+        self.work = work
         self.max_attempts = settings.job_max_retries + 1
         # The lease lapses a little before dramatiq's heartbeat timeout, so the job's owner
         # is known to be gone when its message comes back.
         self.lease_ms = max(1, int(settings.job_heartbeat_timeout * 1000 * 2 / 3))
-        self.queue = queue
         self.callbacks = callbacks
-        self.work = Work(settings, store, engine, worker_id, queue=queue)
         self._active: dict[Key, ActiveJob] = {}
         self._lock = threading.Lock()
         self._lifecycle = lifecycle
