@@ -7,7 +7,7 @@ import inspect
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any, TypeVar, get_args, get_origin
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
 from rich.console import Console
@@ -266,10 +266,10 @@ def transcribe(
     import tempfile
     from importlib import resources
 
-    from whisperd import audio, formats
+    from whisperd import formats
     from whisperd.engine import TranscribeOptions, collect, items
     from whisperd.render import render
-    from whisperd.speakers.diarize import attribute, channels_of, merge_channels
+    from whisperd.speakers.diarize import attribute, channel_sources, merge_channels
     from whisperd.subtitles import SubtitleOptions
 
     if fmt not in FORMAT_CHOICES:
@@ -333,11 +333,7 @@ def transcribe(
         def run(path: Path, name: str) -> str:
             with path.open("rb") as source:
                 prepared = engine.prepare(options, source=source)
-                channels: list[int | None] = [None]
-                views: list[IO[bytes]] = [source]
-                if speakers.multichannel:
-                    channels = channels_of(source)
-                    views = audio.views(source, len(channels))
+                views, channels = channel_sources(source, multichannel=speakers.multichannel)
                 tasks = [
                     engine.begin(prepared, engine.sections(view, channel=channel))
                     for view, channel in zip(views, channels, strict=True)

@@ -23,7 +23,6 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from whisperd import audio
 from whisperd.engine import (
     DETECT_SECONDS,
     LanguageDetection,
@@ -36,7 +35,7 @@ from whisperd.engine import (
 )
 from whisperd.scheduler import Admission, Task
 from whisperd.settings import Settings
-from whisperd.speakers.diarize import attribute, channels_of, merge_channels
+from whisperd.speakers.diarize import attribute, channel_sources, merge_channels
 from whisperd.speakers.options import NO_SPEAKERS, SpeakerOptions
 from whisperd.timings import Timings
 
@@ -154,11 +153,9 @@ class Pipeline:
     ) -> Transcription:
         """Transcribe completely (each channel on its own, with ``multichannel``), with the
         speakers ``speakers`` asks for, stopping the work once the call is cancelled."""
-        if speakers.multichannel:
-            channels = await anyio.to_thread.run_sync(channels_of, source)
-            sources = audio.views(source, len(channels))
-        else:
-            channels, sources = [None], [source]
+        sources, channels = await anyio.to_thread.run_sync(
+            functools.partial(channel_sources, source, multichannel=speakers.multichannel)
+        )
         async with self._started(
             sources, options, model=model, call=call, channels=channels
         ) as runs:

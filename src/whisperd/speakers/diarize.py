@@ -165,6 +165,17 @@ def channels_of(source: IO[bytes]) -> list[int | None]:
     return list(range(count))
 
 
+def channel_sources(
+    source: IO[bytes], *, multichannel: bool
+) -> tuple[list[IO[bytes]], list[int | None]]:
+    """What to transcribe, each on its own: ``source`` mixed down (channel None), or, with
+    ``multichannel``, each of its channels read through a view of its own."""
+    if not multichannel:
+        return [source], [None]
+    channels = channels_of(source)
+    return audio.views(source, len(channels)), channels
+
+
 def merge_channels(
     transcriptions: Sequence[Transcription], names: Sequence[str] = ()
 ) -> Transcription:
