@@ -7,16 +7,17 @@ from dataclasses import replace
 
 import pytest
 
-from whisperd.jobs.records import ChunkRecord, Job, JobSpec
+from whisperd.jobs.records import ChunkRecord, Job
 from whisperd.jobs.states import ChunkState, JobState
 from whisperd.jobs.worker.decisions import Action, chunk_action, job_action
+from whisperd.spec import Spec
 
 MAX = 3
 
 
 def job(state: JobState = JobState.QUEUED, **fields: object) -> Job:
     return replace(
-        Job(id="j", state=state, spec=JobSpec(), source="upload", created_at=0.0),
+        Job(id="j", state=state, spec=Spec(), source="upload", created_at=0.0),
         **fields,  # type: ignore[arg-type]
     )
 

@@ -34,10 +34,11 @@ from whisperd.errors import InvalidTransitionError, RateLimitError, ServiceUnava
 from whisperd.jobs.chunks import merge
 from whisperd.jobs.embedded import EmbeddedRedis
 from whisperd.jobs.owners import Owner
-from whisperd.jobs.records import ChunkRecord, JobSpec, segments_to_json
+from whisperd.jobs.records import ChunkRecord, segments_to_json
 from whisperd.jobs.service import JobsService
 from whisperd.jobs.states import TRANSITIONS, ChunkState, JobState, check_transition
 from whisperd.settings import Settings
+from whisperd.spec import Spec
 
 from support import assert_english_then_german, free_port, misbehaving_server, poll
 
@@ -587,12 +588,12 @@ def test_two_api_processes_racing_never_go_past_the_caps(tmp_path: Path) -> None
                     if index % 4 < 2:  # Alice's jobs are URLs: her cap is 5 jobs
                         owner = Owner.of(ALICE, settings)
                         job = service.submit(
-                            JobSpec(), source="url", url="http://a.test/", owner=owner
+                            Spec(), source="url", url="http://a.test/", owner=owner
                         )
                     else:  # Bob uploads 1000 bytes a job: his cap is 3000 bytes
                         owner = Owner.of(BOB, settings)
                         job = service.submit(
-                            JobSpec(), source="upload", audio=b"x" * 1000, owner=owner
+                            Spec(), source="upload", audio=b"x" * 1000, owner=owner
                         )
                 except RateLimitError:
                     return None

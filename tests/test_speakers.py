@@ -18,10 +18,12 @@ from openai.types.audio import TranscriptionDiarized
 from whisperd import audio, formats
 from whisperd.api import create_app
 from whisperd.engine import Segment, Transcriber, Transcription, Word
-from whisperd.jobs.records import JobSpec, segments_from_json, segments_to_json
+from whisperd.jobs.records import segments_from_json, segments_to_json
+from whisperd.jobs.worker.work import job_result
 from whisperd.settings import Settings
 from whisperd.speakers.options import SpeakerOptions
 from whisperd.speakers.voices import Voice, window_spans
+from whisperd.spec import Spec
 
 from support import assert_jfk, make_settings, normalise, running_app, wav
 
@@ -306,8 +308,8 @@ def test_a_jobs_chunks_are_labelled_together_at_the_merge(
         ChunkRecord("job", i, ChunkState.DONE, 60.0 * i, 60.0, segments=segments_to_json(c))
         for i, c in enumerate(chunks)
     ]
-    spec = JobSpec(response_format="diarized_json", speakers=SpeakerOptions(diarize=True))
-    body, _ = spec.render(merge(records, duration=120.0, task="transcribe"))
+    spec = Spec(response_format="diarized_json", speakers=SpeakerOptions(diarize=True))
+    body, _ = job_result(spec, merge(records, duration=120.0, task="transcribe"))
     assert_two_men(json.loads(body)["segments"])
 
 
@@ -342,11 +344,11 @@ def test_a_chunks_voices_and_a_jobs_speaker_options_are_stored_and_read_back() -
     [back] = segments_from_json(segments_to_json([segment]))
     assert back.voice is not None and back.voice.spans == voice.spans
     assert np.allclose(back.voice.vectors, vectors, atol=1e-3)
-    spec = JobSpec(
+    spec = Spec(
         response_format="diarized_json",
         speakers=SpeakerOptions(diarize=True, names=("Ann",), references=((0.5,) * 4,)),
     )
-    assert JobSpec.from_json(spec.to_json()) == spec
+    assert Spec.from_json(spec.to_json()) == spec
 
 
 def test_diarized_json_renders_as_openai_does() -> None:

@@ -20,9 +20,9 @@ from whisperd import formats
 from whisperd.api import create_app
 from whisperd.engine import Segment, Transcriber, Transcription, Word
 from whisperd.errors import InvalidRequestError
-from whisperd.jobs.records import JobSpec
 from whisperd.render import render
 from whisperd.settings import Settings
+from whisperd.spec import Spec
 from whisperd.subtitles import Cue, Cuer, SubtitleOptions, line_text
 from whisperd_bench.wer import word_error_rate
 
@@ -236,13 +236,11 @@ def test_bad_options_are_refused(options: SubtitleOptions, fmt: str, param: str)
 
 def test_a_job_keeps_its_options_and_renders_with_them() -> None:
     options = SubtitleOptions(max_line_width=20, max_line_count=2, highlight_words=True)
-    spec = JobSpec(response_format="vtt", subtitles=options)
-    again = JobSpec.from_json(spec.to_json())
+    spec = Spec(response_format="vtt", subtitles=options)
+    again = Spec.from_json(spec.to_json())
     assert again == spec
-    assert (
-        JobSpec.from_json(JobSpec(response_format="srt").to_json()).subtitles == SubtitleOptions()
-    )
-    body, _ = again.render(transcription(timed(SPEECH)))
+    assert Spec.from_json(Spec(response_format="srt").to_json()).subtitles == SubtitleOptions()
+    body = again.render(transcription(timed(SPEECH))).text
     assert body == render(transcription(timed(SPEECH)), "vtt", subtitles=options).text
 
 

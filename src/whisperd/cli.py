@@ -267,9 +267,9 @@ def transcribe(
     from importlib import resources
 
     from whisperd import formats
-    from whisperd.engine import TranscribeOptions, collect, items
-    from whisperd.render import render
+    from whisperd.engine import collect, items
     from whisperd.speakers.diarize import attribute, channel_sources, merge_channels
+    from whisperd.spec import Spec
     from whisperd.subtitles import SubtitleOptions
 
     if fmt not in FORMAT_CHOICES:
@@ -277,16 +277,25 @@ def transcribe(
     subtitles = SubtitleOptions(
         max_line_width, max_line_count, max_words_per_line, max_cue_seconds, highlight_words
     )
-    try:
-        subtitles.check(fmt)
-    except WhisperdError as exc:
-        raise _fail(exc.message, 2) from None
     if task not in ("transcribe", "translate"):
         raise _fail(f"unknown task {task!r}; use transcribe or translate", 2)
     try:
         speakers = _speaker_fields(
             speaker or [], diarize, multichannel, min_speakers, max_speakers
         ).checked(fmt)
+        spec = Spec(
+            task=task,  # type: ignore[arg-type]
+            language=language,
+            prompt=prompt,
+            response_format=fmt,
+            hotwords=hotwords,
+            vad_filter=vad,
+            beam_size=beam_size,
+            word_timestamps=word_timestamps,
+            subtitles=subtitles,
+            multilingual=multilingual,
+            speakers=speakers,
+        ).check()
     except WhisperdError as exc:
         raise _fail(exc.message, 2) from None
     with contextlib.ExitStack() as stack:
@@ -300,18 +309,7 @@ def transcribe(
         settings = _settings(
             model=model, device=device, compute_type=compute_type, preload_models=()
         )
-        options = TranscribeOptions.asked(
-            settings,
-            language=language,
-            task=task,  # type: ignore[arg-type]
-            prompt=prompt,
-            hotwords=hotwords,
-            vad_filter=vad,
-            beam_size=beam_size,
-            word_timestamps=word_timestamps or subtitles.active,
-            multilingual=multilingual,
-            voices=speakers.by_voice,
-        )
+        options = spec.options(settings)
         engine = _start_engine(stack, settings)
         try:
             # a bad language is the command's mistake, not a file's
@@ -344,7 +342,7 @@ def transcribe(
                 merged = merge_channels(results, speakers.names)
             else:
                 merged = attribute(results[0], speakers)
-            return render(merged, fmt, subtitles=subtitles).text
+            return spec.render(merged).text
 
         failures = 0
         try:

@@ -148,37 +148,6 @@ class TranscribeOptions:
         its own: asked for with ``multilingual``, and no ``language`` given."""
         return self.multilingual and self.language is None
 
-    @classmethod
-    def asked(
-        cls,
-        settings: Settings,
-        *,
-        language: str | None = None,
-        task: TaskName = "transcribe",
-        prompt: str | None = None,
-        temperature: float = 0.0,
-        hotwords: str | None = None,
-        vad_filter: bool | None = None,
-        beam_size: int | None = None,
-        word_timestamps: bool = False,
-        multilingual: bool = False,
-        voices: bool = False,
-    ) -> TranscribeOptions:
-        """The options a request asks for in OpenAI's terms, with the server's defaults where
-        it left one unset."""
-        return cls(
-            language=(language or "").strip().lower() or None,
-            task=task,
-            beam_size=beam_size or settings.beam_size,
-            temperature=temperatures_from(temperature),
-            initial_prompt=prompt or None,
-            hotwords=hotwords or None,
-            word_timestamps=word_timestamps or voices,
-            vad_filter=settings.vad_filter if vad_filter is None else vad_filter,
-            multilingual=multilingual,
-            voices=voices,
-        )
-
 
 def temperatures_from(value: float | None) -> tuple[float, ...]:
     """OpenAI's single temperature as a fallback schedule: from ``value`` up to 1.0."""

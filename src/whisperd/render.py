@@ -21,6 +21,8 @@ from whisperd.errors import WhisperdError
 from whisperd.subtitles import DEFAULT_CUES, Cuer, SubtitleOptions
 
 JSON_FORMATS = ("json", "verbose_json", "diarized_json")
+SSE_FORMATS = ("json", "text", "diarized_json")
+"""The formats ``stream=true`` sends as server-sent events."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,30 +12,25 @@ the request: its deadline, its timings, and an event set once the client goes aw
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import IO, Annotated, Literal
+from typing import IO, Annotated
 
 import anyio
 from fastapi import Depends, File, Form, Request, UploadFile
-from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from whisperd.api.fetching import Fetcher
 from whisperd.api.middleware import upload_too_large
 from whisperd.api.pipeline import Call
 from whisperd.errors import EmptyAudioError, InvalidRequestError, PayloadTooLargeError
-from whisperd.settings import ResponseFormat
-from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
 from whisperd.timings import Timings
 
 MAX_URL_BYTES = 8192
 """The longest body the function routes read as a URL."""
 AUDIO_TYPES = ("audio/", "video/", "application/octet-stream", "application/ogg")
 """Content-Types of a function body that is the audio itself."""
-STREAMED_FORMATS = ("json", "text", "diarized_json")
-"""The formats ``stream=true`` can send as server-sent events."""
 _DISCONNECT_POLL_S = 0.25
 _SPOOL_BYTES = 1 << 20
 
@@ -61,53 +56,6 @@ UrlField = Annotated[
     str | Omitted,
     Form(description="Instead of `file`: an http(s) URL of the audio, fetched by the server."),
 ]
-ModelField = Annotated[
-    str,
-    Form(
-        description="`whisper-1` (the served default), a catalog name such as `base`, or a "
-        "model directory.",
-        examples=["whisper-1"],
-    ),
-]
-PromptField = Annotated[
-    str | Omitted, Form(description="Text to guide spelling and style (initial prompt).")
-]
-FormatField = Annotated[ResponseFormat, Form(description="Output format.")]
-TemperatureField = Annotated[
-    float,
-    Form(
-        ge=0,
-        le=1,
-        description="Sampling temperature; 0 falls back to higher temperatures "
-        "only when decoding fails.",
-    ),
-]
-GranularitiesField = Annotated[
-    list[Literal["word", "segment"]] | Omitted,
-    Form(
-        alias="timestamp_granularities[]",
-        description="`word` and/or `segment` timestamps in verbose_json.",
-    ),
-]
-HotwordsField = Annotated[
-    str | Omitted, Form(description="Extra: words to favour, such as names or jargon.")
-]
-VadField = Annotated[
-    bool | Omitted, Form(description="Extra: skip long silences with a voice activity detector.")
-]
-BeamField = Annotated[
-    Annotated[int, Field(ge=1, le=20)] | Omitted, Form(description="Extra: beam size.")
-]
-WordsField = Annotated[bool, Form(description="Extra: word timestamps (as granularity word).")]
-MultilingualField = Annotated[
-    bool,
-    Form(
-        description="Extra: with no `language`, detect the language of each stretch of speech "
-        "and transcribe each in its own; verbose_json segments carry `language`, the top-level "
-        "`language` is the one spoken longest (needs a multilingual model)."
-    ),
-]
-
 TooLarge = Callable[[int, str], PayloadTooLargeError]
 """The error for input over ``limit`` bytes in the field ``param``."""
 
@@ -258,28 +206,6 @@ async def _spooled_body(request: Request, limit: int, too_large: TooLarge) -> IO
         spooled.close()
         raise
     return spooled
-
-
-def check_format(
-    response_format: str,
-    *,
-    stream: bool = False,
-    granularities: Sequence[str] = (),
-    subtitles: SubtitleOptions = DEFAULT_CUES,
-) -> None:
-    """Refuse, as OpenAI does, options the response format cannot carry."""
-    subtitles.check(response_format)
-    if stream and response_format not in STREAMED_FORMATS:
-        raise InvalidRequestError(
-            f"stream=true sends server-sent events of text; response_format {response_format} "
-            "cannot be streamed (use json or text, or stream=false).",
-            param="response_format",
-        )
-    if granularities and response_format != "verbose_json":
-        raise InvalidRequestError(
-            f"timestamp_granularities[] needs response_format=verbose_json, not {response_format}.",
-            param="timestamp_granularities",
-        )
 
 
 @asynccontextmanager

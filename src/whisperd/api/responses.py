@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -10,35 +10,19 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from whisperd.engine import Transcription
-from whisperd.render import render
-from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
+from whisperd.spec import Spec
 from whisperd.timings import Timings
 
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache"}
 
 
-def transcript_response(
-    transcription: Transcription,
-    response_format: str,
-    timings: Timings,
-    granularities: Sequence[str] = (),
-    *,
-    word_timestamps: bool = False,
-    subtitles: SubtitleOptions = DEFAULT_CUES,
-) -> Response:
-    """The transcript as the response ``response_format`` asks for (verbose_json with the
-    request's timings), rendered in the "format" stage."""
+def transcript_response(transcription: Transcription, spec: Spec, timings: Timings) -> Response:
+    """The transcript as the request's ``spec`` asks for (verbose_json with the request's
+    timings), rendered in the "format" stage."""
     with timings.measure("format"):
-        extra = {"timings": timings.rounded()} if response_format == "verbose_json" else None
-        rendered = render(
-            transcription,
-            response_format,
-            granularities,
-            word_timestamps=word_timestamps,
-            subtitles=subtitles,
-            extra=extra,
-            compact=True,
-        )
+        verbose = spec.response_format == "verbose_json"
+        extra = {"timings": timings.rounded()} if verbose else None
+        rendered = spec.render(transcription, extra=extra, compact=True)
     return Response(rendered.body, media_type=rendered.media_type)
 
 

@@ -1,5 +1,5 @@
-"""What a job is: its options (:class:`JobSpec`), its record (:class:`Job`) and, for a long
-job, its chunks' records (:class:`ChunkRecord`).
+"""What a job is: its record (:class:`Job`, with its options as a
+:class:`~whisperd.spec.Spec`) and, for a long job, its chunks' records (:class:`ChunkRecord`).
 
 A record lives in Redis as a hash of strings; :meth:`Job.from_hash` reads one back and
 :meth:`Job.public` is the JSON the API shows. A finished chunk keeps its segments as JSON
@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
 
-from whisperd.engine import Segment, TaskName, TranscribeOptions, Transcription, Word
+from whisperd.engine import Segment, Word
 from whisperd.jobs.states import ChunkState, JobState
-from whisperd.render import JSON_FORMATS, render, wants_words
-from whisperd.settings import Settings
-from whisperd.speakers.diarize import attribute
-from whisperd.speakers.options import NO_SPEAKERS, SpeakerOptions
+from whisperd.render import JSON_FORMATS
 from whisperd.speakers.voices import Voice
-from whisperd.subtitles import DEFAULT_CUES, SubtitleOptions
+from whisperd.spec import Spec
 
 Source = Literal["url", "upload"]
 
@@ -40,83 +37,6 @@ class CallbackState(StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """How to transcribe a job: the options of ``/v1/audio/transcriptions``, and whether to
-    translate into English instead (``/v1/audio/translations``)."""
-
-    model: str = "whisper-1"
-    task: TaskName = "transcribe"
-    language: str | None = None
-    prompt: str | None = None
-    response_format: str = "json"
-    temperature: float = 0.0
-    timestamp_granularities: tuple[str, ...] = ()
-    hotwords: str | None = None
-    vad_filter: bool | None = None
-    beam_size: int | None = None
-    word_timestamps: bool = False
-    subtitles: SubtitleOptions = DEFAULT_CUES
-    """How SRT/VTT cues are cut (applied when the result is rendered)."""
-    multilingual: bool = False
-    speakers: SpeakerOptions = NO_SPEAKERS
-    """Who said what (told apart when the whole transcript is in: across every chunk)."""
-
-    def options(self, settings: Settings) -> TranscribeOptions:
-        """The engine options, with the server's defaults where the job left one unset."""
-        return TranscribeOptions.asked(
-            settings,
-            language=self.language,
-            task=self.task,
-            prompt=self.prompt,
-            temperature=self.temperature,
-            hotwords=self.hotwords,
-            vad_filter=self.vad_filter,
-            beam_size=self.beam_size,
-            word_timestamps=wants_words(
-                self.timestamp_granularities,
-                word_timestamps=self.word_timestamps,
-                subtitles=self.subtitles,
-            ),
-            multilingual=self.multilingual,
-            voices=self.speakers.by_voice,
-        )
-
-    def render(self, transcription: Transcription) -> tuple[str, str]:
-        """The transcript in ``response_format``, with its speakers: (body, media type)."""
-        rendered = render(
-            attribute(transcription, self.speakers),
-            self.response_format,
-            self.timestamp_granularities,
-            word_timestamps=self.word_timestamps,
-            subtitles=self.subtitles,
-        )
-        return rendered.text, rendered.media_type
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> JobSpec:
-        """Read a spec back; fields this version does not know are ignored (rolling upgrades)."""
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in json.loads(text).items() if k in known}
-        data["timestamp_granularities"] = tuple(data.get("timestamp_granularities") or ())
-        cuts = data.get("subtitles") or {}
-        data["subtitles"] = SubtitleOptions(
-            **{k: v for k, v in cuts.items() if k in SubtitleOptions.__dataclass_fields__}
-        )
-        data["speakers"] = _speakers_from(data.get("speakers") or {})
-        return cls(**data)
-
-
-def _speakers_from(stored: dict[str, Any]) -> SpeakerOptions:
-    known = {k: v for k, v in stored.items() if k in SpeakerOptions.__dataclass_fields__}
-    known["names"] = tuple(known.get("names") or ())
-    known["references"] = tuple(tuple(r) for r in known.get("references") or ())
-    return SpeakerOptions(**known)
-
-
 def _float(value: str) -> float | None:
     return float(value) if value else None
 
@@ -127,7 +47,7 @@ class Job:
 
     id: str
     state: JobState
-    spec: JobSpec
+    spec: Spec
     source: Source
     created_at: float
     owner: str = ""
@@ -180,7 +100,7 @@ class Job:
         return cls(
             id=h["id"],
             state=JobState(h["state"]),
-            spec=JobSpec.from_json(h["spec"]),
+            spec=Spec.from_json(h["spec"]),
             source="upload" if h.get("source") == "upload" else "url",
             created_at=float(h["created_at"]),
             owner=h.get("owner", ""),

@@ -21,9 +21,10 @@ from whisperd.errors import (
 )
 from whisperd.jobs.owners import Owner
 from whisperd.jobs.process import JobsProcess, jobs_unavailable
-from whisperd.jobs.records import Job, JobSpec, Source
+from whisperd.jobs.records import Job, Source
 from whisperd.jobs.states import JobState
 from whisperd.jobs.store import error_fields, redis_errors
+from whisperd.spec import Spec
 
 __all__ = ["JobsService", "jobs_unavailable"]
 
@@ -35,7 +36,7 @@ class JobsService(JobsProcess):
 
     def submit(
         self,
-        spec: JobSpec,
+        spec: Spec,
         *,
         owner: Owner,
         source: Source,

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -56,6 +56,7 @@ from whisperd.realtime.protocol import (
 from whisperd.realtime.turns import CHUNK, SpeechProbabilities, TurnDetector
 from whisperd.scheduler import Task
 from whisperd.settings import Settings
+from whisperd.spec import Spec
 
 logger = logging.getLogger(__name__)
 
@@ -579,12 +580,10 @@ class LiveSession:
 
     def _final_options(self, config: SessionConfig) -> TranscribeOptions:
         transcription = config.input.transcription
-        return TranscribeOptions.asked(
-            self.settings,
-            language=None if transcription is None else transcription.language,
-            prompt=None if transcription is None else transcription.prompt,
-            word_timestamps=config.logprobs,
-        )
+        asked = Spec(word_timestamps=config.logprobs)
+        if transcription is not None:
+            asked = replace(asked, language=transcription.language, prompt=transcription.prompt)
+        return asked.options(self.settings)
 
     def _partial_options(self) -> TranscribeOptions:
         final = self._final_options(self.config)

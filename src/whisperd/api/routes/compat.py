@@ -3,39 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from whisperd import audio, formats
-from whisperd.api.deps import (
-    DeadlineDep,
-    EngineDep,
-    PipelineDep,
-    SpeakersQueryDep,
-    SubtitlesQueryDep,
-    TimingsDep,
-)
-from whisperd.api.inputs import (
-    FUNCTION_BODY,
-    AudioInput,
-    check_format,
-    read_function_body,
-    request_call,
-)
+from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, TimingsDep
+from whisperd.api.forms import FunctionQueryDep
+from whisperd.api.inputs import FUNCTION_BODY, AudioInput, read_function_body, request_call
 from whisperd.api.middleware import upload_too_large
 from whisperd.api.responses import CleanupStreamingResponse, transcript_response
 from whisperd.api.schemas import FfmpegCheck, GpuCheck, ModelCheck, TranslateResult, error_responses
-from whisperd.engine import TranscribeOptions, cuda_device_count
+from whisperd.engine import cuda_device_count
 from whisperd.errors import InvalidRequestError
 from whisperd.render import text_stream
+from whisperd.spec import Spec
 
 router = APIRouter()
 F = TypeVar("F", bound=Callable[..., Any])
 
-FUNCTION_FORMATS = Literal["text", "json", "verbose_json", "srt", "vtt", "tsv", "diarized_json"]
 STREAMED_FORMATS = ("text", "srt", "vtt", "tsv")
 """The function streams these as segments are transcribed; JSON comes whole, at the end."""
 
@@ -79,35 +67,30 @@ async def function_whisper(
     pipeline: PipelineDep,
     timings: TimingsDep,
     deadline: DeadlineDep,
-    subtitles: SubtitlesQueryDep,
-    speaker_fields: SpeakersQueryDep,
-    format: Annotated[FUNCTION_FORMATS, Query(description="Output format.")] = "text",
+    spec: FunctionQueryDep,
 ) -> Response:
     """The body is an audio URL (or raw audio); the answer is the transcript as text,
     streamed as it is transcribed (whole, once speakers are told apart)."""
-    check_format(format, subtitles=subtitles)
-    speakers = await anyio.to_thread.run_sync(speaker_fields.checked, format)
+    spec.check()
     limit = pipeline.settings.max_upload_bytes
     with timings.measure("receive"):  # the body is read here, after the dependencies
         sent = (await read_function_body(request, limit, upload_too_large)).checked()
-    options = TranscribeOptions.asked(
-        pipeline.settings, word_timestamps=subtitles.active, voices=speakers.by_voice
-    )
+    options = spec.options(pipeline.settings)
     async with request_call(request, deadline, timings) as call:
         opened = sent.opened(pipeline.fetcher, call)
-        if format in STREAMED_FORMATS and not speakers.active:
+        if spec.response_format in STREAMED_FORMATS and not spec.speakers.active:
             # Bad input (decoding the first piece, admission) raises here: still a proper 4xx.
             items, cleanup = await pipeline.stream(opened, options, model=None, call=call)
             return CleanupStreamingResponse(
-                text_stream(items, format, subtitles),
+                text_stream(items, spec.response_format, spec.subtitles),
                 cleanup,
-                media_type=formats.MEDIA_TYPES[format],
+                media_type=formats.MEDIA_TYPES[spec.response_format],
             )
         async with opened as source:
             result = await pipeline.transcribe(
-                source, options, model=None, call=call, speakers=speakers
+                source, options, model=None, call=call, speakers=spec.speakers
             )
-    return transcript_response(result, format, timings, subtitles=subtitles)
+    return transcript_response(result, spec, timings)
 
 
 @router.post(
@@ -125,7 +108,7 @@ async def translate_upload(
     file: Annotated[UploadFile, File(description="The audio or video file.")],
 ) -> TranslateResult:
     """Transcribes the file in its own language (despite the route's name)."""
-    options = TranscribeOptions.asked(pipeline.settings)
+    options = Spec().options(pipeline.settings)
     async with (
         request_call(request, deadline, timings) as call,
         AudioInput(file=file).opened(pipeline.fetcher, call) as source,

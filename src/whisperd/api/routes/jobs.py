@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from dataclasses import replace
 from typing import Annotated, Literal
 
 import anyio
@@ -17,31 +18,12 @@ from fastapi import APIRouter, Form, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from whisperd import fetch
-from whisperd.api.deps import (
-    EngineDep,
-    JobsDep,
-    OwnerDep,
-    SettingsDep,
-    SpeakersFormDep,
-    SpeakersQueryDep,
-    SubtitlesFormDep,
-    SubtitlesQueryDep,
-)
+from whisperd.api.deps import EngineDep, JobsDep, OwnerDep, SettingsDep
+from whisperd.api.forms import FunctionQueryDep, TranscriptionFormDep
 from whisperd.api.inputs import (
     FUNCTION_BODY,
     AudioFormDep,
     AudioInput,
-    BeamField,
-    FormatField,
-    GranularitiesField,
-    HotwordsField,
-    ModelField,
-    MultilingualField,
-    PromptField,
-    TemperatureField,
-    VadField,
-    WordsField,
-    check_format,
     job_too_large,
     read_function_body,
 )
@@ -55,17 +37,14 @@ from whisperd.errors import (
     shown,
 )
 from whisperd.jobs.owners import Owner
-from whisperd.jobs.records import Job, JobSpec
+from whisperd.jobs.records import Job
 from whisperd.jobs.service import JobsService
 from whisperd.jobs.states import JobState
-from whisperd.settings import ResponseFormat, Settings
-from whisperd.speakers.options import SpeakerFields, SpeakerOptions
+from whisperd.settings import Settings
+from whisperd.spec import Spec
 
 router = APIRouter(tags=["Async jobs"])
 
-LanguageField = Annotated[
-    str | None, Form(description="ISO-639-1 code of the spoken language; default: detect.")
-]
 TaskField = Annotated[
     Literal["transcribe", "translate"],
     Form(
@@ -110,7 +89,7 @@ async def _check_url(url: str, settings: Settings, param: str) -> str:
     return url
 
 
-async def _check_options(engine: Transcriber, spec: JobSpec, settings: Settings) -> None:
+async def _check_options(engine: Transcriber, spec: Spec, settings: Settings) -> None:
     """Refuse a model or options the engine cannot honour before the job is queued (without
     loading a model: the job may run on another machine)."""
     await anyio.to_thread.run_sync(
@@ -120,7 +99,7 @@ async def _check_options(engine: Transcriber, spec: JobSpec, settings: Settings)
 
 async def _submit(
     jobs: JobsService,
-    spec: JobSpec,
+    spec: Spec,
     sent: AudioInput,
     settings: Settings,
     *,
@@ -150,15 +129,15 @@ async def _submit(
 
 
 # --- routes -------------------------------------------------------------------------------
-async def _job_speakers(fields: SpeakerFields, response_format: str) -> SpeakerOptions:
-    """The job's speaker options; a job transcribes the channels mixed down."""
-    if fields.multichannel:
+def _job_spec(spec: Spec) -> Spec:
+    """The spec checked for a job, which transcribes the channels mixed down."""
+    if spec.speakers.multichannel:
         raise InvalidRequestError(
             "multichannel=true is for /v1/audio/transcriptions and /function/whisper; a job "
             "transcribes the channels mixed down (diarize=true tells its speakers apart).",
             param="multichannel",
         )
-    return await anyio.to_thread.run_sync(fields.checked, response_format)
+    return spec.check()
 
 
 @router.post(
@@ -177,20 +156,8 @@ async def create_job(
     engine: EngineDep,
     settings: SettingsDep,
     audio: AudioFormDep,
-    subtitles: SubtitlesFormDep,
-    speaker_fields: SpeakersFormDep,
-    model: ModelField = "whisper-1",
+    spec: TranscriptionFormDep,
     task: TaskField = "transcribe",
-    language: LanguageField = None,
-    prompt: PromptField = None,
-    response_format: FormatField = "json",
-    temperature: TemperatureField = 0.0,
-    timestamp_granularities: GranularitiesField = None,
-    hotwords: HotwordsField = None,
-    vad_filter: VadField = None,
-    beam_size: BeamField = None,
-    word_timestamps: WordsField = False,
-    multilingual: MultilingualField = False,
     callback_url: CallbackField = None,
 ) -> Response:
     """Queue a transcription: a multipart `file` (at most `WHISPERD_JOB_MAX_UPLOAD_BYTES`,
@@ -199,24 +166,7 @@ async def create_job(
     `/v1/audio/translations` gives). Answers 202 with the job; `callback_url`, if given, gets
     the result POSTed when the job ends. 429 with Retry-After past the caps on jobs not yet
     ended (`WHISPERD_JOB_MAX_QUEUED*`)."""
-    speakers = await _job_speakers(speaker_fields, response_format)
-    spec = JobSpec(
-        model=model,
-        task=task,
-        language=language,
-        prompt=prompt,
-        response_format=response_format,
-        temperature=temperature,
-        timestamp_granularities=tuple(timestamp_granularities or ()),
-        hotwords=hotwords,
-        vad_filter=vad_filter,
-        beam_size=beam_size,
-        word_timestamps=word_timestamps,
-        subtitles=subtitles,
-        multilingual=multilingual,
-        speakers=speakers,
-    )
-    check_format(response_format, granularities=spec.timestamp_granularities, subtitles=subtitles)
+    spec = _job_spec(replace(spec, task=task))
     audio.checked()
     await _check_options(engine, spec, settings)
     callback = await _check_url(callback_url, settings, "callback_url") if callback_url else None
@@ -246,22 +196,18 @@ async def async_function(
     jobs: JobsDep,
     owner: OwnerDep,
     settings: SettingsDep,
-    subtitles: SubtitlesQueryDep,
-    speaker_fields: SpeakersQueryDep,
-    format: Annotated[ResponseFormat, Query(description="Output format.")] = "text",
+    spec: FunctionQueryDep,
     x_callback_url: Annotated[
         str | None, Header(description="Where to POST the result when the job ends.")
     ] = None,
 ) -> Response:
     """The body is an audio URL (or the audio itself with an audio/* Content-Type), as for
     `/function/whisper`; the answer is 202 with `X-Call-Id` at once."""
-    check_format(format, subtitles=subtitles)
+    spec = _job_spec(spec)
     sent = await read_function_body(request, settings.job_max_upload_bytes, job_too_large)
     callback = (
         await _check_url(x_callback_url, settings, "X-Callback-Url") if x_callback_url else None
     )
-    speakers = await _job_speakers(speaker_fields, format)
-    spec = JobSpec(response_format=format, subtitles=subtitles, speakers=speakers)
     job = await _submit(jobs, spec, sent, settings, owner=owner, callback_url=callback)
     return Response(status_code=202, headers={"X-Call-Id": job.id})
 

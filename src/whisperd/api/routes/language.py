@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from whisperd.api.deps import DeadlineDep, PipelineDep, TimingsDep
-from whisperd.api.inputs import AudioFormDep, ModelField, request_call
+from whisperd.api.forms import ModelField
+from whisperd.api.inputs import AudioFormDep, request_call
 from whisperd.api.schemas import AUDIO_ERRORS, LanguageDetectionResult
 
 router = APIRouter(prefix="/v1", tags=["Language detection"])

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import anyio
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from whisperd import models
-from whisperd.api.deps import (
-    DeadlineDep,
-    EngineDep,
-    PipelineDep,
-    SpeakersFormDep,
-    SubtitlesFormDep,
-    TimingsDep,
-)
-from whisperd.api.inputs import (
-    AudioFormDep,
-    AudioInput,
-    BeamField,
-    FormatField,
-    GranularitiesField,
-    HotwordsField,
-    ModelField,
-    MultilingualField,
-    Omitted,
-    PromptField,
-    TemperatureField,
-    VadField,
-    WordsField,
-    check_format,
-    request_call,
-)
+from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, TimingsDep
+from whisperd.api.forms import StreamField, TranscriptionFormDep, TranslationFormDep
+from whisperd.api.inputs import AudioFormDep, AudioInput, request_call
 from whisperd.api.responses import (
     event_stream,
     transcript_response,
@@ -49,11 +26,10 @@ from whisperd.api.schemas import (
     error_responses,
     sse_event_schema,
 )
-from whisperd.engine import TranscribeOptions, Transcriber
+from whisperd.engine import Transcriber
 from whisperd.errors import ModelNotFoundError, shown
-from whisperd.render import sse_events, sse_transcript, wants_words
-from whisperd.speakers.options import NO_SPEAKERS, SpeakerOptions
-from whisperd.subtitles import SubtitleOptions
+from whisperd.render import sse_events, sse_transcript
+from whisperd.spec import Spec
 
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
 
@@ -72,14 +48,6 @@ SUCCESS: dict[int | str, dict[str, Any]] = {
     }
 }
 
-TranslationFormatField = Annotated[
-    Literal["json", "text", "srt", "verbose_json", "vtt", "tsv"],
-    Form(description="Output format."),
-]
-StreamField = Annotated[
-    bool, Form(description="Stream server-sent events as segments are transcribed.")
-]
-
 
 async def _respond(
     request: Request,
@@ -88,34 +56,24 @@ async def _respond(
     deadline: float,
     *,
     audio: AudioInput,
-    model: str,
-    options: TranscribeOptions,
-    response_format: str,
+    spec: Spec,
     stream: bool,
-    granularities: Sequence[str],
-    subtitles: SubtitleOptions,
-    speakers: SpeakerOptions = NO_SPEAKERS,
 ) -> Response:
-    check_format(response_format, stream=stream, granularities=granularities, subtitles=subtitles)
+    spec.check(stream=stream)
+    options = spec.options(pipeline.settings)
+    speakers = spec.speakers
     async with request_call(request, deadline, timings) as call:
         opened = audio.opened(pipeline.fetcher, call)
         if stream and not speakers.active:
-            items, cleanup = await pipeline.stream(opened, options, model=model, call=call)
+            items, cleanup = await pipeline.stream(opened, options, model=spec.model, call=call)
             return event_stream(sse_events(items), cleanup)
         async with opened as source:
             result = await pipeline.transcribe(
-                source, options, model=model, call=call, speakers=speakers
+                source, options, model=spec.model, call=call, speakers=speakers
             )
     if stream:  # speakers are known once the whole file is heard: the events come then
-        return event_stream(sse_transcript(result, response_format))
-    return transcript_response(
-        result,
-        response_format,
-        timings,
-        granularities,
-        word_timestamps=options.word_timestamps,
-        subtitles=subtitles,
-    )
+        return event_stream(sse_transcript(result, spec.response_format))
+    return transcript_response(result, spec, timings)
 
 
 @router.post(
@@ -130,54 +88,12 @@ async def create_transcription(
     timings: TimingsDep,
     deadline: DeadlineDep,
     audio: AudioFormDep,
-    subtitles: SubtitlesFormDep,
-    speaker_fields: SpeakersFormDep,
-    model: ModelField = "whisper-1",
-    language: Annotated[
-        str | Omitted, Form(description="ISO-639-1 code of the spoken language; default: detect.")
-    ] = None,
-    prompt: PromptField = None,
-    response_format: FormatField = "json",
-    temperature: TemperatureField = 0.0,
-    timestamp_granularities: GranularitiesField = None,
+    spec: TranscriptionFormDep,
     stream: StreamField = False,
-    hotwords: HotwordsField = None,
-    vad_filter: VadField = None,
-    beam_size: BeamField = None,
-    word_timestamps: WordsField = False,
-    multilingual: MultilingualField = False,
 ) -> Response:
     """Transcribe the audio in its own language (OpenAI-compatible)."""
-    granularities = list(timestamp_granularities or [])
-    speakers = await anyio.to_thread.run_sync(speaker_fields.checked, response_format)
-    options = TranscribeOptions.asked(
-        pipeline.settings,
-        language=language,
-        task="transcribe",
-        prompt=prompt,
-        temperature=temperature,
-        hotwords=hotwords,
-        vad_filter=vad_filter,
-        beam_size=beam_size,
-        word_timestamps=wants_words(
-            granularities, word_timestamps=word_timestamps, subtitles=subtitles
-        ),
-        multilingual=multilingual,
-        voices=speakers.by_voice,
-    )
     return await _respond(
-        request,
-        pipeline,
-        timings,
-        deadline,
-        audio=audio,
-        model=model,
-        options=options,
-        response_format=response_format,
-        stream=stream,
-        granularities=granularities,
-        subtitles=subtitles,
-        speakers=speakers,
+        request, pipeline, timings, deadline, audio=audio, spec=spec, stream=stream
     )
 
 
@@ -193,39 +109,12 @@ async def create_translation(
     timings: TimingsDep,
     deadline: DeadlineDep,
     audio: AudioFormDep,
-    subtitles: SubtitlesFormDep,
-    model: ModelField = "whisper-1",
-    prompt: PromptField = None,
-    response_format: TranslationFormatField = "json",
-    temperature: TemperatureField = 0.0,
+    spec: TranslationFormDep,
     stream: StreamField = False,
-    vad_filter: VadField = None,
-    beam_size: BeamField = None,
 ) -> Response:
     """Translate speech in any language into English text; needs a multilingual model."""
-    options = TranscribeOptions.asked(
-        pipeline.settings,
-        language=None,
-        task="translate",
-        prompt=prompt,
-        temperature=temperature,
-        hotwords=None,
-        vad_filter=vad_filter,
-        beam_size=beam_size,
-        word_timestamps=wants_words(subtitles=subtitles),
-    )
     return await _respond(
-        request,
-        pipeline,
-        timings,
-        deadline,
-        audio=audio,
-        model=model,
-        options=options,
-        response_format=response_format,
-        stream=stream,
-        granularities=[],
-        subtitles=subtitles,
+        request, pipeline, timings, deadline, audio=audio, spec=spec, stream=stream
     )
 
 

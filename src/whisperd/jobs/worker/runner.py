@@ -57,7 +57,7 @@ from whisperd.jobs.records import ChunkRecord, Job, segments_to_json
 from whisperd.jobs.states import ChunkState, JobState
 from whisperd.jobs.store import error_fields
 from whisperd.jobs.worker.decisions import Action, chunk_action, job_action
-from whisperd.jobs.worker.work import ActiveJob, Superseded, Work, WorkerStopping
+from whisperd.jobs.worker.work import ActiveJob, Superseded, Work, WorkerStopping, job_result
 from whisperd.services import Lifecycle
 
 logger = logging.getLogger(__name__)
@@ -485,9 +485,8 @@ class JobRunner:
             logger.warning("Job %s: %d of %d chunks to merge", job_id, len(done), job.chunks)
             return
         duration = job.duration or sum(r.seconds for r in done)
-        body, media_type = job.spec.render(
-            chunk_audio.merge(done, duration=duration, task=job.spec.task)
-        )
+        merged = chunk_audio.merge(done, duration=duration, task=job.spec.task)
+        body, media_type = job_result(job.spec, merged)
         fields = {"error": "", "error_status": "", "media_type": media_type, "progress": duration}
         ended = self.store.transition(
             job_id, JobState.RUNNING, JobState.SUCCEEDED, fields, result=body

@@ -26,10 +26,19 @@ from whisperd.jobs.states import ChunkState
 from whisperd.jobs.store import JobStore
 from whisperd.scheduler import Task
 from whisperd.settings import Settings
+from whisperd.speakers.diarize import attribute
+from whisperd.spec import Spec
 
 logger = logging.getLogger(__name__)
 
 _PROGRESS_EVERY_S = 0.5
+
+
+def job_result(spec: Spec, transcription: Transcription) -> tuple[str, str]:
+    """A job's result: its transcript, its speakers told apart, in its format (body, media
+    type)."""
+    rendered = spec.render(attribute(transcription, spec.speakers))
+    return rendered.text, rendered.media_type
 
 
 class WorkerStopping(ServiceUnavailableError):
@@ -149,7 +158,7 @@ class Work:
         self.store.update(
             job.id, {"duration": round(info.duration, 3), "progress": round(info.duration, 3)}
         )
-        return job.spec.render(transcription)
+        return job_result(job.spec, transcription)
 
     def split(self, job: Job, active: ActiveJob, source: IO[bytes], estimate: float | None) -> bool:
         """Fan out: store the audio's chunks and send their messages as they are cut; whether
