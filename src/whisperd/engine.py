@@ -98,6 +98,10 @@ class TranscriptionInfo:
     task: TaskName
 
 
+Item = TranscriptionInfo | Segment
+"""What a transcription's task yields: its info first, then its segments in order."""
+
+
 @dataclass(frozen=True, slots=True)
 class Transcription:
     text: str
@@ -689,7 +693,7 @@ class Transcriber:
         *,
         deadline: float | None = None,
         priority: int = 0,
-    ) -> Task[TranscriptionInfo | Segment]:
+    ) -> Task[Item]:
         """The second step: decode the first section here (so bad input fails before anything is
         answered), then start the work; the rest is decoded as the engine gets to it."""
         first = next(sections, None)
@@ -707,7 +711,7 @@ class Transcriber:
         model: str | None = None,
         deadline: float | None = None,
         priority: int = 0,
-    ) -> Task[TranscriptionInfo | Segment]:
+    ) -> Task[Item]:
         """Start transcribing; iterate the task for the info, then the segments as they come.
 
         ``audio`` is 16 kHz mono float32 samples, or sections of them (see
@@ -730,8 +734,8 @@ class Transcriber:
         *,
         deadline: float | None,
         priority: int,
-    ) -> Task[TranscriptionInfo | Segment]:
-        def work(task: Task[TranscriptionInfo | Segment], owner: Owner, model: LoadedModel) -> None:
+    ) -> Task[Item]:
+        def work(task: Task[Item], owner: Owner, model: LoadedModel) -> None:
             """Start the pieces as streams (as many at once as a batch holds), and hand the
             consumer the info, then the segments in order."""
             run = _Run(
@@ -855,8 +859,8 @@ class Transcriber:
         *,
         model: str | None = None,
         deadline: float | None = None,
-        on_task: Callable[[Task[TranscriptionInfo | Segment]], None] | None = None,
-    ) -> Iterator[TranscriptionInfo | Segment]:
+        on_task: Callable[[Task[Item]], None] | None = None,
+    ) -> Iterator[Item]:
         """Like :meth:`submit`, as a blocking iterator that cancels the task when closed."""
         task = self.submit(audio, options, model=model, deadline=deadline)
         if on_task is not None:
@@ -896,7 +900,7 @@ def _until_stopped(pieces: Iterable[Audio], task: Task[Any]) -> Iterator[Audio]:
         yield piece
 
 
-def items(task: Task[TranscriptionInfo | Segment]) -> Iterator[TranscriptionInfo | Segment]:
+def items(task: Task[Item]) -> Iterator[Item]:
     """The items of ``task``, as a blocking iterator that stops the task when closed."""
     try:
         yield from task
@@ -905,7 +909,7 @@ def items(task: Task[TranscriptionInfo | Segment]) -> Iterator[TranscriptionInfo
 
 
 def collect(
-    items: Iterable[TranscriptionInfo | Segment],
+    items: Iterable[Item],
     *,
     on_segment: Callable[[Segment], None] | None = None,
 ) -> Transcription:
@@ -938,7 +942,7 @@ class _Run:
 
     def __init__(
         self,
-        task: Task[TranscriptionInfo | Segment],
+        task: Task[Item],
         owner: Owner,
         model: LoadedModel,
         sections: Iterator[Section],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from whisperd import formats
-from whisperd.engine import Segment, Transcription, TranscriptionInfo
+from whisperd.engine import Item, Segment, Transcription, TranscriptionInfo
 from whisperd.errors import WhisperdError
 from whisperd.subtitles import DEFAULT_CUES, Cuer, SubtitleOptions
 
@@ -114,7 +114,7 @@ def _json_body(
 
 
 async def text_stream(
-    items: AsyncIterator[TranscriptionInfo | Segment],
+    items: AsyncIterator[Item],
     response_format: str,
     subtitles: SubtitleOptions = DEFAULT_CUES,
 ) -> AsyncIterator[bytes]:
@@ -186,7 +186,7 @@ def done_event(
     return done
 
 
-async def sse_events(items: AsyncIterator[TranscriptionInfo | Segment]) -> AsyncIterator[bytes]:
+async def sse_events(items: AsyncIterator[Item]) -> AsyncIterator[bytes]:
     """OpenAI's transcription stream: a delta event per segment, then the done event (or an
     error event, when the transcription fails after the stream began)."""
     info: TranscriptionInfo | None = None

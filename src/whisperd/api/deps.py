@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
-from whisperd.api.pipeline import Pipeline
+from whisperd.api.inputs import request_call
+from whisperd.api.pipeline import Call, Pipeline
 from whisperd.api.services import AppServices, app_services
 from whisperd.engine import Transcriber
 from whisperd.errors import InvalidValueError, ServiceUnavailableError, shown
@@ -117,3 +120,26 @@ JobsDep = Annotated[JobsService, Depends(get_jobs)]
 OwnerDep = Annotated[Owner, Depends(get_owner)]
 TimingsDep = Annotated[Timings, Depends(get_timings)]
 DeadlineDep = Annotated[float, Depends(get_deadline)]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """A request answered while the client waits: the pipeline, the request's timings and
+    deadline, and the :class:`Call` they make (see :func:`~whisperd.api.inputs.request_call`)."""
+
+    pipeline: Pipeline
+    timings: Timings
+    deadline: float
+    request: Request
+
+    def call(self) -> AbstractAsyncContextManager[Call]:
+        return request_call(self.request, self.deadline, self.timings)
+
+
+def get_sync(
+    request: Request, pipeline: PipelineDep, timings: TimingsDep, deadline: DeadlineDep
+) -> SyncRequest:
+    return SyncRequest(pipeline, timings, deadline, request)
+
+
+SyncDep = Annotated[SyncRequest, Depends(get_sync)]

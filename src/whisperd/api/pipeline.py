@@ -25,8 +25,8 @@ import anyio
 
 from whisperd.engine import (
     DETECT_SECONDS,
+    Item,
     LanguageDetection,
-    Segment,
     TranscribeOptions,
     Transcriber,
     Transcription,
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Item = TranscriptionInfo | Segment
 T = TypeVar("T")
 
 

@@ -34,11 +34,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from whisperd.audio import SAMPLE_RATE, Audio
 from whisperd.engine import (
     LIVE_PRIORITY,
-    Segment,
+    Item,
     TranscribeOptions,
     Transcriber,
     Transcription,
-    TranscriptionInfo,
     collect,
     items,
 )
@@ -150,19 +149,19 @@ class Decode:
     def __init__(
         self,
         group: TaskGroup,
-        submit: Callable[[], Task[TranscriptionInfo | Segment]],
+        submit: Callable[[], Task[Item]],
         limiter: anyio.CapacityLimiter,
     ) -> None:
         self.done = anyio.Event()
         self._result: Transcription | WhisperdError | None = None
         self._scope = anyio.CancelScope()
-        self._started: list[Task[TranscriptionInfo | Segment]] = []
+        self._started: list[Task[Item]] = []
         self._stopped = False
         group.start_soon(self._run, submit, limiter)
 
     async def _run(
         self,
-        submit: Callable[[], Task[TranscriptionInfo | Segment]],
+        submit: Callable[[], Task[Item]],
         limiter: anyio.CapacityLimiter,
     ) -> None:
         def work() -> Transcription:

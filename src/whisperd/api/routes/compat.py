@@ -10,9 +10,9 @@ from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from whisperd import audio, formats
-from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, TimingsDep
+from whisperd.api.deps import EngineDep, SyncDep
 from whisperd.api.forms import FunctionQueryDep
-from whisperd.api.inputs import FUNCTION_BODY, AudioInput, read_function_body, request_call
+from whisperd.api.inputs import FUNCTION_BODY, AudioInput, read_function_body
 from whisperd.api.middleware import upload_too_large
 from whisperd.api.responses import CleanupStreamingResponse, transcript_response
 from whisperd.api.schemas import FfmpegCheck, GpuCheck, ModelCheck, TranslateResult, error_responses
@@ -28,8 +28,14 @@ STREAMED_FORMATS = ("text", "srt", "vtt", "tsv")
 """The function streams these as segments are transcribed; JSON comes whole, at the end."""
 
 
-def _get_and_post(path: str, **kwargs: Any) -> Callable[[F], F]:
-    """Register a check under POST and GET, each its own operation."""
+def _get_and_post(path: str, summary: str, model: type, *errors: int) -> Callable[[F], F]:
+    """Register a check of the upload endpoints under POST and GET, each its own operation."""
+    kwargs: dict[str, Any] = {
+        "tags": ["Upload endpoints"],
+        "summary": summary,
+        "response_model": model,
+        "responses": error_responses(*errors),
+    }
 
     def register(func: F) -> F:
         router.post(path, operation_id=func.__name__, **kwargs)(func)
@@ -64,19 +70,18 @@ def _get_and_post(path: str, **kwargs: Any) -> Callable[[F], F]:
 @router.post("/", include_in_schema=False, response_model=None)
 async def function_whisper(
     request: Request,
-    pipeline: PipelineDep,
-    timings: TimingsDep,
-    deadline: DeadlineDep,
+    sync: SyncDep,
     spec: FunctionQueryDep,
 ) -> Response:
     """The body is an audio URL (or raw audio); the answer is the transcript as text,
     streamed as it is transcribed (whole, once speakers are told apart)."""
     spec.check()
+    pipeline = sync.pipeline
     limit = pipeline.settings.max_upload_bytes
-    with timings.measure("receive"):  # the body is read here, after the dependencies
+    with sync.timings.measure("receive"):  # the body is read here, after the dependencies
         sent = (await read_function_body(request, limit, upload_too_large)).checked()
     options = spec.options(pipeline.settings)
-    async with request_call(request, deadline, timings) as call:
+    async with sync.call() as call:
         opened = sent.opened(pipeline.fetcher, call)
         if spec.response_format in STREAMED_FORMATS and not spec.speakers.active:
             # Bad input (decoding the first piece, admission) raises here: still a proper 4xx.
@@ -90,7 +95,7 @@ async def function_whisper(
             result = await pipeline.transcribe(
                 source, options, model=None, call=call, speakers=spec.speakers
             )
-    return transcript_response(result, spec, timings)
+    return transcript_response(result, spec, sync.timings)
 
 
 @router.post(
@@ -101,29 +106,17 @@ async def function_whisper(
     responses=error_responses(400, 401, 413, 415, 422, 429, 503, 504),
 )
 async def translate_upload(
-    request: Request,
-    pipeline: PipelineDep,
-    timings: TimingsDep,
-    deadline: DeadlineDep,
+    sync: SyncDep,
     file: Annotated[UploadFile, File(description="The audio or video file.")],
 ) -> TranslateResult:
     """Transcribes the file in its own language (despite the route's name)."""
-    options = Spec().options(pipeline.settings)
-    async with (
-        request_call(request, deadline, timings) as call,
-        AudioInput(file=file).opened(pipeline.fetcher, call) as source,
-    ):
-        result = await pipeline.transcribe(source, options, model=None, call=call)
+    options = Spec().options(sync.pipeline.settings)
+    async with sync.call() as call, AudioInput(file=file).opened(sync.pipeline.fetcher, call) as f:
+        result = await sync.pipeline.transcribe(f, options, model=None, call=call)
     return TranslateResult(text=result.text, language=result.language)
 
 
-@_get_and_post(
-    "/check-gpu/",
-    tags=["Upload endpoints"],
-    summary="Is CUDA available?",
-    response_model=GpuCheck,
-    responses=error_responses(400, 401),
-)
+@_get_and_post("/check-gpu/", "Is CUDA available?", GpuCheck, 400, 401)
 async def check_gpu(engine: EngineDep) -> Response:
     """200 with the device when CUDA is usable by CTranslate2, else 400."""
     count = await anyio.to_thread.run_sync(cuda_device_count)
@@ -140,13 +133,7 @@ def _decode_tone() -> float:
     return audio.duration(audio.decode(audio.test_tone(1.0)))
 
 
-@_get_and_post(
-    "/check-ffmpeg/",
-    tags=["Upload endpoints"],
-    summary="Can the decoder read audio?",
-    response_model=FfmpegCheck,
-    responses=error_responses(401, 415),
-)
+@_get_and_post("/check-ffmpeg/", "Can the decoder read audio?", FfmpegCheck, 401, 415)
 async def check_ffmpeg() -> FfmpegCheck:
     """The FFmpeg libraries inside PyAV, and a generated one-second tone decoded through them."""
     import av
@@ -160,13 +147,7 @@ async def check_ffmpeg() -> FfmpegCheck:
     )
 
 
-@_get_and_post(
-    "/check-model-in-memory/",
-    tags=["Upload endpoints"],
-    summary="Which model is loaded?",
-    response_model=ModelCheck,
-    responses=error_responses(401),
-)
+@_get_and_post("/check-model-in-memory/", "Which model is loaded?", ModelCheck, 401)
 async def check_model(engine: EngineDep) -> ModelCheck:
     """The default model: name, source, device, compute type and load time."""
     model = engine.default_model

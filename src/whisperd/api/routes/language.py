@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from whisperd.api.deps import DeadlineDep, PipelineDep, TimingsDep
+from whisperd.api.deps import SyncDep
 from whisperd.api.forms import ModelField
-from whisperd.api.inputs import AudioFormDep, request_call
+from whisperd.api.inputs import AudioFormDep
 from whisperd.api.schemas import AUDIO_ERRORS, LanguageDetectionResult
 
 router = APIRouter(prefix="/v1", tags=["Language detection"])
@@ -19,10 +19,7 @@ router = APIRouter(prefix="/v1", tags=["Language detection"])
     responses=AUDIO_ERRORS,
 )
 async def detect_language(
-    request: Request,
-    pipeline: PipelineDep,
-    timings: TimingsDep,
-    deadline: DeadlineDep,
+    sync: SyncDep,
     audio: AudioFormDep,
     model: ModelField = "whisper-1",
 ) -> LanguageDetectionResult:
@@ -30,9 +27,6 @@ async def detect_language(
     30 s of speech (leading silence or music is skipped). Needs a multilingual model such as
     `base` (an English-only one is a 400, `unsupported_task`); audio without speech is a 400,
     `no_speech`."""
-    async with (
-        request_call(request, deadline, timings) as call,
-        audio.opened(pipeline.fetcher, call) as source,
-    ):
-        found = await pipeline.detect(source, model=model, call=call)
+    async with sync.call() as call, audio.opened(sync.pipeline.fetcher, call) as source:
+        found = await sync.pipeline.detect(source, model=model, call=call)
     return LanguageDetectionResult.of(found)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from whisperd import models
-from whisperd.api.deps import DeadlineDep, EngineDep, PipelineDep, TimingsDep
+from whisperd.api.deps import EngineDep, SyncDep, SyncRequest
 from whisperd.api.forms import StreamField, TranscriptionFormDep, TranslationFormDep
-from whisperd.api.inputs import AudioFormDep, AudioInput, request_call
+from whisperd.api.inputs import AudioFormDep, AudioInput
 from whisperd.api.responses import (
     event_stream,
     transcript_response,
@@ -34,7 +34,7 @@ from whisperd.spec import Spec
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
 
 TEXT_TYPES = ("text/plain", "application/x-subrip", "text/vtt", "text/tab-separated-values")
-SUCCESS: dict[int | str, dict[str, Any]] = {
+RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The transcript in `response_format` (JSON, text, SRT, VTT, TSV), or a "
         "`text/event-stream` of `transcript.text.delta` / `transcript.text.done` events "
@@ -45,24 +45,17 @@ SUCCESS: dict[int | str, dict[str, Any]] = {
             **{t: {"schema": {"type": "string"}} for t in TEXT_TYPES},
             "text/event-stream": {"schema": sse_event_schema()},
         },
-    }
+    },
+    **AUDIO_ERRORS,
 }
 
 
-async def _respond(
-    request: Request,
-    pipeline: PipelineDep,
-    timings: TimingsDep,
-    deadline: float,
-    *,
-    audio: AudioInput,
-    spec: Spec,
-    stream: bool,
-) -> Response:
+async def _respond(sync: SyncRequest, audio: AudioInput, spec: Spec, stream: bool) -> Response:
     spec.check(stream=stream)
+    pipeline = sync.pipeline
     options = spec.options(pipeline.settings)
     speakers = spec.speakers
-    async with request_call(request, deadline, timings) as call:
+    async with sync.call() as call:
         opened = audio.opened(pipeline.fetcher, call)
         if stream and not speakers.active:
             items, cleanup = await pipeline.stream(opened, options, model=spec.model, call=call)
@@ -73,49 +66,23 @@ async def _respond(
             )
     if stream:  # speakers are known once the whole file is heard: the events come then
         return event_stream(sse_transcript(result, spec.response_format))
-    return transcript_response(result, spec, timings)
+    return transcript_response(result, spec, sync.timings)
 
 
-@router.post(
-    "/audio/transcriptions",
-    summary="Transcribe audio",
-    responses={**SUCCESS, **AUDIO_ERRORS},
-    response_model=None,
-)
+@router.post("/audio/transcriptions", summary="Transcribe audio", responses=RESPONSES)
 async def create_transcription(
-    request: Request,
-    pipeline: PipelineDep,
-    timings: TimingsDep,
-    deadline: DeadlineDep,
-    audio: AudioFormDep,
-    spec: TranscriptionFormDep,
-    stream: StreamField = False,
+    sync: SyncDep, audio: AudioFormDep, spec: TranscriptionFormDep, stream: StreamField = False
 ) -> Response:
     """Transcribe the audio in its own language (OpenAI-compatible)."""
-    return await _respond(
-        request, pipeline, timings, deadline, audio=audio, spec=spec, stream=stream
-    )
+    return await _respond(sync, audio, spec, stream)
 
 
-@router.post(
-    "/audio/translations",
-    summary="Translate audio into English",
-    responses={**SUCCESS, **AUDIO_ERRORS},
-    response_model=None,
-)
+@router.post("/audio/translations", summary="Translate audio into English", responses=RESPONSES)
 async def create_translation(
-    request: Request,
-    pipeline: PipelineDep,
-    timings: TimingsDep,
-    deadline: DeadlineDep,
-    audio: AudioFormDep,
-    spec: TranslationFormDep,
-    stream: StreamField = False,
+    sync: SyncDep, audio: AudioFormDep, spec: TranslationFormDep, stream: StreamField = False
 ) -> Response:
     """Translate speech in any language into English text; needs a multilingual model."""
-    return await _respond(
-        request, pipeline, timings, deadline, audio=audio, spec=spec, stream=stream
-    )
+    return await _respond(sync, audio, spec, stream)
 
 
 def _model_objects(engine: Transcriber) -> list[ModelObject]:

@@ -11,7 +11,7 @@ import time
 from typing import IO
 
 from whisperd import audio, chunking, fetch
-from whisperd.engine import Segment, Transcriber, Transcription, TranscriptionInfo, items
+from whisperd.engine import Item, Segment, Transcriber, Transcription, TranscriptionInfo, items
 from whisperd.errors import (
     DeadlineExceededError,
     EmptyAudioError,
@@ -54,10 +54,10 @@ class ActiveJob:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._task: Task[TranscriptionInfo | Segment] | None = None
+        self._task: Task[Item] | None = None
         self.reason: WhisperdError | None = None
 
-    def attach(self, task: Task[TranscriptionInfo | Segment]) -> None:
+    def attach(self, task: Task[Item]) -> None:
         with self._lock:
             self._task = task
             if self.reason is not None:
