@@ -238,13 +238,18 @@ def file_server(routes: dict[str, tuple[int, dict[str, str], bytes]]) -> Iterato
 
 
 def speech_flac(seconds: float) -> bytes:
-    """Real speech (jfk.flac looped with half-second gaps) of about ``seconds``, as FLAC."""
+    """Real speech of about ``seconds``, as FLAC: jfk.flac (11 s) looped with 3 s gaps, a
+    sentence every 14 s.
+
+    The gaps keep a 30 s window to about two sentences: with the sentence back to back,
+    Whisper's text repeats enough to fail the compression-ratio check, and decoding falls
+    back to sampling (slower, and not the same words twice)."""
     import numpy as np
 
     from whisperd import audio
 
     jfk = audio.decode(JFK)
-    gap = np.zeros(audio.SAMPLE_RATE // 2, dtype=np.float32)
+    gap = np.zeros(3 * audio.SAMPLE_RATE, dtype=np.float32)
     unit = np.concatenate([jfk, gap])
     repeats = max(1, round(seconds / audio.duration(unit)))
     return audio.encode_flac(np.tile(unit, repeats))

@@ -780,7 +780,7 @@ def test_with_redis_down_only_jobs_wait_and_they_come_back_with_it(
         assert JFK_WORDS in sync.json()["text"].lower()
 
         (tmp_path / "redis").mkdir()
-        procs.redis(port, tmp_path / "redis")
+        server = procs.redis(port, tmp_path / "redis")
 
         def accepted() -> Any:
             response = client.post("/v1/jobs", files=upload)
@@ -791,6 +791,19 @@ def test_with_redis_down_only_jobs_wait_and_they_come_back_with_it(
         done = wait_job(client, job["id"])
         assert done["status"] == "succeeded", done
         assert JFK_WORDS in done["result"]["text"].lower()
+
+        # Lost while running: the job routes answer 503 again, the rest keeps working, and
+        # when the same Redis is back its jobs are there and new ones run.
+        assert procs.stop(server) == 0
+        lost = client.get(f"/v1/jobs/{job['id']}")
+        assert lost.status_code == 503, lost.text
+        assert error_of(lost)["code"] == "jobs_unavailable"
+        assert client.post("/v1/audio/transcriptions", files=upload).status_code == 200
+        assert client.get("/readyz").status_code == 200
+        procs.redis(port, tmp_path / "redis")
+        again = poll(accepted, timeout=30, interval=0.1, what="a job to be accepted again")
+        assert wait_job(client, again["id"])["status"] == "succeeded"
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
 
 
 @pytest.mark.parametrize("model", ["m" * 300, "/etc", "../../tiny.en"])

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 @pytest.fixture(scope="module")
 def long_speech() -> bytes:
-    return speech_flac(180)
+    return speech_flac(360)
 
 
 @pytest.fixture(scope="module")

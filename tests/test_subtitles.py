@@ -270,7 +270,7 @@ def client(server: tuple[str, Settings]) -> Iterator[openai.OpenAI]:
 def test_a_minute_of_speech_fits_the_screen(
     server: tuple[str, Settings], client: openai.OpenAI, jfk_text: str
 ) -> None:
-    minute = speech_flac(60)
+    minute = speech_flac(70)  # five sentences
     srt = client.audio.transcriptions.create(
         model="whisper-1",
         file=("minute.flac", minute),

@@ -187,11 +187,11 @@ def test_a_long_file_runs_as_a_job_that_can_be_reopened_and_cancelled(
     base_url: str, tmp_path: Path
 ) -> None:
     long = tmp_path / "long-talk.flac"
-    long.write_bytes(speech_flac(60))
+    long.write_bytes(speech_flac(70))  # five sentences
     with offline_page() as (page, blocked):
         errors = open_page(page, f"{base_url}/?job_threshold_seconds=30")
         page.set_input_files("#file", str(long))
-        # Once the player has read the length (60 s > 30 s), the page picks a background job.
+        # Once the player has read the length (70 s > 30 s), the page picks a background job.
         page.wait_for_function("document.querySelector('#background').checked", timeout=10_000)
         page.click("#submit")
 

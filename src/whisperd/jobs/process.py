@@ -31,12 +31,11 @@ from typing import Self
 import redis
 
 from whisperd.engine import Transcriber
-from whisperd.errors import ServiceUnavailableError
 from whisperd.jobs import queue as job_queue
 from whisperd.jobs.callbacks import CallbackSender
 from whisperd.jobs.embedded import EmbeddedRedis
 from whisperd.jobs.queue import Handlers, JobQueue
-from whisperd.jobs.store import JobStore
+from whisperd.jobs.store import JobStore, jobs_unavailable
 from whisperd.jobs.worker.runner import JobRunner
 from whisperd.jobs.worker.work import Work
 from whisperd.services import Lifecycle
@@ -51,15 +50,6 @@ JOB_THREADS = 2
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def jobs_unavailable() -> ServiceUnavailableError:
-    """The 503 of a job route while the job queue's Redis has not been reached."""
-    return ServiceUnavailableError(
-        "The job queue (Redis) cannot be reached yet; retry shortly. Synchronous "
-        "transcription works meanwhile.",
-        code="jobs_unavailable",
-    )
 
 
 class JobsProcess:

@@ -20,10 +20,10 @@ from whisperd.errors import (
     WorkCancelledError,
 )
 from whisperd.jobs.owners import Owner
-from whisperd.jobs.process import JobsProcess, jobs_unavailable
+from whisperd.jobs.process import JobsProcess
 from whisperd.jobs.records import Job, Source
 from whisperd.jobs.states import JobState
-from whisperd.jobs.store import error_fields, redis_errors
+from whisperd.jobs.store import error_fields, jobs_unavailable, redis_errors
 from whisperd.spec import Spec
 
 __all__ = ["JobsService", "jobs_unavailable"]

@@ -150,16 +150,24 @@ def _mapping(fields: Fields) -> dict[Any, Any]:
     return dict(fields)
 
 
+def jobs_unavailable() -> ServiceUnavailableError:
+    """The 503 of a job route while the job queue's Redis cannot be reached (not yet, or not
+    any more)."""
+    return ServiceUnavailableError(
+        "The job queue (Redis) cannot be reached; retry shortly. Synchronous transcription "
+        "works meanwhile.",
+        code="jobs_unavailable",
+    )
+
+
 @contextlib.contextmanager
 def redis_errors() -> Iterator[None]:
-    """Turn a Redis outage into a 503 for the API."""
+    """Turn a Redis outage into the API's 503 ``jobs_unavailable``."""
     try:
         yield
     except redis.RedisError as exc:
         logger.warning("Job store unavailable: %s", exc)
-        raise ServiceUnavailableError(
-            "The job queue (Redis) is unavailable right now; retry shortly."
-        ) from exc
+        raise jobs_unavailable() from exc
 
 
 def _release(pipe: Any, job_id: str, owner: str, held: int) -> None:
