@@ -12,9 +12,9 @@ import pytest
 from pydantic import BaseModel
 
 from whisperd import formats
-from whisperd.api import schemas
 from whisperd.engine import Segment, Transcription, Word
-from whisperd.render import delta_event, done_event, render, wants_words
+from whisperd.formats import dumped
+from whisperd.render import render, wants_words
 from whisperd.subtitles import SubtitleOptions
 
 TRICKY = "a < b && c > d --> e\nsecond\tline «ünïcødé» 日本語 🎙"
@@ -135,8 +135,8 @@ def test_json_is_text_and_duration_usage(jfk: Transcription) -> None:
 
 
 def test_usage_rounds_seconds_up() -> None:
-    assert formats.usage(transcription(duration=4.01)) == {"type": "duration", "seconds": 5}
-    assert formats.usage(transcription(duration=0.2)) == {"type": "duration", "seconds": 1}
+    assert dumped(formats.usage(4.01)) == {"type": "duration", "seconds": 5}
+    assert dumped(formats.usage(0.2)) == {"type": "duration", "seconds": 1}
 
 
 def test_srt(jfk: Transcription) -> None:
@@ -234,11 +234,11 @@ def test_verbose_json_has_openai_field_names(jfk: Transcription) -> None:
 
 def test_verbose_json_words_only_when_timed_or_asked() -> None:
     plain = transcription(segment(0, 0.0, 1.0, " hi"))
-    assert "words" not in formats.to_verbose_json(plain)
-    assert formats.to_verbose_json(plain, words=True)["words"] == []
-    body = formats.to_verbose_json(plain, segments=False, extra={"model": "tiny.en"})
+    assert "words" not in dumped(formats.to_verbose_json(plain))
+    assert dumped(formats.to_verbose_json(plain, words=True))["words"] == []
+    body = dumped(formats.to_verbose_json(plain, segments=False, timings={"format": 0.1}))
     assert "segments" not in body
-    assert body["model"] == "tiny.en"
+    assert body["timings"] == {"format": 0.1}
 
 
 def test_render_leaves_out_what_the_granularities_leave_out(jfk: Transcription) -> None:
@@ -267,19 +267,19 @@ def test_compact_json_is_the_same_json_without_spaces(long_and_tricky: Transcrip
         assert b'": ' in spaced.body and b'": ' not in compact.body
 
 
-def test_render_adds_extra_keys_to_verbose_json_only(jfk: Transcription) -> None:
-    extra = {"timings": {"inference": 1.0}}
-    assert json.loads(render(jfk, "verbose_json", extra=extra).text)["timings"] == {
+def test_render_adds_timings_to_verbose_json_only(jfk: Transcription) -> None:
+    timings = {"inference": 1.0}
+    assert json.loads(render(jfk, "verbose_json", timings=timings).text)["timings"] == {
         "inference": 1.0
     }
-    assert "timings" not in json.loads(render(jfk, "json", extra=extra).text)
+    assert "timings" not in json.loads(render(jfk, "json", timings=timings).text)
 
 
 @pytest.mark.parametrize(
     ("code", "name"), [("en", "english"), ("de", "german"), ("yue", "cantonese"), ("xx", "xx")]
 )
 def test_verbose_json_language_name(code: str, name: str) -> None:
-    body = formats.to_verbose_json(transcription(language=code))
+    body = dumped(formats.to_verbose_json(transcription(language=code)))
     assert body["language"] == name
 
 
@@ -314,29 +314,32 @@ def test_unknown_format_names_the_choices(jfk: Transcription) -> None:
         render(jfk, "docx")
 
 
-def test_segment_dict_rounds_times() -> None:
-    body = formats.segment_dict(segment(3, 1.23456, 2.98765, " x"))
+def test_segment_body_rounds_times() -> None:
+    body = dumped(formats.segment_body(segment(3, 1.23456, 2.98765, " x")))
     assert (body["start"], body["end"]) == (1.235, 2.988)
     assert math.isclose(body["avg_logprob"], -0.25)
 
 
 def _documented(model: type[BaseModel], body: dict[str, Any]) -> None:
-    """``body`` is what ``model`` documents: it validates, with no key the model lacks."""
+    """``body`` is what ``model`` documents: it validates, with no key the model lacks, and
+    the model writes it back the same."""
     model.model_validate(body)
     assert set(body) <= set(model.model_fields), set(body) - set(model.model_fields)
+    assert dumped(model.model_validate(body)) == body
 
 
 def test_the_bodies_are_what_the_api_documents(jfk: Transcription) -> None:
     speaker = transcription(*(replace(s, speaker="A") for s in jfk.segments))
-    _documented(schemas.TranscriptionJson, json.loads(render(jfk, "json").body))
-    verbose = json.loads(render(jfk, "verbose_json", extra={"timings": {"format": 0.1}}).body)
-    _documented(schemas.TranscriptionVerbose, verbose)
+    _documented(formats.TranscriptionJson, json.loads(render(jfk, "json").body))
+    verbose = json.loads(render(jfk, "verbose_json", timings={"format": 0.1}).body)
+    _documented(formats.TranscriptionVerbose, verbose)
     for segment_body in verbose["segments"]:
-        _documented(schemas.SegmentModel, segment_body)
+        _documented(formats.SegmentModel, segment_body)
     diarized = json.loads(render(speaker, "diarized_json").body)
-    _documented(schemas.TranscriptionDiarized, diarized)
+    _documented(formats.TranscriptionDiarized, diarized)
     for event in diarized["segments"]:
-        _documented(schemas.DiarizedSegment, event)
+        _documented(formats.DiarizedSegment, event)
     for segment_ in jfk.segments:
-        _documented(schemas.TranscriptTextDelta, delta_event(segment_))
-    _documented(schemas.TranscriptTextDone, done_event([s.text for s in jfk.segments], jfk))
+        _documented(formats.TranscriptTextDelta, dumped(formats.delta_event(segment_)))
+    done = formats.done_event([s.text for s in jfk.segments], jfk)
+    _documented(formats.TranscriptTextDone, dumped(done))

@@ -353,8 +353,8 @@ def test_a_chunks_voices_and_a_jobs_speaker_options_are_stored_and_read_back() -
 
 def test_diarized_json_renders_as_openai_does() -> None:
     segment = Segment(3, 0, 1.0, 2.5, " Hello.", (1,), 0.0, -0.1, 1.0, 0.0, speaker="Ann")
-    body = formats.to_diarized_json(
-        Transcription("Hello.", "en", 1.0, 2.5, "transcribe", (segment,))
+    body = formats.dumped(
+        formats.to_diarized_json(Transcription("Hello.", "en", 1.0, 2.5, "transcribe", (segment,)))
     )
     assert TranscriptionDiarized.model_validate(body).segments[0].speaker == "Ann"
     assert body["segments"][0] == {

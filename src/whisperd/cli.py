@@ -403,7 +403,7 @@ def detect(
                 line = json.dumps({"file": name, **found.model_dump()}, ensure_ascii=False)
             else:
                 others = ", ".join(f"{o.language} {o.probability:.2f}" for o in found.languages[1:])
-                spoken = formats.LANGUAGE_NAMES.get(found.language, found.language)
+                spoken = formats.language_name(found.language)
                 line = f"{name}: {found.language} ({spoken}) {found.probability:.2f}; {others}"
             sys.stdout.write(line + "\n")
     if failures:

@@ -1,15 +1,21 @@
-"""Transcript formats: text, json, verbose_json (OpenAI's field names), srt, vtt, tsv.
+"""Transcript formats: text, json, verbose_json, diarized_json (OpenAI's field names), srt,
+vtt, tsv, and the streamed events.
 
-The pieces each format is made of; :mod:`whisperd.render` puts them together.
+The pieces each format is made of; :mod:`whisperd.render` puts them together. The JSON
+bodies are pydantic models: the same models serialize the responses and document them in
+the OpenAPI schema.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
-from whisperd.engine import Segment, Transcription, Word
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from whisperd.engine import Segment, Transcription, TranscriptionInfo, Word
 from whisperd.subtitles import DEFAULT_CUES, Cue, Cuer, SubtitleOptions
 
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "tsv", "diarized_json")
@@ -136,68 +142,186 @@ LANGUAGE_NAMES = {
 }
 
 
-def usage(transcription: Transcription) -> dict[str, Any]:
+class Usage(BaseModel):
+    type: Literal["duration"] = "duration"
+    seconds: int = Field(examples=[11])
+
+
+class WordModel(BaseModel):
+    word: str
+    start: float
+    end: float
+
+
+class SegmentModel(BaseModel):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    language: str | SkipJsonSchema[None] = Field(
+        default=None,
+        examples=["german"],
+        description="The language of the segment, with `multilingual=true` (ours).",
+    )
+    speaker: str | SkipJsonSchema[None] = Field(
+        default=None,
+        examples=["A"],
+        description="Who said it, with `diarize` or `multichannel` (ours).",
+    )
+    channel: int | SkipJsonSchema[None] = Field(
+        default=None,
+        examples=[0],
+        description="The channel it was heard on, with `multichannel` (ours).",
+    )
+
+
+class TranscriptionJson(BaseModel):
+    """``response_format=json``."""
+
+    text: str = Field(
+        examples=[
+            "And so, my fellow Americans, ask not what your country can do "
+            "for you, ask what you can do for your country."
+        ]
+    )
+    usage: Usage
+
+
+class TranscriptionVerbose(BaseModel):
+    """``response_format=verbose_json``; ``timings`` is ours (seconds per stage)."""
+
+    task: str = Field(examples=["transcribe"])
+    language: str = Field(examples=["english"])
+    duration: float = Field(examples=[11.0])
+    text: str
+    segments: list[SegmentModel] | None = None
+    words: list[WordModel] | None = None
+    usage: Usage
+    timings: dict[str, float] | None = None
+
+
+class DiarizedSegment(BaseModel):
+    """A segment with its speaker (and, streamed, the event sent for it)."""
+
+    type: Literal["transcript.text.segment"]
+    id: str = Field(examples=["seg_0"])
+    start: float
+    end: float
+    text: str
+    speaker: str = Field(examples=["A"], description="A, B, ... or a known speaker's name.")
+
+
+class TranscriptionDiarized(BaseModel):
+    """``response_format=diarized_json``: the text, and its segments with their speakers."""
+
+    task: str = Field(examples=["transcribe"])
+    duration: float = Field(examples=[11.0])
+    text: str
+    segments: list[DiarizedSegment]
+    usage: Usage
+
+
+class TranscriptTextDelta(BaseModel):
+    """A streamed segment (``stream=true``)."""
+
+    type: Literal["transcript.text.delta"]
+    delta: str = Field(examples=[" And so, my fellow Americans,"])
+    segment_id: int
+    start: float
+    end: float
+    words: list[WordModel] | SkipJsonSchema[None] = Field(
+        default=None, description="The segment's words, with word timestamps on (ours)."
+    )
+
+
+class TranscriptTextDone(BaseModel):
+    """The last event of a stream: the whole text."""
+
+    type: Literal["transcript.text.done"]
+    text: str
+    usage: Usage | SkipJsonSchema[None] = None
+    language: str | SkipJsonSchema[None] = Field(default=None, examples=["english"])
+    duration: float | SkipJsonSchema[None] = Field(default=None, examples=[11.0])
+
+
+Body = TranscriptionJson | TranscriptionVerbose | TranscriptionDiarized
+"""A transcript in one of the JSON formats."""
+
+
+def dumped(body: BaseModel) -> dict[str, Any]:
+    """``body`` as the JSON object sent: the fields left unset (``None``) are left out."""
+    return body.model_dump(exclude_none=True)
+
+
+def language_name(code: str) -> str:
+    """A language as OpenAI names it (``english``), or its code when it has no name."""
+    return LANGUAGE_NAMES.get(code, code)
+
+
+def usage(duration: float) -> Usage:
     """OpenAI's duration-based usage block (whole seconds, rounded up)."""
-    return {"type": "duration", "seconds": math.ceil(transcription.duration)}
+    return Usage(seconds=math.ceil(duration))
 
 
-def segment_dict(segment: Segment) -> dict[str, Any]:
+def segment_body(segment: Segment) -> SegmentModel:
     """One segment with OpenAI's verbose_json field names (and, in multilingual mode, the
     language it is in, named as the top-level ``language`` is)."""
-    body: dict[str, Any] = {
-        "id": segment.id,
-        "seek": segment.seek,
-        "start": round(segment.start, 3),
-        "end": round(segment.end, 3),
-        "text": segment.text,
-        "tokens": list(segment.tokens),
-        "temperature": segment.temperature,
-        "avg_logprob": segment.avg_logprob,
-        "compression_ratio": segment.compression_ratio,
-        "no_speech_prob": segment.no_speech_prob,
-    }
-    if segment.language is not None:
-        body["language"] = LANGUAGE_NAMES.get(segment.language, segment.language)
-    if segment.speaker is not None:
-        body["speaker"] = segment.speaker
-    if segment.channel is not None:
-        body["channel"] = segment.channel
-    return body
+    return SegmentModel(
+        id=segment.id,
+        seek=segment.seek,
+        start=round(segment.start, 3),
+        end=round(segment.end, 3),
+        text=segment.text,
+        tokens=list(segment.tokens),
+        temperature=segment.temperature,
+        avg_logprob=segment.avg_logprob,
+        compression_ratio=segment.compression_ratio,
+        no_speech_prob=segment.no_speech_prob,
+        language=None if segment.language is None else language_name(segment.language),
+        speaker=segment.speaker,
+        channel=segment.channel,
+    )
 
 
-def diarized_segment(segment: Segment) -> dict[str, Any]:
+def diarized_segment(segment: Segment) -> DiarizedSegment:
     """One segment as OpenAI's ``transcript.text.segment`` (a diarized_json segment, and the
     event streamed for it)."""
-    return {
-        "type": "transcript.text.segment",
-        "id": f"seg_{segment.id}",
-        "start": round(segment.start, 3),
-        "end": round(segment.end, 3),
-        "text": segment.text.strip(),
-        "speaker": segment.speaker or "A",
-    }
+    return DiarizedSegment(
+        type="transcript.text.segment",
+        id=f"seg_{segment.id}",
+        start=round(segment.start, 3),
+        end=round(segment.end, 3),
+        text=segment.text.strip(),
+        speaker=segment.speaker or "A",
+    )
 
 
-def to_diarized_json(transcription: Transcription) -> dict[str, Any]:
-    """OpenAI's diarized_json: the text, and its segments with their speakers."""
-    return {
-        "task": transcription.task,
-        "duration": round(transcription.duration, 3),
-        "text": transcription.text,
-        "segments": [diarized_segment(s) for s in transcription.segments],
-        "usage": usage(transcription),
-    }
-
-
-def word_dicts(words: Iterable[Word]) -> list[dict[str, Any]]:
+def word_bodies(words: Iterable[Word]) -> list[WordModel]:
     """Words with OpenAI's field names."""
     return [
-        {"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)} for w in words
+        WordModel(word=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3)) for w in words
     ]
 
 
-def to_json(transcription: Transcription, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"text": transcription.text, "usage": usage(transcription), **(extra or {})}
+def to_json(transcription: Transcription) -> TranscriptionJson:
+    return TranscriptionJson(text=transcription.text, usage=usage(transcription.duration))
+
+
+def to_diarized_json(transcription: Transcription) -> TranscriptionDiarized:
+    """OpenAI's diarized_json: the text, and its segments with their speakers."""
+    return TranscriptionDiarized(
+        task=transcription.task,
+        duration=round(transcription.duration, 3),
+        text=transcription.text,
+        segments=[diarized_segment(s) for s in transcription.segments],
+        usage=usage(transcription.duration),
+    )
 
 
 def to_verbose_json(
@@ -205,23 +329,50 @@ def to_verbose_json(
     *,
     words: bool | None = None,
     segments: bool = True,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    timings: dict[str, float] | None = None,
+) -> TranscriptionVerbose:
     """OpenAI's verbose_json. ``words`` defaults to "when the engine produced them"."""
-    body: dict[str, Any] = {
-        "task": transcription.task,
-        "language": LANGUAGE_NAMES.get(transcription.language, transcription.language),
-        "duration": round(transcription.duration, 3),
-        "text": transcription.text,
-    }
-    if segments:
-        body["segments"] = [segment_dict(s) for s in transcription.segments]
-    has_words = any(s.words is not None for s in transcription.segments)
-    if words or (words is None and has_words):
-        body["words"] = [w for s in transcription.segments for w in word_dicts(s.words or ())]
-    body["usage"] = usage(transcription)
-    body.update(extra or {})
-    return body
+    timed = [s.words for s in transcription.segments if s.words is not None]
+    return TranscriptionVerbose(
+        task=transcription.task,
+        language=language_name(transcription.language),
+        duration=round(transcription.duration, 3),
+        text=transcription.text,
+        segments=[segment_body(s) for s in transcription.segments] if segments else None,
+        words=[w for ws in timed for w in word_bodies(ws)]
+        if words or (words is None and timed)
+        else None,
+        usage=usage(transcription.duration),
+        timings=timings,
+    )
+
+
+def delta_event(segment: Segment) -> TranscriptTextDelta:
+    """A ``transcript.text.delta`` event: one segment (with its words, when timed)."""
+    return TranscriptTextDelta(
+        type="transcript.text.delta",
+        delta=segment.text,
+        segment_id=segment.id,
+        start=round(segment.start, 3),
+        end=round(segment.end, 3),
+        words=None if segment.words is None else word_bodies(segment.words),
+    )
+
+
+def done_event(
+    texts: Sequence[str], info: TranscriptionInfo | Transcription | None
+) -> TranscriptTextDone:
+    """The ``transcript.text.done`` event: the whole text (and its length and language)."""
+    text = "".join(texts).strip()
+    if info is None:
+        return TranscriptTextDone(type="transcript.text.done", text=text)
+    return TranscriptTextDone(
+        type="transcript.text.done",
+        text=text,
+        usage=usage(info.duration),
+        language=language_name(info.language),
+        duration=round(info.duration, 3),
+    )
 
 
 def timestamp(seconds: float, separator: str = ",", *, always_hours: bool = True) -> str:

@@ -10,13 +10,14 @@ transcription events. The JSON bodies are built by :mod:`whisperd.formats`.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from whisperd import formats
-from whisperd.engine import Item, Segment, Transcription, TranscriptionInfo
+from whisperd.engine import Item, Transcription, TranscriptionInfo
 from whisperd.errors import WhisperdError
 from whisperd.subtitles import DEFAULT_CUES, Cuer, SubtitleOptions
 
@@ -55,25 +56,25 @@ def render(
     *,
     word_timestamps: bool = False,
     subtitles: SubtitleOptions = DEFAULT_CUES,
-    extra: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
     compact: bool = False,
 ) -> Rendered:
     """The transcript in ``response_format`` (one of :data:`formats.FORMATS`).
 
     verbose_json carries the segments unless ``granularities`` leaves them out, the words
     when the ``word`` granularity or ``word_timestamps`` asks (else when the engine timed
-    them), then ``extra``'s keys (the API's timings). SRT and VTT cues are cut as
+    them), and ``timings`` (the API's seconds per stage). SRT and VTT cues are cut as
     ``subtitles`` says.
     ``compact`` JSON has no spaces (the API's responses); otherwise it is written as
     ``json.dumps`` does by default (stored job results, the CLI).
     """
     media_type = _media_type(response_format)
     if response_format in JSON_FORMATS:
-        body = _json_body(transcription, response_format, granularities, word_timestamps, extra)
+        model = _json_body(transcription, response_format, granularities, word_timestamps, timings)
         if compact:
-            text = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            text = model.model_dump_json(exclude_none=True)
         else:
-            text = json.dumps(body, ensure_ascii=False)
+            text = json.dumps(formats.dumped(model), ensure_ascii=False)
     elif response_format == "srt":
         text = formats.to_srt(transcription, subtitles)
     elif response_format == "vtt":
@@ -99,8 +100,8 @@ def _json_body(
     response_format: str,
     granularities: Sequence[str],
     word_timestamps: bool,
-    extra: dict[str, Any] | None,
-) -> dict[str, Any]:
+    timings: dict[str, float] | None,
+) -> formats.Body:
     if response_format == "json":
         return formats.to_json(transcription)
     if response_format == "diarized_json":
@@ -109,7 +110,7 @@ def _json_body(
         transcription,
         words=wants_words(granularities, word_timestamps=word_timestamps) or None,
         segments=not granularities or "segment" in granularities,
-        extra=extra,
+        timings=timings,
     )
 
 
@@ -155,35 +156,11 @@ async def text_stream(
         yield b"\n"
 
 
-def sse(data: dict[str, Any]) -> bytes:
+def sse(data: BaseModel | dict[str, Any]) -> bytes:
     """One server-sent event carrying ``data`` as JSON."""
+    if isinstance(data, BaseModel):
+        data = formats.dumped(data)
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
-def delta_event(segment: Segment) -> dict[str, Any]:
-    """A ``transcript.text.delta`` event: one segment (with its words, when timed)."""
-    delta: dict[str, Any] = {
-        "type": "transcript.text.delta",
-        "delta": segment.text,
-        "segment_id": segment.id,
-        "start": round(segment.start, 3),
-        "end": round(segment.end, 3),
-    }
-    if segment.words is not None:
-        delta["words"] = formats.word_dicts(segment.words)
-    return delta
-
-
-def done_event(
-    texts: Sequence[str], info: TranscriptionInfo | Transcription | None
-) -> dict[str, Any]:
-    """The ``transcript.text.done`` event: the whole text (and its length and language)."""
-    done: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(texts).strip()}
-    if info is not None:
-        done["usage"] = {"type": "duration", "seconds": math.ceil(info.duration)}
-        done["language"] = formats.LANGUAGE_NAMES.get(info.language, info.language)
-        done["duration"] = round(info.duration, 3)
-    return done
 
 
 async def sse_events(items: AsyncIterator[Item]) -> AsyncIterator[bytes]:
@@ -197,11 +174,11 @@ async def sse_events(items: AsyncIterator[Item]) -> AsyncIterator[bytes]:
                 info = item
                 continue
             texts.append(item.text)
-            yield sse(delta_event(item))
+            yield sse(formats.delta_event(item))
     except WhisperdError as exc:
         yield sse(exc.to_dict())
         return
-    yield sse(done_event(texts, info))
+    yield sse(formats.done_event(texts, info))
 
 
 async def sse_transcript(
@@ -210,7 +187,7 @@ async def sse_transcript(
     """The stream of a transcript already complete: a delta event per segment (and, for
     diarized_json, its ``transcript.text.segment`` event with the speaker), then done."""
     for segment in transcription.segments:
-        yield sse(delta_event(segment))
+        yield sse(formats.delta_event(segment))
         if response_format == "diarized_json":
             yield sse(formats.diarized_segment(segment))
-    yield sse(done_event([s.text for s in transcription.segments], transcription))
+    yield sse(formats.done_event([s.text for s in transcription.segments], transcription))

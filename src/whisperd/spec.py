@@ -87,7 +87,7 @@ class Spec:
         self,
         transcription: Transcription,
         *,
-        extra: dict[str, Any] | None = None,
+        timings: dict[str, float] | None = None,
         compact: bool = False,
     ) -> Rendered:
         """The transcript in ``response_format`` (see :func:`whisperd.render.render`)."""
@@ -97,7 +97,7 @@ class Spec:
             self.timestamp_granularities,
             word_timestamps=self.word_timestamps,
             subtitles=self.subtitles,
-            extra=extra,
+            timings=timings,
             compact=compact,
         )
 

@@ -21,8 +21,8 @@ def transcript_response(transcription: Transcription, spec: Spec, timings: Timin
     timings), rendered in the "format" stage."""
     with timings.measure("format"):
         verbose = spec.response_format == "verbose_json"
-        extra = {"timings": timings.rounded()} if verbose else None
-        rendered = spec.render(transcription, extra=extra, compact=True)
+        rounded = timings.rounded() if verbose else None
+        rendered = spec.render(transcription, timings=rounded, compact=True)
     return Response(rendered.body, media_type=rendered.media_type)
 
 

@@ -1,12 +1,13 @@
-"""Response bodies as pydantic models: they document the API in the OpenAPI schema."""
+"""Response bodies as pydantic models, which serialize them and document them in the OpenAPI
+schema (the transcripts' are in :mod:`whisperd.formats`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
-from pydantic.json_schema import SkipJsonSchema
 
+from whisperd.formats import DiarizedSegment, TranscriptTextDelta, TranscriptTextDone
 from whisperd.jobs.states import JobState
 
 if TYPE_CHECKING:
@@ -53,67 +54,6 @@ AUDIO_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503, 504)
 """The errors a route that takes audio (an upload or a URL) may answer."""
 
 
-class Usage(BaseModel):
-    type: Literal["duration"] = "duration"
-    seconds: int = Field(examples=[11])
-
-
-class TranscriptionJson(BaseModel):
-    """``response_format=json``."""
-
-    text: str = Field(
-        examples=[
-            "And so, my fellow Americans, ask not what your country can do "
-            "for you, ask what you can do for your country."
-        ]
-    )
-    usage: Usage
-
-
-class TranscriptTextDelta(BaseModel):
-    """A streamed segment (``stream=true``)."""
-
-    type: Literal["transcript.text.delta"]
-    delta: str = Field(examples=[" And so, my fellow Americans,"])
-    segment_id: int
-    start: float
-    end: float
-    words: list[WordModel] | SkipJsonSchema[None] = Field(
-        None, description="The segment's words, with word timestamps on (ours)."
-    )
-
-
-class TranscriptTextDone(BaseModel):
-    """The last event of a stream: the whole text."""
-
-    type: Literal["transcript.text.done"]
-    text: str
-    usage: Usage | SkipJsonSchema[None] = None
-    language: str | SkipJsonSchema[None] = Field(None, examples=["english"])
-    duration: float | SkipJsonSchema[None] = Field(None, examples=[11.0])
-
-
-class DiarizedSegment(BaseModel):
-    """A segment with its speaker (and, streamed, the event sent for it)."""
-
-    type: Literal["transcript.text.segment"]
-    id: str = Field(examples=["seg_0"])
-    start: float
-    end: float
-    text: str
-    speaker: str = Field(examples=["A"], description="A, B, ... or a known speaker's name.")
-
-
-class TranscriptionDiarized(BaseModel):
-    """``response_format=diarized_json``: the text, and its segments with their speakers."""
-
-    task: str = Field(examples=["transcribe"])
-    duration: float = Field(examples=[11.0])
-    text: str
-    segments: list[DiarizedSegment]
-    usage: Usage
-
-
 def _inline(model: type[BaseModel]) -> dict[str, Any]:
     """``model``'s JSON schema, written in place; the models inside it are referred to in
     ``#/components/schemas``, so the route must register them (through its other responses)."""
@@ -125,7 +65,7 @@ def _inline(model: type[BaseModel]) -> dict[str, Any]:
 def sse_event_schema() -> dict[str, Any]:
     """One event of a transcription stream, as OpenAPI 3.1 tools read an event-stream schema.
 
-    The route must also document ``TranscriptionJson`` (for ``Usage``) and an error
+    The route must also document ``formats.TranscriptionJson`` (for ``Usage``) and an error
     (for ``ErrorResponse``).
     """
     return {
@@ -148,49 +88,6 @@ def sse_event_schema() -> dict[str, Any]:
         },
         "required": ["data"],
     }
-
-
-class WordModel(BaseModel):
-    word: str
-    start: float
-    end: float
-
-
-class SegmentModel(BaseModel):
-    id: int
-    seek: int
-    start: float
-    end: float
-    text: str
-    tokens: list[int]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-    language: str | SkipJsonSchema[None] = Field(
-        None,
-        examples=["german"],
-        description="The language of the segment, with `multilingual=true` (ours).",
-    )
-    speaker: str | SkipJsonSchema[None] = Field(
-        None, examples=["A"], description="Who said it, with `diarize` or `multichannel` (ours)."
-    )
-    channel: int | SkipJsonSchema[None] = Field(
-        None, examples=[0], description="The channel it was heard on, with `multichannel` (ours)."
-    )
-
-
-class TranscriptionVerbose(BaseModel):
-    """``response_format=verbose_json``; ``timings`` is ours (seconds per stage)."""
-
-    task: str = Field(examples=["transcribe"])
-    language: str = Field(examples=["english"])
-    duration: float = Field(examples=[11.0])
-    text: str
-    segments: list[SegmentModel] | None = None
-    words: list[WordModel] | None = None
-    usage: Usage
-    timings: dict[str, float] | None = None
 
 
 class ModelObject(BaseModel):

@@ -20,14 +20,12 @@ from whisperd.api.schemas import (
     AUDIO_ERRORS,
     ModelList,
     ModelObject,
-    TranscriptionDiarized,
-    TranscriptionJson,
-    TranscriptionVerbose,
     error_responses,
     sse_event_schema,
 )
 from whisperd.engine import Transcriber
 from whisperd.errors import ModelNotFoundError, shown
+from whisperd.formats import Body
 from whisperd.render import sse_events, sse_transcript
 from whisperd.spec import Spec
 
@@ -40,7 +38,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "`text/event-stream` of `transcript.text.delta` / `transcript.text.done` events "
         "when `stream=true` (with `transcript.text.segment` events for diarized_json).",
         # `model` registers both bodies in the components (a bare $ref would dangle)
-        "model": TranscriptionJson | TranscriptionVerbose | TranscriptionDiarized,
+        "model": Body,
         "content": {
             **{t: {"schema": {"type": "string"}} for t in TEXT_TYPES},
             "text/event-stream": {"schema": sse_event_schema()},
