@@ -129,56 +129,55 @@ class Metrics:
             Path(multiprocess_dir).mkdir(parents=True, exist_ok=True)
             MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
             own = None
-        self.requests = Counter(
+
+        def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, documentation, labels, registry=own)
+
+        def histogram(
+            name: str, documentation: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
+        ) -> Histogram:
+            return Histogram(name, documentation, labels, buckets=buckets, registry=own)
+
+        self.requests = counter(
             "whisperd_http_requests",
             "HTTP requests answered, by method, route template and status code.",
             ("method", "route", "status"),
-            registry=own,
         )
-        self.latency = Histogram(
+        self.latency = histogram(
             "whisperd_http_request_duration_seconds",
             "Time from the request's arrival to the end of its response, in seconds.",
+            LATENCY_BUCKETS,
             ("method", "route"),
-            buckets=LATENCY_BUCKETS,
-            registry=own,
         )
-        self.stages = Histogram(
+        self.stages = histogram(
             "whisperd_request_stage_seconds",
             "Seconds a request spent in each stage: receive, fetch, decode, queue, inference, "
             "format (the stages of its Server-Timing header).",
+            STAGE_BUCKETS,
             ("stage",),
-            buckets=STAGE_BUCKETS,
-            registry=own,
         )
-        self.audio_seconds = Counter(
-            "whisperd_audio_seconds",
-            "Seconds of audio transcribed by successful requests.",
-            registry=own,
+        self.audio_seconds = counter(
+            "whisperd_audio_seconds", "Seconds of audio transcribed by successful requests."
         )
-        self.real_time_factor = Histogram(
+        self.real_time_factor = histogram(
             "whisperd_real_time_factor",
             "Inference wall seconds per second of audio, per successful request (lower is "
             "faster; includes waiting for a turn between windows while others run).",
-            buckets=RTF_BUCKETS,
-            registry=own,
+            RTF_BUCKETS,
         )
-        self.live_sessions = Counter(
+        self.live_sessions = counter(
             "whisperd_realtime_sessions",
             "Live transcription sessions run (refused ones not counted).",
-            registry=own,
         )
-        self.live_audio_seconds = Counter(
-            "whisperd_realtime_audio_seconds",
-            "Seconds of audio live sessions sent.",
-            registry=own,
+        self.live_audio_seconds = counter(
+            "whisperd_realtime_audio_seconds", "Seconds of audio live sessions sent."
         )
-        self.live_latency = Histogram(
+        self.live_latency = histogram(
             "whisperd_realtime_latency_seconds",
             "Live transcription latency: for a partial, from the start of the decode to its "
             "delta; for a final, from the end of speech (or the commit) to its transcript.",
+            STAGE_BUCKETS,
             ("kind",),
-            buckets=STAGE_BUCKETS,
-            registry=own,
         )
         self._server = ServerCollector()
         self.registry.register(self._server)

@@ -5,8 +5,10 @@ routes). Each route takes one dependency; the audio itself is :mod:`whisperd.api
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import Depends, Form, Query
@@ -76,39 +78,55 @@ TranslationFormatField = Annotated[
     Form(description="Output format."),
 ]
 
-_WIDTH = "Extra (srt, vtt): characters per line; cues are cut at word boundaries."
-_COUNT = "Extra (srt, vtt): lines per cue (with max_line_width or max_words_per_line)."
-_WORDS = "Extra (srt, vtt): words per line."
-_SECONDS = "Extra (srt, vtt): longest cue, in seconds."
-_HIGHLIGHT = "Extra (srt, vtt): a cue per word, the spoken word underlined (karaoke)."
 _Count = Annotated[int, Field(ge=1)]
 _Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_CUE_FIELDS: tuple[tuple[str, Any, object, str], ...] = (
+    (
+        "max_line_width",
+        _Count | None,
+        None,
+        "Extra (srt, vtt): characters per line; cues are cut at word boundaries.",
+    ),
+    (
+        "max_line_count",
+        _Count | None,
+        None,
+        "Extra (srt, vtt): lines per cue (with max_line_width or max_words_per_line).",
+    ),
+    ("max_words_per_line", _Count | None, None, "Extra (srt, vtt): words per line."),
+    ("max_cue_seconds", _Seconds | None, None, "Extra (srt, vtt): longest cue, in seconds."),
+    (
+        "highlight_words",
+        bool,
+        False,
+        "Extra (srt, vtt): a cue per word, the spoken word underlined (karaoke).",
+    ),
+)
+"""The fields of :class:`SubtitleOptions` a request may send: name, type, default, help."""
 
 
-def subtitles_form(
-    max_line_width: Annotated[_Count | None, Form(description=_WIDTH)] = None,
-    max_line_count: Annotated[_Count | None, Form(description=_COUNT)] = None,
-    max_words_per_line: Annotated[_Count | None, Form(description=_WORDS)] = None,
-    max_cue_seconds: Annotated[_Seconds | None, Form(description=_SECONDS)] = None,
-    highlight_words: Annotated[bool, Form(description=_HIGHLIGHT)] = False,
-) -> SubtitleOptions:
-    """How to cut SRT/VTT cues, from form fields (see ``whisperd.subtitles``)."""
-    return SubtitleOptions(
-        max_line_width, max_line_count, max_words_per_line, max_cue_seconds, highlight_words
+def _cue_options(param: Callable[..., Any]) -> Callable[..., SubtitleOptions]:
+    """A dependency reading how to cut SRT/VTT cues (see ``whisperd.subtitles``) with
+    ``param``: ``Form`` (the form routes) or ``Query`` (the function routes)."""
+
+    def read(**fields: Any) -> SubtitleOptions:
+        return SubtitleOptions(**fields)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    read.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                name, keyword, default=default, annotation=Annotated[kind, param(description=doc)]
+            )
+            for name, kind, default, doc in _CUE_FIELDS
+        ],
+        return_annotation=SubtitleOptions,
     )
+    return read
 
 
-def subtitles_query(
-    max_line_width: Annotated[_Count | None, Query(description=_WIDTH)] = None,
-    max_line_count: Annotated[_Count | None, Query(description=_COUNT)] = None,
-    max_words_per_line: Annotated[_Count | None, Query(description=_WORDS)] = None,
-    max_cue_seconds: Annotated[_Seconds | None, Query(description=_SECONDS)] = None,
-    highlight_words: Annotated[bool, Query(description=_HIGHLIGHT)] = False,
-) -> SubtitleOptions:
-    """How to cut SRT/VTT cues, from query parameters (the function routes' options)."""
-    return SubtitleOptions(
-        max_line_width, max_line_count, max_words_per_line, max_cue_seconds, highlight_words
-    )
+subtitles_form = _cue_options(Form)
+subtitles_query = _cue_options(Query)
 
 
 def speakers_form(

@@ -47,17 +47,31 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestContextMiddleware:
+class _HttpMiddleware:
+    """ASGI middleware for HTTP requests: anything else (the lifespan, a WebSocket) passes
+    straight through to ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestContextMiddleware(_HttpMiddleware):
     """Gives every request an id and a :class:`Timings`; logs and records it when it ends."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         timings = Timings()
@@ -209,19 +223,16 @@ def upload_too_large(limit: int, param: str = "file") -> PayloadTooLargeError:
     )
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(_HttpMiddleware):
     """Refuses request bodies over ``max_upload_bytes`` with 413, by Content-Length or while
     reading. A multipart body may be FORM_OVERHEAD larger: the file in it is held to the
     limit exactly once the form is parsed (``inputs.AudioInput.opened``)."""
 
     def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_upload_bytes = max_upload_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_upload_bytes
         for name, value in scope["headers"]:
             if name == b"content-type" and value.lower().startswith(b"multipart/"):

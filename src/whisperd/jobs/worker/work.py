@@ -8,6 +8,7 @@ import io
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import IO
 
 from whisperd import audio, chunking, fetch
@@ -79,23 +80,15 @@ class ActiveJob:
             raise self.reason
 
 
+@dataclass
 class Work:
     """The work of jobs and chunks on this process's engine, with their records in ``store``."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: JobStore,
-        engine: Transcriber,
-        worker_id: str,
-        *,
-        queue: JobQueue,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.engine = engine
-        self.worker_id = worker_id
-        self.queue = queue
+    settings: Settings
+    store: JobStore
+    engine: Transcriber
+    worker_id: str
+    queue: JobQueue = field(kw_only=True)
 
     def open_audio(self, job: Job, active: ActiveJob) -> IO[bytes]:
         if job.source == "upload":
