@@ -332,16 +332,16 @@ def to_verbose_json(
     timings: dict[str, float] | None = None,
 ) -> TranscriptionVerbose:
     """OpenAI's verbose_json. ``words`` defaults to "when the engine produced them"."""
-    timed = [s.words for s in transcription.segments if s.words is not None]
+    parts = transcription.segments
+    if words is None:
+        words = any(s.words is not None for s in parts)
     return TranscriptionVerbose(
         task=transcription.task,
         language=language_name(transcription.language),
         duration=round(transcription.duration, 3),
         text=transcription.text,
-        segments=[segment_body(s) for s in transcription.segments] if segments else None,
-        words=[w for ws in timed for w in word_bodies(ws)]
-        if words or (words is None and timed)
-        else None,
+        segments=[segment_body(s) for s in parts] if segments else None,
+        words=[w for s in parts for w in word_bodies(s.words or ())] if words else None,
         usage=usage(transcription.duration),
         timings=timings,
     )

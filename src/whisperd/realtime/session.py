@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -578,11 +578,12 @@ class LiveSession:
         return Decode(self._group, submit, self._limiter)
 
     def _final_options(self, config: SessionConfig) -> TranscribeOptions:
-        transcription = config.input.transcription
-        asked = Spec(word_timestamps=config.logprobs)
-        if transcription is not None:
-            asked = replace(asked, language=transcription.language, prompt=transcription.prompt)
-        return asked.options(self.settings)
+        asked = config.input.transcription
+        return Spec(
+            language=None if asked is None else asked.language,
+            prompt=None if asked is None else asked.prompt,
+            word_timestamps=config.logprobs,
+        ).options(self.settings)
 
     def _partial_options(self) -> TranscribeOptions:
         final = self._final_options(self.config)

@@ -111,8 +111,11 @@ async def translate_upload(
 ) -> TranslateResult:
     """Transcribes the file in its own language (despite the route's name)."""
     options = Spec().options(sync.pipeline.settings)
-    async with sync.call() as call, AudioInput(file=file).opened(sync.pipeline.fetcher, call) as f:
-        result = await sync.pipeline.transcribe(f, options, model=None, call=call)
+    async with (
+        sync.call() as call,
+        AudioInput(file=file).opened(sync.pipeline.fetcher, call) as source,
+    ):
+        result = await sync.pipeline.transcribe(source, options, model=None, call=call)
     return TranslateResult(text=result.text, language=result.language)
 
 
