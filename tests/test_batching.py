@@ -37,13 +37,21 @@ class FakeWhisper:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.inside = 0  # calls running at once
+        self._lock = threading.Lock()
         self.fail_if: Any = None
         self.max_ok = 1000
         self.is_multilingual = False
 
     def _record(self, kind: str, size: int, kwargs: dict[str, Any]) -> None:
+        with self._lock:
+            self.inside += 1
         self.entered.set()
-        assert self.gate.wait(10)
+        try:
+            assert self.gate.wait(10)
+        finally:
+            with self._lock:
+                self.inside -= 1
         if size > self.max_ok:
             raise RuntimeError("CUDA failed with error out of memory")
         self.batches.append((kind, size, kwargs))
@@ -387,6 +395,30 @@ def test_close_fails_waiting_calls(fake: FakeWhisper) -> None:
     closer.join(10)
     with pytest.raises(errors.ServiceUnavailableError):
         Call(batcher, Owner(), "encode", window(1)).outcome()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_run_batches_side_by_side(fake: FakeWhisper, workers: int) -> None:
+    """Each worker runs a batch of its own: with two, a second batch starts while the first
+    still runs, and each owner is charged its share of the engine's time."""
+    batcher = Batcher(fake, max_batch=1, workers=workers, linger=0.0)
+    try:
+        first = plug(batcher, fake)
+        owner = Owner()
+        second = Call(batcher, owner, "encode", window(1))
+        if workers == 2:
+            poll(lambda: fake.inside == 2, timeout=10)
+        else:
+            poll(lambda: batcher.pending == 1, timeout=10)
+            assert fake.inside == 1
+        fake.gate.set()
+        first.outcome()
+        np.testing.assert_array_equal(second.outcome().array, window(2))
+        assert [size for _, size, _ in fake.batches] == [1, 1]
+        assert owner.busy_seconds > 0
+    finally:
+        fake.gate.set()
+        batcher.close()
 
 
 def test_the_idle_hook_runs_once_when_the_last_stream_has_left(fake: FakeWhisper) -> None:

@@ -15,6 +15,7 @@ from whisperd import audio, errors, models
 from whisperd.chunking import Section
 from whisperd.engine import (
     DEFAULT_TEMPERATURES,
+    EnginePlan,
     Segment,
     TranscribeOptions,
     Transcriber,
@@ -403,3 +404,20 @@ def test_an_idle_model_is_unloaded_after_its_ttl(
 def test_the_models_kept_loaded_must_fit_the_limit(model_cache: Path) -> None:
     with pytest.raises(pydantic.ValidationError, match="WHISPERD_MAX_LOADED_MODELS"):
         Settings(model_cache_dir=model_cache, preload_models=("base",), max_loaded_models=1)
+
+
+@pytest.mark.parametrize(
+    ("given", "workers", "batch", "threads", "active"),
+    [
+        ({"cpu_threads": 2}, 2, 4, 1, 16),  # a worker per core, the windows shared
+        ({"cpu_threads": 2, "cpu_workers": 1}, 1, 8, 2, 16),  # one batch on both
+        ({"cpu_threads": 16}, 4, 2, 4, 16),  # at most 4 workers, the cores shared
+        ({"cpu_threads": 2, "batch_size": 3, "max_active": 5}, 2, 3, 1, 5),  # as given
+    ],
+)
+def test_a_cpu_runs_a_batch_per_core_the_windows_shared(
+    given: dict[str, int], workers: int, batch: int, threads: int, active: int
+) -> None:
+    plan = EnginePlan.from_settings(Settings(device="cpu", **given))
+    assert (plan.workers, plan.batch_size, plan.threads_per_worker) == (workers, batch, threads)
+    assert plan.max_active == active

@@ -1,14 +1,15 @@
-"""The batching engine's core: one worker per loaded model runs every stream's CTranslate2 calls
-in batches.
+"""The batching engine's core: the workers of each loaded model run every stream's CTranslate2
+calls in batches.
 
 A *stream* is one sequential Whisper decode (faster-whisper's own loop: seek to the last
 timestamp, previous-text prompt, temperature fallback, no-speech and compression checks, word
 alignment) running on a thread of its own. The model it decodes with is a
 :class:`BatchedWhisper`, which stands in for CTranslate2's ``Whisper``: every call a stream makes
 (encode a window, detect its language, generate its tokens, align its words) waits in the
-:class:`Batcher`, whose one thread runs the waiting calls that can share a CTranslate2 call as
-one call of up to ``max_batch`` windows, on every core (or the GPU). So each stream decodes
-exactly as it would alone, and many streams cost little more than one.
+:class:`Batcher`, whose workers each run the waiting calls that can share a CTranslate2 call as
+one call of up to ``max_batch`` windows: on a GPU one worker, on a CPU one per core, each
+batch on a thread (and model replica) of its own. So each stream decodes exactly as it would
+alone, and many streams cost little more than one.
 
 Which calls share a batch: calls of one kind whose options CTranslate2 needs equal (beam size,
 sampling temperature, lengths, ...). Generate prompts must also put ``<|startoftranscript|>`` at
@@ -60,7 +61,8 @@ class Owner:
     """Whose calls these are: one request, job chunk or live turn; its streams share its turn.
 
     ``stopped`` says why its work should stop (cancelled, past its deadline), or None.
-    ``busy_seconds`` adds up its share of the batches it was in.
+    ``busy_seconds`` adds up its share of the engine's time: each batch it was in split among
+    the batch's calls and the workers that run batches side by side.
     """
 
     stopped: Stopped = _never
@@ -95,7 +97,8 @@ _local = threading.local()
 
 
 class Batcher:
-    """Runs the CTranslate2 calls of every stream of one model in batches, on one thread."""
+    """Runs the CTranslate2 calls of every stream of one model in batches, ``workers`` batches
+    at once (each on a thread of its own and a replica of the model's own)."""
 
     def __init__(
         self,
@@ -103,6 +106,7 @@ class Batcher:
         *,
         max_batch: int,
         max_encode: int | None = None,
+        workers: int = 1,
         linger: float = LINGER_SECONDS,
         name: str = "model",
         on_idle: Callable[[], None] | None = None,
@@ -123,13 +127,16 @@ class Batcher:
         self.linger = linger
         self._pending: list[_Call] = []
         self._streams = 0
+        self._running = 0  # calls in the batches being run
         self._taken = 0
         self._cv = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._loop, name=f"whisperd-batch-{name}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"whisperd-batch-{name}-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # --- what streams call ------------------------------------------------------------
     @contextmanager
@@ -170,21 +177,23 @@ class Batcher:
         return len(self._pending)
 
     def close(self) -> None:
-        """Fail what waits and stop the worker after its current batch."""
+        """Fail what waits and stop the workers after their current batches."""
         with self._cv:
             self._closed = True
             for item in self._pending:
                 self._fail(item, ServiceUnavailableError("The engine is shutting down."))
             self._pending.clear()
             self._cv.notify_all()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     # --- the worker -------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._cv:
                 while not self._pending and not self._closed:
-                    if self._ran and not self._streams and self.on_idle is not None:
+                    idle = not self._streams and not self._running
+                    if self._ran and idle and self.on_idle is not None:
                         self._ran = False
                         self._cv.release()
                         try:
@@ -200,14 +209,20 @@ class Batcher:
                 # streams between two calls join the batch if they come within the linger
                 until = time.monotonic() + self.linger
                 while (
-                    len(self._pending) < min(self.max_batch, self._streams)
+                    len(self._pending) < min(self.max_batch, self._streams - self._running)
                     and (left := until - time.monotonic()) > 0
                 ):
                     self._cv.wait(left)
                 batch = self._take()
                 self._ran = self._ran or bool(batch)
+                self._running += len(batch)
             if batch:
-                self._run(batch)
+                try:
+                    self._run(batch)
+                finally:
+                    with self._cv:
+                        self._running -= len(batch)
+                        self._cv.notify_all()
 
     def _take(self) -> list[_Call]:
         """The next batch, removed from the pending calls (called with the lock held)."""
@@ -280,7 +295,7 @@ class Batcher:
             for item in batch:
                 self._fail(item, exc)
             return
-        share = (time.perf_counter() - started) / len(batch)
+        share = (time.perf_counter() - started) / (len(batch) * len(self._threads))
         for item, result in zip(batch, results, strict=True):
             item.owner.busy_seconds += share
             item.result = result

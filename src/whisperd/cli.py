@@ -50,6 +50,7 @@ SERVE_FLAGS = (
     "compute_type",
     "batch_size",
     "cpu_threads",
+    "cpu_workers",
     "max_active",
     "max_queue",
     "request_timeout",
@@ -80,6 +81,7 @@ WORKER_FLAGS = (
     "compute_type",
     "batch_size",
     "cpu_threads",
+    "cpu_workers",
     "metrics_port",
     "log_level",
     "log_format",
@@ -427,7 +429,7 @@ def _side_by_side(
     for one that failed, its error printed) in input order."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=engine.plan.batch_size) as pool:
+    with ThreadPoolExecutor(max_workers=engine.plan.batch_size * engine.plan.workers) as pool:
         futures = [pool.submit(run, path, name) for path, name in zip(paths, names, strict=True)]
         for name, future in zip(names, futures, strict=True):
             try:

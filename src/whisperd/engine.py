@@ -274,13 +274,15 @@ def available_cores() -> int:
 
 @dataclass(frozen=True, slots=True)
 class EnginePlan:
-    """Device, compute type, batch size and threads, resolved from the settings and the machine."""
+    """Device, compute type, batch size, workers (batches run at once) and threads, resolved
+    from the settings and the machine."""
 
     device: str
     compute_type: str
     batch_size: int
     encode_batch: int
     cpu_threads: int
+    workers: int
     max_active: int
 
     @classmethod
@@ -291,18 +293,34 @@ class EnginePlan:
         compute = settings.compute_type
         if compute == "auto":
             compute = "float16" if device == "cuda" else "int8"
-        batch = settings.batch_size or (gpu_batch_size() if device == "cuda" else CPU_BATCH_SIZE)
-        encode = batch if device == "cuda" else min(batch, CPU_ENCODE_BATCH)
         threads = settings.cpu_threads or available_cores()
-        max_active = settings.max_active or 2 * batch
-        return cls(device, compute, batch, encode, threads, max_active)
+        workers = 1
+        if device == "cpu":
+            workers = min(threads, settings.cpu_workers or CPU_MAX_WORKERS)
+        batch = settings.batch_size or (
+            gpu_batch_size() if device == "cuda" else max(1, CPU_WINDOWS // workers)
+        )
+        encode = batch if device == "cuda" else min(batch, CPU_ENCODE_BATCH)
+        max_active = settings.max_active or 2 * batch * workers
+        return cls(device, compute, batch, encode, threads, workers, max_active)
+
+    @property
+    def threads_per_worker(self) -> int:
+        """CPU threads of each batch."""
+        return max(1, self.cpu_threads // self.workers)
 
 
-# On CPU the decoder's cost per window keeps falling up to a batch of 8 (beam 5: 1.41 s at 1,
-# 0.56 s at 4, 0.50 s at 8 on 2 cores), while the encoder's is flat from 1 (CPU per window
-# 0.50 s at 1, 0.52 s at 2) and a second window in its batch adds about 97 MiB to the peak
-# (tiny.en, attention over 1500 frames): windows are encoded one at a time.
-CPU_BATCH_SIZE = 8
+# On CPU, batches side by side on one thread each get more from the cores than one batch on
+# all of them: on 2 cores (tiny.en int8, beam 5) two workers ran 11 s windows at 31 audio-s/s
+# in batches of 4, one worker on both threads at 17-23 in batches of 8, and a single window
+# took 0.60 s on one thread against 0.95 s on two. So a CPU runs one worker per core (up to
+# CPU_MAX_WORKERS; past that the cores are shared among them), with CPU_WINDOWS windows in
+# flight shared among the workers: the decoder's cost per window falls with the batch while
+# each window in it adds to the peak memory. The encoder's cost per window is flat from 1
+# (CPU per window 0.50 s at 1, 0.52 s at 2) and a second window in its batch adds about
+# 97 MiB to the peak (attention over 1500 frames): windows are encoded one at a time.
+CPU_WINDOWS = 8
+CPU_MAX_WORKERS = 4
 CPU_ENCODE_BATCH = 1
 # Requests of at most this much audio go first (a short clip never waits in a long file's batch).
 SHORT_SECONDS = 30.0
@@ -367,7 +385,7 @@ class Transcriber:
 
     # --- lifetime ---------------------------------------------------------------------
     def start(self) -> Transcriber:
-        """Load the default and preloaded models (each starts its batching worker)."""
+        """Load the default and preloaded models (each starts its batching workers)."""
         reuse_freed_buffers()
         for spec in (self.settings.model, *self.settings.preload_models):
             loaded = self._load(spec, setting=True)
@@ -381,12 +399,14 @@ class Transcriber:
             self._expiry.start()
         self._started = True
         logger.info(
-            "Engine ready: %s on %s/%s, batches of up to %d window(s), %d thread(s)",
+            "Engine ready: %s on %s/%s, %d batch(es) at once of up to %d window(s), "
+            "%d thread(s) each",
             ", ".join(self._models),
             self.plan.device,
             self.plan.compute_type,
+            self.plan.workers,
             self.plan.batch_size,
-            self.plan.cpu_threads,
+            self.plan.threads_per_worker,
         )
         return self
 
@@ -479,7 +499,7 @@ class Transcriber:
             return loaded
 
     def _new(self, resolved: models.ResolvedModel) -> LoadedModel:
-        """Load ``resolved`` into memory behind a batching worker of its own."""
+        """Load ``resolved`` into memory behind batching workers of its own."""
         from faster_whisper import WhisperModel
 
         started = time.perf_counter()
@@ -488,8 +508,8 @@ class Transcriber:
                 str(resolved.path),
                 device=self.plan.device,
                 compute_type=self.plan.compute_type,
-                cpu_threads=self.plan.cpu_threads,
-                num_workers=1,  # the batching worker is the model's only caller
+                cpu_threads=self.plan.threads_per_worker,
+                num_workers=self.plan.workers,  # a replica for each batching worker
             )
         except (RuntimeError, ValueError, OSError) as exc:
             logger.error("Could not load model %s from %s: %s", resolved.name, resolved.path, exc)
@@ -499,6 +519,7 @@ class Transcriber:
             whisper.model,
             max_batch=self.plan.batch_size,
             max_encode=self.plan.encode_batch,
+            workers=self.plan.workers,
             name=resolved.name,
             on_idle=release_freed_memory,
             live=lambda: self._live > 0,
@@ -739,7 +760,12 @@ class Transcriber:
             """Start the pieces as streams (as many at once as a batch holds), and hand the
             consumer the info, then the segments in order."""
             run = _Run(
-                task, owner, model, sections, prepared.options, PARALLEL * self.plan.batch_size
+                task,
+                owner,
+                model,
+                sections,
+                prepared.options,
+                PARALLEL * self.plan.batch_size * self.plan.workers,
             )
             run.run()
             # only a finished transcription says how fast the engine is (not a stopped one)

@@ -97,12 +97,16 @@ class Settings(BaseSettings):
     compute_type: ComputeType = "auto"
     """CTranslate2 compute type; `auto` is float16 on CUDA and int8 on CPU."""
     cpu_threads: int = Field(0, ge=0)
-    """CPU threads of the engine's batches; 0 means every available core."""
+    """CPU threads of the engine's batches, all together; 0 means every available core."""
+    cpu_workers: int = Field(0, ge=0)
+    """Batches run at once on a CPU, the threads shared among them; 0 means one per thread,
+    up to 4."""
     batch_size: int = Field(0, ge=0, le=64)
-    """Most 30 s windows decoded together in one batch, across all requests; 0 means 8 on CPU
-    and, on a GPU, what half its free memory holds (at most 32)."""
+    """Most 30 s windows decoded together in one batch, across all requests; 0 means 8
+    shared among the CPU's workers (4 each with two) and, on a GPU, what half its free
+    memory holds (at most 32)."""
     max_active: int = Field(0, ge=0)
-    """Requests decoded and batched at once; 0 means twice the batch size."""
+    """Requests decoded and batched at once; 0 means twice the windows of all the batches."""
     max_queue: int = Field(16, ge=0)
     """Requests waiting (not yet decoded) beyond the active ones; more get 429."""
     beam_size: int = Field(5, ge=1, le=20)
