@@ -7,9 +7,9 @@ alignment) running on a thread of its own. The model it decodes with is a
 :class:`BatchedWhisper`, which stands in for CTranslate2's ``Whisper``: every call a stream makes
 (encode a window, detect its language, generate its tokens, align its words) waits in the
 :class:`Batcher`, whose workers each run the waiting calls that can share a CTranslate2 call as
-one call of up to ``max_batch`` windows: on a GPU one worker, on a CPU one per core, each
-batch on a thread (and model replica) of its own. So each stream decodes exactly as it would
-alone, and many streams cost little more than one.
+one call of up to ``max_batch`` windows: on a GPU one worker, on a CPU one per core (up to
+four), each batch on a thread (and model replica) of its own. So each stream decodes exactly
+as it would alone, and many streams cost little more than one.
 
 Which calls share a batch: calls of one kind whose options CTranslate2 needs equal (beam size,
 sampling temperature, lengths, ...). Generate prompts must also put ``<|startoftranscript|>`` at

@@ -311,14 +311,14 @@ class EnginePlan:
 
 
 # On CPU, batches side by side on one thread each get more from the cores than one batch on
-# all of them: on 2 cores (tiny.en int8, beam 5) two workers ran 11 s windows at 31 audio-s/s
-# in batches of 4, one worker on both threads at 17-23 in batches of 8, and a single window
-# took 0.60 s on one thread against 0.95 s on two. So a CPU runs one worker per core (up to
-# CPU_MAX_WORKERS; past that the cores are shared among them), with CPU_WINDOWS windows in
-# flight shared among the workers: the decoder's cost per window falls with the batch while
-# each window in it adds to the peak memory. The encoder's cost per window is flat from 1
-# (CPU per window 0.50 s at 1, 0.52 s at 2) and a second window in its batch adds about
-# 97 MiB to the peak (attention over 1500 frames): windows are encoded one at a time.
+# all of them: on 2 cores (tiny.en int8, beam 5, bench/workers.py) two workers ran 11 s windows
+# at 34.9 audio-s/s in batches of 4, one worker on both threads at 25.4 in batches of 8, and a
+# single window took 0.54 s on one thread against 0.72 s on two. So a CPU runs one worker per
+# core (up to CPU_MAX_WORKERS; past that the cores are shared among them), with CPU_WINDOWS
+# windows in flight shared among the workers: the decoder's cost per window falls with the
+# batch while each window in it adds to the peak memory. The encoder's cost per window is
+# flat from 1 (CPU per window 0.50 s at 1, 0.52 s at 2) and a second window in its batch adds
+# about 97 MiB to the peak (attention over 1500 frames): windows are encoded one at a time.
 CPU_WINDOWS = 8
 CPU_MAX_WORKERS = 4
 CPU_ENCODE_BATCH = 1
