@@ -421,6 +421,26 @@ def test_workers_run_batches_side_by_side(fake: FakeWhisper, workers: int) -> No
         batcher.close()
 
 
+def test_while_live_sessions_are_open_other_work_leaves_a_worker_free(fake: FakeWhisper) -> None:
+    live = threading.Event()
+    live.set()
+    batcher = Batcher(fake, max_batch=4, workers=2, linger=0.0, live=live.is_set, live_priority=2)
+    try:
+        first = plug(batcher, fake)  # a file's call holds one worker
+        other = Call(batcher, Owner(), "encode", window(1))
+        poll(lambda: batcher.pending == 1, timeout=10)
+        assert fake.inside == 1  # the second file call waits...
+        turn = Call(batcher, Owner(priority=2), "encode", window(2))
+        poll(lambda: fake.inside == 2, timeout=10)  # ...and a live turn's runs beside it
+        assert batcher.pending == 1
+        fake.gate.set()
+        for call, value in ((first, 1), (other, 2), (turn, 3)):
+            np.testing.assert_array_equal(call.outcome().array, window(value))
+    finally:
+        fake.gate.set()
+        batcher.close()
+
+
 def test_the_idle_hook_runs_once_when_the_last_stream_has_left(fake: FakeWhisper) -> None:
     """The engine gives freed memory back when idle: once after work, not while streams run."""
     idled = threading.Event()

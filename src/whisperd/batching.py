@@ -20,9 +20,11 @@ Fairness: the batch is led by the owner (a request, a job chunk, a live turn) of
 priority (live turns, then short requests), served longest ago, and filled round-robin across the
 owners of that priority, one call each per round, so a request with many streams cannot crowd out
 another, and a short clip never waits in a batch of a long file's dense windows. An owner left
-unserved for ``STARVING_BATCHES`` batches leads the next one, whatever its priority. A stopped
-owner's calls fail at once (its streams leave at their next window); a failing call fails only
-the calls in its batch; on the GPU an out-of-memory error halves the batch and runs it again.
+unserved for ``STARVING_BATCHES`` batches leads the next one, whatever its priority. A call
+already running can't be interrupted, so while live sessions are open other work is batched
+small and, of several workers, leaves one free for them. A stopped owner's calls fail at once
+(its streams leave at their next window); a failing call fails only the calls in its batch; on
+the GPU an out-of-memory error halves the batch and runs it again.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ LINGER_SECONDS = 0.05
 # After this many batches without a turn, an owner leads the next batch whatever its priority.
 STARVING_BATCHES = 8
 # While live sessions are open, a batch led by other work holds at most this share of a full
-# batch: a call already running can't be interrupted, so live decodes wait behind small ones.
+# batch, so that live decodes wait behind small ones where no worker is free for them.
 LIVE_SHARE = 4
 
 Stopped = Callable[[], WhisperdError | None]
@@ -128,6 +130,7 @@ class Batcher:
         self._pending: list[_Call] = []
         self._streams = 0
         self._running = 0  # calls in the batches being run
+        self._others = 0  # workers running a batch of work other than live decodes
         self._taken = 0
         self._cv = threading.Condition()
         self._closed = False
@@ -191,7 +194,7 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._pending and not self._closed:
+                while not self._ready() and not self._closed:
                     idle = not self._streams and not self._running
                     if self._ran and idle and self.on_idle is not None:
                         self._ran = False
@@ -216,13 +219,31 @@ class Batcher:
                 batch = self._take()
                 self._ran = self._ran or bool(batch)
                 self._running += len(batch)
+                other = bool(batch) and batch[0].owner.priority < self.live_priority
+                self._others += other
             if batch:
                 try:
                     self._run(batch)
                 finally:
                     with self._cv:
                         self._running -= len(batch)
+                        self._others -= other
                         self._cv.notify_all()
+
+    def _held(self, owner: Owner) -> bool:
+        """Whether ``owner``'s calls wait for now: while live sessions are open, work other than
+        theirs leaves one worker of several free for them (called with the lock held)."""
+        return (
+            owner.priority < self.live_priority
+            and self._others >= max(1, len(self._threads) - 1)
+            and self.live()
+        )
+
+    def _ready(self) -> bool:
+        """Whether a pending call may be taken (or failed: its owner stopped) now."""
+        return any(
+            not self._held(item.owner) or item.owner.stopped() is not None for item in self._pending
+        )
 
     def _take(self) -> list[_Call]:
         """The next batch, removed from the pending calls (called with the lock held)."""
@@ -234,13 +255,14 @@ class Batcher:
             else:
                 self._fail(item, reason)
         self._pending = live
-        if not live:
-            return []
         # each owner's calls in arrival order; the starving first, then by priority, then the
         # longest unserved; the batch takes owners of the lead's priority only
         queues: dict[Owner, list[_Call]] = {}
         for item in live:
-            queues.setdefault(item.owner, []).append(item)
+            if not self._held(item.owner):
+                queues.setdefault(item.owner, []).append(item)
+        if not queues:
+            return []
         self._taken += 1
 
         def rank(owner: Owner) -> tuple[bool, int, int]:
