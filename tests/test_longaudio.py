@@ -272,8 +272,8 @@ def spaced_speech() -> np.ndarray:
 @pytest.fixture(scope="module")
 def function_url(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[str]:
     """A server that decodes in 30-second pieces and takes at most 150 s of audio, with no VAD,
-    and batches of one window (so the pieces finish one after another, and a cue's arrival
-    shows when it was transcribed)."""
+    and one batch of one window at a time (so the pieces finish one after another, and a
+    cue's arrival shows when it was transcribed)."""
     root = tmp_path_factory.mktemp("function")
     settings = Settings(
         model_cache_dir=model_cache,
@@ -284,6 +284,7 @@ def function_url(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) ->
         max_audio_seconds=150,
         vad_filter=False,
         batch_size=1,
+        cpu_workers=1,
     )
     with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
         yield url

@@ -3,15 +3,22 @@ configuration and the telephony codecs."""
 
 from __future__ import annotations
 
+import threading
+
+import anyio
 import av
 import numpy as np
 import pytest
 
 from whisperd.audio import Audio
+from whisperd.engine import Item
+from whisperd.errors import ServiceUnavailableError
 from whisperd.realtime.agreement import StableText
 from whisperd.realtime.codecs import G711, InputAudio, pcm16
 from whisperd.realtime.protocol import ProtocolError, SessionConfig, parse
+from whisperd.realtime.session import Budget, Decode
 from whisperd.realtime.turns import CHUNK, SpeechProbabilities, TurnDetector
+from whisperd.scheduler import Task
 
 
 def test_only_words_two_decodes_agree_on_are_sent_and_never_taken_back() -> None:
@@ -132,3 +139,28 @@ def test_pcm_split_mid_sample_is_kept_whole() -> None:
     whole = InputAudio("audio/pcm").convert(data)
     halves = np.concatenate([stream.convert(data[:1001]), stream.convert(data[1001:])])
     assert halves.size == whole.size and np.allclose(halves, whole, atol=1e-6)
+
+
+def test_no_partial_decode_starts_while_a_final_one_runs() -> None:
+    partials = Budget(1)
+    gate = threading.Event()
+
+    def submit() -> Task[Item]:
+        assert gate.wait(10)
+        raise ServiceUnavailableError("The engine is shutting down.")
+
+    async def session() -> None:
+        async with anyio.create_task_group() as group:
+            final = Decode(group, submit, anyio.CapacityLimiter(2), partials)
+            await anyio.wait_all_tasks_blocked()  # the decode runs, in a thread
+            assert partials.holds == 1
+            assert not partials.take()
+            gate.set()
+            with pytest.raises(ServiceUnavailableError):
+                await final.result()
+            assert partials.holds == 0
+            assert partials.take()
+            assert not partials.take()  # one at a time
+            partials.release()
+
+    anyio.run(session)

@@ -82,15 +82,16 @@ def _samples(ms: float) -> int:
 
 
 class Budget:
-    """At most ``limit`` of something at once, taken without waiting or not at all (used in
-    the event loop only)."""
+    """At most ``limit`` of something at once, taken without waiting or not at all, and none
+    while something more urgent holds it (used in the event loop only)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.holds = 0
 
     def take(self) -> bool:
-        if self.used >= self.limit:
+        if self.used >= self.limit or self.holds:
             return False
         self.used += 1
         return True
@@ -144,15 +145,18 @@ class Buffer:
 
 class Decode:
     """One decode through the engine, started at once in the session's task group and awaited
-    later, or cancelled (its engine task then stops at its next window)."""
+    later, or cancelled (its engine task then stops at its next window). While it runs it holds
+    ``holds``, if given."""
 
     def __init__(
         self,
         group: TaskGroup,
         submit: Callable[[], Task[Item]],
         limiter: anyio.CapacityLimiter,
+        holds: Budget | None = None,
     ) -> None:
         self.done = anyio.Event()
+        self._holds = holds
         self._result: Transcription | WhisperdError | None = None
         self._scope = anyio.CancelScope()
         self._started: list[Task[Item]] = []
@@ -171,6 +175,8 @@ class Decode:
                 task.cancel()
             return collect(items(task))
 
+        if self._holds is not None:
+            self._holds.holds += 1  # given back below, with no wait between
         try:
             with self._scope:
                 self._result = await anyio.to_thread.run_sync(
@@ -182,6 +188,8 @@ class Decode:
             self._stopped = True
             for task in self._started:
                 task.cancel()
+            if self._holds is not None:
+                self._holds.holds -= 1
             self.done.set()
 
     def cancel(self) -> None:
@@ -575,7 +583,8 @@ class LiveSession:
             deadline=deadline,
             priority=priority,
         )
-        return Decode(self._group, submit, self._limiter)
+        # no partial decode starts, in any session, while a final one runs
+        return Decode(self._group, submit, self._limiter, self._partials if final else None)
 
     def _final_options(self, config: SessionConfig) -> TranscribeOptions:
         asked = config.input.transcription
