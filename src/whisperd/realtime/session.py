@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,15 @@ class Budget:
     def release(self) -> None:
         self.used -= 1
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Refuse every ``take`` while the block runs."""
+        self.holds += 1
+        try:
+            yield
+        finally:
+            self.holds -= 1
+
 
 class ClientGone(Exception):
     """The client closed the connection, or it broke."""
@@ -175,10 +184,9 @@ class Decode:
                 task.cancel()
             return collect(items(task))
 
-        if self._holds is not None:
-            self._holds.holds += 1  # given back below, with no wait between
+        held = self._holds.held() if self._holds is not None else contextlib.nullcontext()
         try:
-            with self._scope:
+            with held, self._scope:
                 self._result = await anyio.to_thread.run_sync(
                     work, abandon_on_cancel=True, limiter=limiter
                 )
@@ -188,8 +196,6 @@ class Decode:
             self._stopped = True
             for task in self._started:
                 task.cancel()
-            if self._holds is not None:
-                self._holds.holds -= 1
             self.done.set()
 
     def cancel(self) -> None:
