@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +17,7 @@ import pytest
 from whisperd import audio
 from whisperd.engine import Transcriber
 
-from browser import require
-from support import make_settings
+from support import make_settings, spoken_german
 
 AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
 
@@ -133,14 +130,8 @@ def base_engine(
 
 @pytest.fixture(scope="session")
 def german_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """GERMAN_TEXT spoken by espeak-ng (robotic, but base understands it), as a WAV file."""
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        require("espeak-ng")
-    out = tmp_path_factory.mktemp("espeak") / "german.wav"
-    command = [str(espeak), "-v", "de", "-s", "150", "-w", str(out), GERMAN_TEXT]
-    subprocess.run(command, check=True, timeout=60)
-    return out
+    """GERMAN_TEXT spoken by espeak-ng, as a WAV file."""
+    return spoken_german(GERMAN_TEXT, tmp_path_factory.mktemp("espeak") / "german.wav")
 
 
 @pytest.fixture(scope="session")

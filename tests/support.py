@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,8 @@ from whisperd import audio
 from whisperd.api.services import app_services
 from whisperd.server import uvicorn_config
 from whisperd.settings import Settings
+
+from browser import require
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 JFK = AUDIO / "jfk.flac"
@@ -348,3 +351,13 @@ def wav(*channels: audio.Audio) -> bytes:
         for packet in stream.encode(None):
             container.mux(packet)
     return buffer.getvalue()
+
+
+def spoken_german(text: str, out: Path, words_per_minute: int = 150) -> Path:
+    """``text`` spoken by espeak-ng's German voice (robotic, but base understands it)."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        require("espeak-ng")
+    command = [str(espeak), "-v", "de", "-s", str(words_per_minute), "-w", str(out), text]
+    subprocess.run(command, check=True, timeout=60)
+    return out
