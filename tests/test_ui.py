@@ -113,14 +113,13 @@ def parse_srt(text: str) -> list[tuple[float, float, str]]:
 
 
 def test_a_file_is_transcribed_live_and_the_transcript_drives_the_player(
-    base_url: str, tmp_path: Path
+    base_url: str, tmp_path: Path, jfk_audio: audio.Audio
 ) -> None:
     # JFK twice, a pause between: a segment starts well after 0 however a CPU's kernels time
     # one sentence (it may be one segment or two)
     twice = tmp_path / "jfk.flac"
-    said = audio.decode(JFK)
     pause = np.zeros(2 * audio.SAMPLE_RATE, np.float32)
-    twice.write_bytes(audio.encode_flac(np.concatenate([said, pause, said])))
+    twice.write_bytes(audio.encode_flac(np.concatenate([jfk_audio, pause, jfk_audio])))
     with offline_page() as (page, blocked):
         errors = open_page(page, base_url)
         # The drop zone works from the keyboard: Enter opens the file chooser. (A listener
