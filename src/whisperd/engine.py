@@ -502,6 +502,8 @@ class Transcriber:
         """Load ``resolved`` into memory behind batching workers of its own."""
         from faster_whisper import WhisperModel
 
+        from whisperd.features import BlockFeatures
+
         started = time.perf_counter()
         try:
             whisper = WhisperModel(
@@ -527,6 +529,7 @@ class Transcriber:
         )
         sot = whisper.hf_tokenizer.token_to_id("<|startoftranscript|>")
         whisper.model = BatchedWhisper(whisper.model, batcher, sot)
+        whisper.feature_extractor = BlockFeatures(**whisper.feat_kwargs)
         return LoadedModel(
             name=resolved.name,
             path=resolved.path,
