@@ -88,8 +88,10 @@ def main() -> int:
     cores = available_cores()
     path = str(models.resolve(args.model, Settings().model_cache_dir, offline=True).path)
     features = window(args.audio_dir)
-    # (workers, threads each, windows per batch): the same 8 windows in flight, and more
-    layouts = [(1, cores, 8), (cores, 1, max(1, 8 // cores)), (1, cores, 16), (cores, 1, 8)]
+    # (workers, threads each, windows per batch), the same 8 windows in flight: one batch on
+    # every core, a batch per core on one thread each, a batch per core on every core each
+    per_core = max(1, 8 // cores)
+    layouts = [(1, cores, 8), (cores, 1, per_core), (cores, cores, per_core)]
     print(
         f"machine: {b.describe(b.machine())}; load average {b.load_average()}\n"
         f"model {args.model}, int8, beam 5, 11 s windows (jfk.flac), {cores} core(s)",
