@@ -1,8 +1,8 @@
 """Whisper's log-mel features, computed a block of frames at a time.
 
 faster-whisper's extractor transforms every frame of its input at once, which holds about
-1 MB per second of audio at its peak: 16 requests starting together held over 100 MB of
-transforms. This one gives the same figures, bit for bit, with the peak of one block.
+1 MB per second of audio at its peak (27 MiB for a 28 s piece, and a long file starts its
+pieces together). This one gives the same figures, bit for bit, with the peak of one block.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
 
-# Frames (10 ms each) transformed at a time: 2.5 s of audio, about 2 MB at the transform's
-# peak (it works in double precision), and no slower than all at once.
+# Frames (10 ms each) transformed at a time: 2.5 s of audio; a 28 s piece then peaks at
+# 9 MiB in all, and is computed faster than all at once (4.8 ms against 6.8 ms).
 BLOCK_FRAMES = 250
 
 
