@@ -367,6 +367,9 @@ def test_audio_before_a_transcription_session_is_an_error(live: str) -> None:
             )
             error = (await _next(ws))["error"]
             assert error["code"] == "session_not_configured" and error["event_id"] == "a1"
+            await ws.send(json.dumps({"type": "response.create", "event_id": "r1"}))
+            error = (await _next(ws))["error"]
+            assert error["code"] == "invalid_event" and error["event_id"] == "r1"
             await ws.send(
                 json.dumps({"type": "session.update", "session": {"type": "transcription"}})
             )

@@ -15,7 +15,7 @@ from whisperd.engine import Item
 from whisperd.errors import ServiceUnavailableError
 from whisperd.realtime.agreement import StableText
 from whisperd.realtime.codecs import G711, InputAudio, pcm16
-from whisperd.realtime.protocol import ProtocolError, SessionConfig, parse
+from whisperd.realtime.protocol import ProtocolError, SessionConfig, check_type, parse
 from whisperd.realtime.session import Budget, Decode
 from whisperd.realtime.turns import CHUNK, SpeechProbabilities, TurnDetector
 from whisperd.scheduler import Task
@@ -105,11 +105,19 @@ def test_a_session_update_is_merged_and_checked_whole() -> None:
 
 
 @pytest.mark.parametrize(
-    "message", ["{", "[]", '{"type": 1}', '{"type": "response.create"}', b"\x00"]
+    "message",
+    [
+        "{",
+        "[]",
+        '{"type": 1}',
+        '{"type": "response.create"}',
+        b"\x00",
+        "[" * 100_000 + "]" * 100_000,
+    ],
 )
 def test_events_that_are_not_client_events(message: str | bytes) -> None:
     with pytest.raises(ProtocolError):
-        parse(message)
+        check_type(parse(message))
 
 
 @pytest.mark.parametrize(

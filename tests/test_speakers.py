@@ -224,6 +224,7 @@ def test_the_function_labels_speakers(base_url: str, call: tuple[bytes, Any, Any
         ({"min_speakers": "3", "max_speakers": "2"}, "min_speakers"),
         ({"max_speakers": "0"}, "max_speakers"),
         ({"chunking_strategy": "sometimes"}, "chunking_strategy"),
+        ({"chunking_strategy": "[" * 100_000 + "]" * 100_000}, "chunking_strategy"),
     ],
 )
 def test_bad_speaker_fields_are_400(base_url: str, form: dict[str, Any], param: str) -> None:

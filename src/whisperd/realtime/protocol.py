@@ -203,22 +203,26 @@ class ProtocolError(WhisperdError):
 
 
 def parse(message: str | bytes | None) -> dict[str, Any]:
-    """A client event: a JSON object with a known ``type``."""
+    """A client event: a JSON object with a ``type`` (see :func:`check_type`)."""
     if not isinstance(message, str):
         raise ProtocolError("Events are JSON text frames; this one was binary.")
     try:
         event = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past what Python parses
         raise ProtocolError("The event is not valid JSON.", code="invalid_json") from None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise ProtocolError("An event is a JSON object with a 'type'.", param="type")
+    return event
+
+
+def check_type(event: dict[str, Any]) -> None:
+    """Refuse an event whose ``type`` a transcription session does not take."""
     if event["type"] not in CLIENT_EVENTS:
         raise ProtocolError(
             f"Unknown or unsupported event type {shown(event['type'])}; a transcription "
             f"session takes {', '.join(CLIENT_EVENTS)}.",
             param="type",
         )
-    return event
 
 
 def audio_bytes(event: dict[str, Any]) -> bytes:

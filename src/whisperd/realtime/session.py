@@ -332,6 +332,7 @@ class LiveSession:
             text = message.get("text")
             event = protocol.parse(text if text is not None else message.get("bytes"))
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+            protocol.check_type(event)
             await self._handle(event)
         except WhisperdError as error:
             await self.send_error(error, event_id)
@@ -552,7 +553,10 @@ class LiveSession:
             server_event("conversation.item.done", item=item, previous_item_id=previous)
         )
         self._pending += 1
-        await self._commits.send(Committed(turn, samples, decode, ended_at))
+        try:
+            await self._commits.send(Committed(turn, samples, decode, ended_at))
+        except anyio.BrokenResourceError:  # the transcripts stopped: sending to the client failed
+            raise ClientGone from None
 
     def _drop_turn(self) -> None:
         turn, self.turn = self.turn, None

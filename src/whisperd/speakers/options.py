@@ -182,7 +182,7 @@ def check_chunking(value: str | None) -> None:
         return
     try:
         parsed = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     if not isinstance(parsed, dict) or parsed.get("type") != "server_vad":
         raise InvalidRequestError(
