@@ -163,6 +163,17 @@ def test_any_sample_rate_resamples_to_16khz(rate: int) -> None:
     assert dominant_frequency(samples) == pytest.approx(440.0, abs=2.0)
 
 
+@pytest.mark.parametrize("rate", [1, 4, 999])
+def test_a_sample_rate_below_the_least_taken_is_refused(rate: int) -> None:
+    # 100 kB at 4 Hz would be 3.5 hours of audio to resample and decode
+    noise = np.random.default_rng(0).uniform(-1, 1, 50_000).reshape(1, -1)
+    with pytest.raises(errors.UndecodableAudioError) as refused:
+        audio.decode(wav_bytes(noise, rate))
+    assert refused.value.code == "sample_rate_too_low"
+    assert refused.value.status_code == 415
+    assert str(audio.MIN_SAMPLE_RATE) in str(refused.value)
+
+
 def test_test_tone_is_a_wav_of_the_asked_length_and_pitch() -> None:
     data = audio.test_tone(2.5, frequency=1000.0)
     assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"

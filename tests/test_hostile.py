@@ -892,6 +892,18 @@ def test_a_head_sent_too_slowly_is_a_408(impatient: httpx.Client, sent: bytes) -
     assert impatient.get("/healthz").status_code == 200
 
 
+def test_a_body_sent_too_slowly_is_a_408(impatient: httpx.Client) -> None:
+    """A body that trickles in (here: none of it after the head) is answered and closed."""
+    head = (
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+    )
+    answer = _raw(impatient, head + b"--b\r\n")
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"request_timeout"' in answer and b"bytes a second" in answer
+    assert impatient.get("/healthz").status_code == 200
+
+
 def test_a_request_that_is_not_http_gets_a_json_400(client: httpx.Client) -> None:
     answer = _raw(client, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 "), answer

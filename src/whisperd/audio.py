@@ -25,6 +25,10 @@ from whisperd.errors import (
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
+# The lowest input rate taken. Speech needs more (telephony is 8 kHz); below it a few bytes
+# stand for hours of audio (100 kB of 16-bit samples at 4 Hz: 3.5 hours), all of it made in
+# the resampler at once.
+MIN_SAMPLE_RATE = 1_000
 Audio = npt.NDArray[np.float32]
 AudioSource = str | Path | bytes | IO[bytes]
 
@@ -195,6 +199,13 @@ def iter_frames(
             resampler = av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
         try:
             for frame in container.decode(stream):
+                if frame.sample_rate < MIN_SAMPLE_RATE:
+                    raise UndecodableAudioError(
+                        f"The audio's sample rate is {frame.sample_rate} Hz; the least taken "
+                        f"is {MIN_SAMPLE_RATE} Hz.",
+                        param="file",
+                        code="sample_rate_too_low",
+                    )
                 # A frame with no timestamp (raw streams) is fine; resampling handles rates.
                 for out in resampler.resample(frame):
                     samples = _samples(out, channel)

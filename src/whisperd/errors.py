@@ -14,7 +14,7 @@
     │   ├── SpeakerModelMissingError  400   (speakers asked for; the extra is not installed)
     │   ├── PayloadTooLargeError      413
     │   ├── HeadersTooLargeError      431   (request line and headers over the limit)
-    │   ├── HeadersTimeoutError       408   (request line and headers sent too slowly)
+    │   ├── ClientTooSlowError        408   (request head or body sent too slowly)
     │   ├── UnsupportedMediaTypeError 415
     │   ├── FetchError                400   (the URL is wrong: no such host, HTTP 4xx)
     │   │   ├── ForbiddenURLError     400   (scheme, private address, redirect to one)
@@ -144,7 +144,7 @@ class HeadersTooLargeError(InvalidRequestError):
     default_code = "headers_too_large"
 
 
-class HeadersTimeoutError(InvalidRequestError):
+class ClientTooSlowError(InvalidRequestError):
     status_code = 408
     default_code = "request_timeout"
 

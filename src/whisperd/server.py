@@ -30,7 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from whisperd.api import create_app
 from whisperd.api.services import AppServices, app_services
 from whisperd.errors import (
-    HeadersTimeoutError,
+    ClientTooSlowError,
     HeadersTooLargeError,
     InvalidRequestError,
     WhisperdError,
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 MAX_HEADERS = 100
 """Most header lines in one request; more get 431."""
+MIN_BODY_RATE = 1024
+"""Bytes a second a request body must come at, over each ``header_timeout``; slower is 408."""
 _REFUSED_LINGER_S = 2.0
 # Once the drain is over, time left for responses already being written.
 _FINAL_GRACE_S = 2.0
@@ -98,7 +100,10 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, holding each request's line and headers to limits: past
     ``max_head_bytes`` or ``MAX_HEADERS`` lines a 431 before more is buffered, and a head not
     complete ``head_timeout`` seconds after it began (or after the connection opened) a 408.
-    Its own errors, and the parser's, answer in OpenAI's JSON shape."""
+    A body gets a 408 too when, over ``head_timeout`` seconds, less than ``MIN_BODY_RATE``
+    bytes a second of it came while the server was reading (a client that trickles its upload
+    holds a connection and its file descriptor for nothing). Its own errors, and the parser's,
+    answer in OpenAI's JSON shape."""
 
     max_head_bytes = 16 * 1024
     head_timeout = 30.0
@@ -110,6 +115,8 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
         self._received = 0  # bytes received while the head is still incomplete
         self._lines = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_bytes = 0  # of the body since the body timer was last armed
         self._refused: WhisperdError | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -118,6 +125,7 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -133,9 +141,34 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
     def _too_slow(self) -> None:
         self._head_timer = None
         if self._refused is None:
-            self._refused = HeadersTimeoutError(
+            self._refused = ClientTooSlowError(
                 f"The request line and headers took longer than {self.head_timeout:g} s "
                 "(WHISPERD_HEADER_TIMEOUT)."
+            )
+            self.send_400_response("")
+
+    def _arm_body(self) -> None:
+        self._body_bytes = 0
+        loop = asyncio.get_running_loop()
+        self._body_timer = loop.call_later(self.head_timeout, self._check_body_rate)
+
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _check_body_rate(self) -> None:
+        # the server, not the client, is the slow one while reading is paused (the app has
+        # not taken what came) or a 100-continue is not yet sent
+        waiting = self.flow.read_paused or getattr(self.cycle, "expect_100_continue", False)
+        if waiting or self._body_bytes >= MIN_BODY_RATE * self.head_timeout:
+            self._arm_body()
+            return
+        self._body_timer = None
+        if self._refused is None:
+            self._refused = ClientTooSlowError(
+                f"The request body came at less than {MIN_BODY_RATE} bytes a second for "
+                f"{self.head_timeout:g} s (WHISPERD_HEADER_TIMEOUT)."
             )
             self.send_400_response("")
 
@@ -172,6 +205,19 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
         self._in_head = False
         self._disarm()
         super().on_headers_complete()
+        self._arm_body()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm_body()  # the connection is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm_body()
+        super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._refused is not None:
