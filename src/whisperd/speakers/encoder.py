@@ -40,8 +40,8 @@ PARTIAL_RATE = 1.3
 MIN_COVERAGE = 0.75
 """Share of its frames a reference clip must fill for its last partial utterance to count."""
 INSTALL_HINT = (
-    'pip install "whisperd[speakers]" (or, without PyTorch, '
-    "pip install --no-deps resemblyzer==0.1.4)"
+    "pip install --no-deps resemblyzer==0.1.4 (the speakers extra, without the PyTorch that "
+    "pip would add and whisperd does not use)"
 )
 """What installs the speaker model."""
 
