@@ -409,9 +409,9 @@ def test_the_models_kept_loaded_must_fit_the_limit(model_cache: Path) -> None:
 @pytest.mark.parametrize(
     ("given", "workers", "batch", "threads", "active"),
     [
-        ({"cpu_threads": 2}, 2, 4, 1, 16),  # a worker per core, the windows shared
-        ({"cpu_threads": 2, "cpu_workers": 1}, 1, 8, 2, 16),  # one batch on both
-        ({"cpu_threads": 16}, 4, 2, 4, 16),  # at most 4 workers, the cores shared
+        ({"cpu_threads": 2}, 2, 2, 1, 8),  # a worker per core, the windows shared
+        ({"cpu_threads": 2, "cpu_workers": 1}, 1, 4, 2, 8),  # one batch on both
+        ({"cpu_threads": 16}, 4, 2, 4, 16),  # at most 4 workers, the cores shared, 2 each
         ({"cpu_threads": 2, "batch_size": 3, "max_active": 5}, 2, 3, 1, 5),  # as given
     ],
 )

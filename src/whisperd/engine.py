@@ -298,7 +298,7 @@ class EnginePlan:
         if device == "cpu":
             workers = min(threads, settings.cpu_workers or CPU_MAX_WORKERS)
         batch = settings.batch_size or (
-            gpu_batch_size() if device == "cuda" else max(1, CPU_WINDOWS // workers)
+            gpu_batch_size() if device == "cuda" else max(CPU_MIN_BATCH, CPU_WINDOWS // workers)
         )
         encode = batch if device == "cuda" else min(batch, CPU_ENCODE_BATCH)
         max_active = settings.max_active or 2 * batch * workers
@@ -310,16 +310,20 @@ class EnginePlan:
         return max(1, self.cpu_threads // self.workers)
 
 
-# On CPU, batches side by side on one thread each get more from the cores than one batch on
-# all of them: on 2 cores (tiny.en int8, beam 5, bench/workers.py) two workers ran 11 s windows
-# at 34.9 audio-s/s in batches of 4, one worker on both threads at 25.4 in batches of 8, and a
+# On CPU, batches side by side on one thread each get more from the cores than one batch on all
+# of them: on 2 cores (tiny.en int8, beam 5, bench/workers.py) two workers ran 11 s windows at
+# 34.9 audio-s/s in batches of 4, one worker on both threads at 25.4 in batches of 8, and a
 # single window took 0.54 s on one thread against 0.72 s on two. So a CPU runs one worker per
 # core (up to CPU_MAX_WORKERS; past that the cores are shared among them), with CPU_WINDOWS
-# windows in flight shared among the workers: the decoder's cost per window falls with the
-# batch while each window in it adds to the peak memory. The encoder's cost per window is
-# flat from 1 (CPU per window 0.50 s at 1, 0.52 s at 2) and a second window in its batch adds
-# about 97 MiB to the peak (attention over 1500 frames): windows are encoded one at a time.
-CPU_WINDOWS = 8
+# windows in flight shared among the workers (but at least CPU_MIN_BATCH each): the decoder's
+# cost per window falls with the batch while each window in it adds about 40 MiB to the peak
+# memory: on 2 cores batches of 2 rather than 4 kept 16 clients' peak about 100 MiB lower at
+# much the same throughput, for about a tenth more time on a long file (README, "Choices,
+# measured"). The encoder's cost per window is flat from 1 (CPU per window 0.50 s at 1, 0.52 s
+# at 2) and a second window in its batch adds about 97 MiB to the peak (attention over 1500
+# frames): windows are encoded one at a time.
+CPU_WINDOWS = 4
+CPU_MIN_BATCH = 2
 CPU_MAX_WORKERS = 4
 CPU_ENCODE_BATCH = 1
 # Requests of at most this much audio go first (a short clip never waits in a long file's batch).

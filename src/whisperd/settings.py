@@ -102,9 +102,9 @@ class Settings(BaseSettings):
     """Batches run at once on a CPU, the threads shared among them; 0 means one per thread,
     up to 4."""
     batch_size: int = Field(0, ge=0, le=64)
-    """Most 30 s windows decoded together in one batch, across all requests; 0 means 8
-    shared among the CPU's workers (4 each with two) and, on a GPU, what half its free
-    memory holds (at most 32)."""
+    """Most 30 s windows decoded together in one batch, across all requests; 0 means 4
+    shared among the CPU's workers (2 each with two, and at least 2 each) and, on a GPU,
+    what half its free memory holds (at most 32)."""
     max_active: int = Field(0, ge=0)
     """Requests decoded and batched at once; 0 means twice the windows of all the batches."""
     max_queue: int = Field(16, ge=0)
