@@ -158,13 +158,15 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
             self._body_timer = None
 
     def _check_body_rate(self) -> None:
+        self._body_timer = None
+        if self.cycle.response_started:  # answered already: the rest of the body is not wanted
+            return
         # the server, not the client, is the slow one while reading is paused (the app has
         # not taken what came) or a 100-continue is not yet sent
-        waiting = self.flow.read_paused or getattr(self.cycle, "expect_100_continue", False)
+        waiting = self.flow.read_paused or self.cycle.waiting_for_100_continue
         if waiting or self._body_bytes >= MIN_BODY_RATE * self.head_timeout:
             self._arm_body()
             return
-        self._body_timer = None
         if self._refused is None:
             self._refused = ClientTooSlowError(
                 f"The request body came at less than {MIN_BODY_RATE} bytes a second for "
