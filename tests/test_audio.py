@@ -156,6 +156,19 @@ def test_eight_channels_downmix_to_mono() -> None:
     assert float(np.sqrt(np.mean(samples**2))) > 0.05
 
 
+@pytest.mark.parametrize("count", [2, 7, 8])
+def test_each_channel_is_read_on_its_own(count: int) -> None:
+    # PyAV misreads planar frames of 8 channels (read past the frame: the process crashed)
+    rate = 48_000
+    frequencies = [220.0 * (i + 1) for i in range(count)]
+    data = wav_bytes(np.stack([tone(2.0, rate, f) / 4 for f in frequencies]), rate, f"{count}c")
+    for channel, frequency in enumerate(frequencies):
+        samples = np.concatenate(list(audio.iter_frames(io.BytesIO(data), channel=channel)))
+        assert audio.duration(samples) == pytest.approx(2.0, abs=0.01)
+        assert dominant_frequency(samples) == pytest.approx(frequency, abs=2.0)
+    assert not audio.channels_alike(io.BytesIO(data))
+
+
 @pytest.mark.parametrize("rate", [8_000, 22_050, 44_100, 96_000])
 def test_any_sample_rate_resamples_to_16khz(rate: int) -> None:
     samples = audio.decode(wav_bytes(tone(2.0, rate).reshape(1, -1), rate))

@@ -143,12 +143,10 @@ def channels_alike(source: IO[bytes], *, seconds: float = 30.0) -> bool:
     try:
         with _open(source) as container:
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(
-                format="fltp", layout=stream.codec_context.layout, rate=SAMPLE_RATE
-            )
+            resampler = _channels_resampler(stream)
             frames, wanted = [], int(seconds * SAMPLE_RATE)
             for frame in container.decode(stream):
-                frames += [out.to_ndarray() for out in resampler.resample(frame)]
+                frames += [_interleaved(out) for out in resampler.resample(frame)]
                 if sum(f.shape[1] for f in frames) >= wanted:
                     break
     except (av.FFmpegError, ValueError):
@@ -171,9 +169,19 @@ _ALIKE = 0.1
 """Channels whose differences are 20 dB below what they share carry the same sound."""
 
 
+def _channels_resampler(stream: AudioStream) -> av.AudioResampler:
+    """To 16 kHz with every channel kept, interleaved: PyAV misreads planar frames of 8 or
+    more channels (one plane too many, read past the frame)."""
+    return av.AudioResampler(format="flt", layout=stream.codec_context.layout, rate=SAMPLE_RATE)
+
+
+def _interleaved(frame: av.AudioFrame) -> npt.NDArray[np.float32]:
+    """A packed frame's samples as one row per channel."""
+    return cast(Audio, frame.to_ndarray()).reshape(-1, frame.layout.nb_channels).T
+
+
 def _samples(frame: av.AudioFrame, channel: int | None) -> Audio:
-    array = frame.to_ndarray()
-    row = array.reshape(-1) if channel is None else array[channel]
+    row = frame.to_ndarray().reshape(-1) if channel is None else _interleaved(frame)[channel]
     return np.ascontiguousarray(row, dtype=np.float32)
 
 
@@ -195,8 +203,7 @@ def iter_frames(
         if channel is None:
             resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         else:
-            layout = stream.codec_context.layout
-            resampler = av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
+            resampler = _channels_resampler(stream)
         try:
             for frame in container.decode(stream):
                 if frame.sample_rate < MIN_SAMPLE_RATE:

@@ -163,22 +163,15 @@ class Pipeline:
                 for run in runs:
                     run.task.cancel()
 
-            async def collected() -> list[Transcription]:
-                results: dict[int, Transcription] = {}
+            def collected() -> list[Transcription]:
+                # one thread waits for every channel while their tasks run in the engine (a
+                # thread each would let a few many-channel requests take every worker thread);
+                # the first to fail is the answer, and leaving the context stops the others
+                return [collect(run) for run in runs]
 
-                async def one(i: int) -> None:
-                    results[i] = await anyio.to_thread.run_sync(collect, runs[i])
-
-                try:
-                    async with anyio.create_task_group() as group:
-                        for i in range(len(runs)):
-                            group.start_soon(one, i)
-                except BaseExceptionGroup as grouped:
-                    # the first channel to fail stopped the others: its error is the answer
-                    raise grouped.exceptions[0] from None
-                return [results[i] for i in range(len(runs))]
-
-            results = await until_cancelled(call.cancel, stop, collected)
+            results = await until_cancelled(
+                call.cancel, stop, lambda: anyio.to_thread.run_sync(collected)
+            )
         if speakers.multichannel:
             return merge_channels(results, speakers.names)
         if not speakers.by_voice:
