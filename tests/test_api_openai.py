@@ -133,6 +133,33 @@ def test_stream_sends_deltas_then_done(client: openai.OpenAI) -> None:
     assert_jfk(events[-1].text)
 
 
+@pytest.mark.parametrize("model", ["gpt-4o-transcribe", "gpt-4o-mini-transcribe"])
+def test_openai_model_names_and_logprobs(client: openai.OpenAI, model: str) -> None:
+    with JFK.open("rb") as f:
+        result = client.audio.transcriptions.create(model=model, file=f, include=["logprobs"])
+    assert_jfk(result.text)
+    assert result.logprobs
+    assert normalise("".join(p.token or "" for p in result.logprobs)) == normalise(result.text)
+    for p in result.logprobs:
+        assert p.logprob is not None and p.logprob <= 0
+        assert bytes(int(b) for b in p.bytes or ()).decode() == p.token
+    with JFK.open("rb") as f:
+        stream = client.audio.transcriptions.create(
+            model=model, file=f, include=["logprobs"], stream=True
+        )
+        deltas = [e for e in stream if e.type == "transcript.text.delta"]
+    assert all(e.logprobs and isinstance(e.segment_id, str) for e in deltas)
+    assert [p.token for e in deltas for p in e.logprobs or ()] == [p.token for p in result.logprobs]
+
+
+def test_logprobs_need_the_json_format(client: openai.OpenAI) -> None:
+    with JFK.open("rb") as f, pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(
+            model="whisper-1", file=f, include=["logprobs"], response_format="text"
+        )
+    assert _error(info.value)["param"] == "include"
+
+
 def test_models(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
     assert {"whisper-1", "tiny.en", "base", "large-v3"} <= set(ids)
@@ -239,7 +266,9 @@ def test_multilingual_needs_a_multilingual_model(client: openai.OpenAI) -> None:
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with JFK.open("rb") as f, pytest.raises(openai.NotFoundError) as info:
         client.audio.transcriptions.create(model="no-such-model", file=f)
-    assert _error(info.value)["param"] == "model"
+    error = _error(info.value)
+    assert error["param"] == "model"
+    assert "whisper-1" in str(error["message"])
 
 
 def test_unknown_response_format_is_4xx(base_url: str) -> None:

@@ -212,4 +212,4 @@ def test_long_audio_runs_in_pieces_streamed_and_not(tmp_path: Path, model_cache:
         assert events[-1]["type"] == "transcript.text.done", events[-1]
         assert events[-1]["usage"]["seconds"] == math.ceil(whole["duration"])
         deltas = [e for e in events if e["type"] == "transcript.text.delta"]
-        assert [e["segment_id"] for e in deltas] == list(range(len(deltas)))
+        assert [e["segment_id"] for e in deltas] == [f"seg_{i}" for i in range(len(deltas))]

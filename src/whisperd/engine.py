@@ -614,8 +614,9 @@ class Transcriber:
 
     def _lookup(self, name: str | None) -> LoadedModel | models.ModelStatus:
         """The model a request names: the loaded one, or the status of one this server may
-        load; ModelNotFoundError for any other name. None or ``whisper-1`` is the default."""
-        if name in (None, "", "whisper-1"):
+        load; ModelNotFoundError for any other name. None or one of OpenAI's names (such as
+        ``whisper-1``) is the default."""
+        if name is None or models.is_default(name):
             return self.default_model
         with self._lock:
             loaded = self._models.get(models.canonical_name(str(name)))

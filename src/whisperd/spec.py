@@ -41,6 +41,8 @@ class Spec:
     subtitles: SubtitleOptions = DEFAULT_CUES
     """How SRT/VTT cues are cut (applied when the result is rendered)."""
     multilingual: bool = False
+    logprobs: bool = False
+    """``include[]=logprobs``: json carries each word's log probability."""
     speakers: SpeakerOptions = NO_SPEAKERS
     """Who said what (told apart once the whole transcript is in)."""
 
@@ -54,6 +56,10 @@ class Spec:
                 f"stream=true sends server-sent events of text; response_format {fmt} "
                 "cannot be streamed (use json or text, or stream=false).",
                 param="response_format",
+            )
+        if self.logprobs and fmt != "json":
+            raise InvalidRequestError(
+                f"include[]=logprobs needs response_format=json, not {fmt}.", param="include"
             )
         if self.timestamp_granularities and fmt != "verbose_json":
             raise InvalidRequestError(
@@ -77,7 +83,7 @@ class Spec:
             temperature=temperatures_from(self.temperature),
             initial_prompt=self.prompt or None,
             hotwords=self.hotwords or None,
-            word_timestamps=words or voices,
+            word_timestamps=words or voices or self.logprobs,
             vad_filter=settings.vad_filter if self.vad_filter is None else self.vad_filter,
             multilingual=self.multilingual,
             voices=voices,
@@ -97,6 +103,7 @@ class Spec:
             self.timestamp_granularities,
             word_timestamps=self.word_timestamps,
             subtitles=self.subtitles,
+            logprobs=self.logprobs,
             timings=timings,
             compact=compact,
         )

@@ -48,6 +48,13 @@ GranularitiesField = Annotated[
         description="`word` and/or `segment` timestamps in verbose_json.",
     ),
 ]
+IncludeField = Annotated[
+    list[Literal["logprobs"]] | Omitted,
+    Form(
+        alias="include[]",
+        description="`logprobs`: each word's log probability in json (and stream events).",
+    ),
+]
 HotwordsField = Annotated[
     str | Omitted, Form(description="Extra: words to favour, such as names or jargon.")
 ]
@@ -231,6 +238,7 @@ async def transcription_form(
     language: LanguageField = None,
     response_format: FormatField = "json",
     timestamp_granularities: GranularitiesField = None,
+    include: IncludeField = None,
     hotwords: HotwordsField = None,
     word_timestamps: WordsField = False,
     multilingual: MultilingualField = False,
@@ -246,6 +254,7 @@ async def transcription_form(
         hotwords=hotwords,
         word_timestamps=word_timestamps,
         multilingual=multilingual,
+        logprobs="logprobs" in (include or ()),
         speakers=speakers,
     )
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
+from whisperd import models
 from whisperd.errors import WhisperdError, shown
 
 LOGPROBS = "item.input_audio_transcription.logprobs"
@@ -30,10 +31,6 @@ POLICY_VIOLATION = 1008
 """The close code of a session refused for good (no key, live transcription off)."""
 TOO_MANY = 1013
 """The close code of a session refused while the server is full ("try again later")."""
-OPENAI_TRANSCRIPTION_MODELS = frozenset(
-    {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-latest"}
-)
-"""Model names OpenAI's realtime transcription takes; here they mean the default model."""
 CLIENT_EVENTS = (
     "session.update",
     "input_audio_buffer.append",
@@ -140,7 +137,7 @@ class SessionConfig(_Model):
         """The engine's name for the model asked for (None: the default)."""
         transcription = self.input.transcription
         name = None if transcription is None else transcription.model
-        return None if name is None or name in OPENAI_TRANSCRIPTION_MODELS else name
+        return None if models.is_default(name) else name
 
     def updated(self, update: Any) -> SessionConfig:
         """This configuration with ``update`` (a ``session.update``'s session) merged in."""

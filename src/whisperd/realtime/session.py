@@ -42,6 +42,7 @@ from whisperd.engine import (
     items,
 )
 from whisperd.errors import ServiceUnavailableError, WhisperdError
+from whisperd.formats import word_logprobs
 from whisperd.realtime import protocol
 from whisperd.realtime.agreement import StableText
 from whisperd.realtime.codecs import InputAudio
@@ -645,7 +646,7 @@ class LiveSession:
             "usage": {"type": "duration", "seconds": round(committed.samples / SAMPLE_RATE, 3)},
         }
         if self.config.logprobs:
-            fields["logprobs"] = _logprobs(result)
+            fields["logprobs"] = [p.model_dump() for p in word_logprobs(result.segments)]
         await self.send(
             server_event("conversation.item.input_audio_transcription.completed", **fields)
         )
@@ -671,18 +672,3 @@ class LiveSession:
 
     async def send_error(self, error: WhisperdError, event_id: str | None = None) -> None:
         await self.send(protocol.error_event(error, event_id))
-
-
-def _logprobs(result: Transcription) -> list[dict[str, Any]]:
-    """One entry per word: the word, the log of its probability, its UTF-8 bytes."""
-    out = []
-    for segment in result.segments:
-        for word in segment.words or ():
-            out.append(
-                {
-                    "token": word.word,
-                    "logprob": math.log(max(word.probability, 1e-12)),
-                    "bytes": list(word.word.encode()),
-                }
-            )
-    return out

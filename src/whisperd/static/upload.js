@@ -95,7 +95,7 @@ async function runLive(opts) {
 async function readStream(response, verb) {
   for await (const event of events(response)) {
     if (event.type === "transcript.text.delta") {
-      addSegment({ id: event.segment_id, start: event.start, end: event.end, text: event.delta });
+      addSegment({ id: state.transcript.segments.length, start: event.start, end: event.end, text: event.delta });
       setExport(true);
       const of = state.duration ? ` of ${clock(state.duration)}` : "";
       setProgress(state.duration ? event.end / state.duration : null, `${clock(event.end)}${of}`);

@@ -57,13 +57,13 @@ async def _respond(sync: SyncRequest, audio: AudioInput, spec: Spec, stream: boo
         opened = audio.opened(pipeline.fetcher, call)
         if stream and not speakers.active:
             items, cleanup = await pipeline.stream(opened, options, model=spec.model, call=call)
-            return event_stream(sse_events(items), cleanup)
+            return event_stream(sse_events(items, logprobs=spec.logprobs), cleanup)
         async with opened as source:
             result = await pipeline.transcribe(
                 source, options, model=spec.model, call=call, speakers=speakers
             )
     if stream:  # speakers are known once the whole file is heard: the events come then
-        return event_stream(sse_transcript(result, spec.response_format))
+        return event_stream(sse_transcript(result, spec.response_format, logprobs=spec.logprobs))
     return transcript_response(result, spec, sync.timings)
 
 
