@@ -416,6 +416,19 @@ def test_every_serve_and_worker_flag_reaches_the_settings(tmp_path: Path) -> Non
         assert flag_settings(command) == {name for _, name, _ in flags}
 
 
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_help_written_to_a_pipe_names_every_flag_whole(whisperd_cli: Run, command: str) -> None:
+    result = whisperd_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    for param in group.commands[command].params:
+        names = [*param.opts, *([param.envvar] if isinstance(param.envvar, str) else [])]
+        for name in names:
+            assert name in result.stdout, name
+
+
 def test_a_bad_flag_value_is_a_usage_error(whisperd_cli: Run) -> None:
     result = whisperd_cli("serve", "--device", "tpu")
     assert result.returncode == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
+import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -17,6 +18,12 @@ from rich.table import Table
 
 from whisperd import __version__
 from whisperd.errors import WhisperdError
+
+HELP_WIDTH = 150
+"""Columns of help written to a pipe or file (a terminal's own width otherwise): enough for
+every flag and variable name whole."""
+if typer.rich_utils.MAX_WIDTH is None and not sys.stdout.isatty():
+    typer.rich_utils.MAX_WIDTH = HELP_WIDTH
 
 app = typer.Typer(
     name="whisperd",
