@@ -245,6 +245,7 @@ def test_references_that_are_not_audio_too_short_or_too_long_are_400(
     jfk, _ = voices
     cases = {
         "not audio": "data:audio/wav;base64," + base64.b64encode(b"hello world" * 50).decode(),
+        "cut at ';' (curl -F)": "data:audio/wav",
         "1 s": data_url(jfk[: audio.SAMPLE_RATE]),
         "11 s": data_url(np.concatenate([jfk, jfk])[: 11 * audio.SAMPLE_RATE]),
     }
@@ -260,7 +261,9 @@ def test_references_that_are_not_audio_too_short_or_too_long_are_400(
             timeout=60,
         )
         assert response.status_code == 400, (what, response.text)
-        assert response.json()["error"]["param"] == "known_speaker_references[]", what
+        error = response.json()["error"]
+        assert error["param"] == "known_speaker_references[]", what
+        assert ("--form-string" in error["message"]) == what.startswith("cut"), error
 
 
 @pytest.mark.parametrize("recording", ["mono", "mono stored as stereo"])

@@ -195,9 +195,13 @@ def reference_audio(value: str) -> audio.Audio:
     """A reference clip from its data URL, decoded, of ``REFERENCE_SECONDS``."""
     match = _DATA_URL.fullmatch(value.strip())
     if match is None:
+        cut = ";base64," not in value and value.strip().startswith("data:")
+        hint = (
+            " (its base64 data is missing: curl's -F cuts a value at ';', --form-string does not)"
+        )
         raise InvalidRequestError(
             "A known speaker's reference is a data URL of audio "
-            f"(data:audio/wav;base64,...), not {shown(value)}.",
+            f"(data:audio/wav;base64,...), not {shown(value)}{hint if cut else ''}.",
             param=_REFERENCES,
         )
     try:
