@@ -156,6 +156,24 @@ def test_eight_channels_downmix_to_mono() -> None:
     assert float(np.sqrt(np.mean(samples**2))) > 0.05
 
 
+@pytest.mark.parametrize(
+    "script",
+    [
+        "ffconcat version 1.0\nfile 'secret.wav'\n",
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nsecret.wav\n#EXT-X-ENDLIST\n",
+    ],
+    ids=["ffconcat", "hls"],
+)
+def test_data_naming_other_files_reads_none_of_them(
+    script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # another upload's spooled file, or any file the server can read, is a relative path away
+    (tmp_path / "secret.wav").write_bytes(wav_bytes(tone(2.0, RATE).reshape(1, -1), RATE))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(errors.UndecodableAudioError):
+        audio.decode(script.encode())
+
+
 @pytest.mark.parametrize("count", [2, 7, 8])
 def test_each_channel_is_read_on_its_own(count: int) -> None:
     # PyAV misreads planar frames of 8 channels (read past the frame: the process crashed)

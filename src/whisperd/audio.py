@@ -33,6 +33,14 @@ Audio = npt.NDArray[np.float32]
 AudioSource = str | Path | bytes | IO[bytes]
 
 
+_READ_ITSELF = {"protocol_whitelist": "none"}
+"""What data read through a Python file object may open besides itself: nothing. A playlist
+or concat script (hls, ffconcat) names other files and URLs, which would then be read: another
+upload's open file, a local secret, an internal address."""
+_READ_FILES = {"protocol_whitelist": "file"}
+"""What a local file named by its path may open: local files (its owner's own)."""
+
+
 def _open(source: AudioSource) -> av.container.InputContainer:
     if isinstance(source, bytes):
         if not source:
@@ -53,7 +61,8 @@ def _open(source: AudioSource) -> av.container.InputContainer:
         if empty:
             raise EmptyAudioError("The audio file is empty (0 bytes).", param="file")
     try:
-        return av.open(source, mode="r", metadata_errors="ignore")
+        options = _READ_FILES if isinstance(source, str) else _READ_ITSELF
+        return av.open(source, mode="r", metadata_errors="ignore", options=options)
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as exc:
         raise UndecodableAudioError(
             "The file is not audio or video in a format FFmpeg can read; "
