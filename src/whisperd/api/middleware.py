@@ -40,7 +40,7 @@ async def send_error(
     send: Send, error: WhisperdError, headers: dict[str, str] | None = None
 ) -> None:
     """Send ``error`` as OpenAI's JSON body, outside FastAPI's exception handlers."""
-    body = json.dumps(error.to_dict()).encode()
+    body = json.dumps(error.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": raw})
