@@ -143,7 +143,8 @@ def test_g711_decodes_as_ffmpeg_encodes(kind: str, codec: str, jfk_audio: Audio)
 
 def test_pcm_split_mid_sample_is_kept_whole() -> None:
     stream = InputAudio("audio/pcm")
-    data = pcm16(np.sin(np.linspace(0, 300, 16000)).astype(np.float32) * 0.5)
+    # 3 s: an append is resampled a second at a time, and the seconds join as one stream
+    data = pcm16(np.sin(np.linspace(0, 900, 48000)).astype(np.float32) * 0.5)
     whole = InputAudio("audio/pcm").convert(data)
     halves = np.concatenate([stream.convert(data[:1001]), stream.convert(data[1001:])])
     assert halves.size == whole.size and np.allclose(halves, whole, atol=1e-6)

@@ -52,13 +52,17 @@ class InputAudio:
             linear = np.frombuffer(data, dtype="<i2")
         else:
             linear = G711[self.kind][np.frombuffer(data, dtype=np.uint8)]
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(linear, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = self.rate
-        frame.pts = self._pts
-        self._pts += linear.size
-        pieces = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
+        linear = np.ascontiguousarray(linear, dtype=np.int16)
+        pieces = []
+        # a second at a time: the resampler's own buffers for a whole 15 MiB event would be
+        # many times its size
+        for start in range(0, linear.size, self.rate):
+            piece = linear[start : start + self.rate]
+            frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = self.rate
+            frame.pts = self._pts
+            self._pts += piece.size
+            pieces += [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
         if not pieces:
             return np.zeros(0, dtype=np.float32)
         return np.asarray(np.concatenate(pieces), dtype=np.float32)
