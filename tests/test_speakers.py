@@ -225,6 +225,9 @@ def test_the_function_labels_speakers(base_url: str, call: tuple[bytes, Any, Any
         ({"max_speakers": "0"}, "max_speakers"),
         ({"chunking_strategy": "sometimes"}, "chunking_strategy"),
         ({"chunking_strategy": "[" * 100_000 + "]" * 100_000}, "chunking_strategy"),
+        ({"chunking_strategy": '{"type": "server_vad", "threshold": NaN}'}, "chunking_strategy"),
+        ({"chunking_strategy": '{"type": "server_vad", "prefix_padding_ms": "1"}'}, "chunking"),
+        ({"chunking_strategy": '{"type": "server_vad", "silence_duration_ms": -1}'}, "chunking"),
     ],
 )
 def test_bad_speaker_fields_are_400(base_url: str, form: dict[str, Any], param: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -189,6 +190,24 @@ def check_chunking(value: str | None) -> None:
             f"chunking_strategy is 'auto' or a JSON object of type server_vad, not {shown(value)}.",
             param="chunking_strategy",
         )
+    for name, (least, most) in _SERVER_VAD.items():
+        number = parsed.get(name, least)
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            number = math.nan
+        if not least <= number <= most:  # NaN fails too
+            raise InvalidRequestError(
+                f"chunking_strategy's {name} is a number from {least:g} to {most:g}, not "
+                f"{shown(str(parsed[name]))}.",
+                param="chunking_strategy",
+            )
+
+
+_SERVER_VAD = {
+    "threshold": (0.0, 1.0),
+    "prefix_padding_ms": (0, 60_000),
+    "silence_duration_ms": (0, 60_000),
+}
+"""The numbers a ``server_vad`` chunking strategy may hold, with their ranges."""
 
 
 def reference_audio(value: str) -> audio.Audio:
