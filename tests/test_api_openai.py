@@ -164,6 +164,7 @@ def test_models(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
     assert {"whisper-1", "tiny.en", "base", "large-v3"} <= set(ids)
     assert client.models.retrieve("whisper-1").id == "whisper-1"
+    assert client.models.retrieve("gpt-4o-transcribe").id == "whisper-1"
     assert client.models.retrieve("tiny.en").id == "tiny.en"
     with pytest.raises(openai.NotFoundError) as info:
         client.models.retrieve("no-such-model")

@@ -137,8 +137,10 @@ async def list_models(engine: EngineDep) -> ModelList:
     responses=error_responses(401, 404, 422),
 )
 async def get_model(model_id: str, engine: EngineDep) -> ModelObject:
-    """One model; 404 if it is unknown or not available on this server."""
+    """One model; 404 if it is unknown or not available on this server (OpenAI's names are
+    the served default, `whisper-1`)."""
+    wanted = "whisper-1" if models.is_default(model_id) else models.canonical_name(model_id)
     for entry in await anyio.to_thread.run_sync(_model_objects, engine):
-        if entry.id == models.canonical_name(model_id) and (entry.available or entry.loaded):
+        if entry.id == wanted and (entry.available or entry.loaded):
             return entry
     raise ModelNotFoundError(f"Model {shown(model_id)} is unknown or not available on this server.")
