@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,27 @@ def test_lines_fit_the_width_and_cues_the_count(fmt: str, width: int, count: int
     assert_fit(cues, width, count)
     said = " ".join(line for _, _, lines in cues for line in lines)
     assert said.split() == SPEECH.split()  # every word, once, in order
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+@pytest.mark.parametrize("width", [20, 42])
+def test_a_speakers_label_counts_in_the_width(fmt: str, width: int) -> None:
+    """SRT starts each cue with ``Agent: ``: its lines still fit (but for a lone long word
+    after the label); VTT's voice tag is not shown."""
+    options = SubtitleOptions(max_line_width=width, max_line_count=2)
+    segments = (
+        replace(timed(SPEECH), speaker="Agent"),
+        replace(timed("the end", 40.0), speaker="B"),
+    )
+    cues = parse(render(transcription(*segments), fmt, subtitles=options).text)
+    shown = [re.sub(r"^<v [^>]*>", "", line) for _, _, lines in cues for line in lines]
+    for line in shown:
+        assert len(line) <= width or " " not in re.sub(r"^(Agent|B): ", "", line), line
+    first = [lines[0] for _, _, lines in cues]
+    if fmt == "srt":
+        assert first[0].startswith("Agent: ") and first[-1] == "B: the end"
+    else:
+        assert first[0].startswith("<v Agent>")
 
 
 def test_lines_are_balanced() -> None:

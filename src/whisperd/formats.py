@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from whisperd.engine import Segment, Transcription, TranscriptionInfo, Word
-from whisperd.subtitles import DEFAULT_CUES, Cue, Cuer, SubtitleOptions
+from whisperd.subtitles import DEFAULT_CUES, Cue, Cuer, SubtitleOptions, speaker_label
 
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "tsv", "diarized_json")
 MEDIA_TYPES = {
@@ -444,12 +444,12 @@ def _cue_text(cue: Cue, escape: Callable[[str], str] = str) -> str:
 def srt_block(index: int, cue: Cue, speaker: str | None = None) -> str:
     """One SRT cue (1-based ``index``), its text after ``speaker: `` when one is given."""
     span = f"{timestamp(cue.start)} --> {timestamp(cue.end)}"
-    said = f"{speaker}: " if speaker is not None else ""
+    said = speaker_label(speaker) if speaker is not None else ""
     return f"{index}\n{span}\n{said}{_cue_text(cue)}\n\n"
 
 
 def to_srt(transcription: Transcription, subtitles: SubtitleOptions = DEFAULT_CUES) -> str:
-    cuer = Cuer(subtitles)
+    cuer = Cuer(subtitles, labelled=True)
     cues = ((cue, s.speaker) for s in transcription.segments for cue in cuer.cues(s))
     return "".join(srt_block(i, *cue) for i, cue in enumerate(cues, start=1))
 

@@ -98,16 +98,22 @@ def line_text(words: tuple[str, ...]) -> str:
 
 
 class Cuer:
-    """Cuts segments into cues, one segment at a time, in order."""
+    """Cuts segments into cues, one segment at a time, in order. ``labelled``: each cue's
+    first line will start with its speaker's ``A: `` (SRT), which counts in the line's width."""
 
-    def __init__(self, options: SubtitleOptions) -> None:
+    def __init__(self, options: SubtitleOptions, *, labelled: bool = False) -> None:
         self.options = options
+        self.labelled = labelled
+        self._width = options.max_line_width
         self._last_end = 0.0
 
     def cues(self, segment: Segment) -> list[Cue]:
         """The segment's cues, none of them starting before the previous one ended."""
         if not self.options.active:
             return [Cue(segment.start, segment.end, ((segment.text,),))]
+        self._width = self.options.max_line_width
+        if self._width is not None and self.labelled and segment.speaker is not None:
+            self._width = max(1, self._width - len(speaker_label(segment.speaker)))
         words = [w for w in segment.words or () if w.word.strip()] or _untimed(segment)
         cues: list[Cue] = []
         for group in self._groups(words):
@@ -143,7 +149,7 @@ class Cuer:
             return True
         if o.max_words_per_line is not None and len(texts) > o.max_words_per_line:
             return False
-        return o.max_line_width is None or len(line_text(tuple(texts))) <= o.max_line_width
+        return self._width is None or len(line_text(tuple(texts))) <= self._width
 
     def _line_count(self, texts: list[str]) -> int:
         """The fewest lines these words fill."""
@@ -168,6 +174,11 @@ class Cuer:
         """The words in the fewest lines that hold them, as even as can be."""
         count = self._line_count(texts)
         return tuple(tuple(texts[j:i]) for j, i in _even(texts, count, self._line_fits))
+
+
+def speaker_label(speaker: str) -> str:
+    """What starts an SRT cue's first line to say who speaks."""
+    return f"{speaker}: "
 
 
 def _fewest(n: int, fits: Callable[[list[T]], bool], items: list[T]) -> int:
