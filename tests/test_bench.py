@@ -114,6 +114,14 @@ def test_bench_refuses_missing_audio(tmp_path: Path) -> None:
     assert "no such file or directory" in " ".join(result.output.split())
 
 
+def test_bench_without_matplotlib_says_so_before_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    # nothing listens on port 9: a bench that ran would fail there instead
+    result = CliRunner().invoke(cli, ["bench", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "need matplotlib" in result.output and "--no-plots" in result.output
+
+
 def test_bench_refuses_two_servers_with_one_name() -> None:
     result = CliRunner().invoke(
         cli, ["bench", "--url", "a=http://127.0.0.1:9", "--url", "a=http://127.0.0.1:10"]

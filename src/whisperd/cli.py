@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import sys
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
@@ -36,6 +37,9 @@ models_app = typer.Typer(help="List the model catalog, or pull a model into the 
 app.add_typer(models_app, name="models")
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
+
+SAMPLE = resources.files("whisperd") / "samples" / "jfk.flac"
+"""The 11 s recording shipped in the package (JFK's 1961 inaugural address, public domain)."""
 
 FORMAT_CHOICES = ("text", "json", "verbose_json", "srt", "vtt", "tsv", "diarized_json")
 Command = TypeVar("Command", bound=Callable[..., None])
@@ -274,7 +278,6 @@ def transcribe(
     """Transcribe files: print to stdout (one file) or write one output per input into -o DIR."""
     import shutil
     import tempfile
-    from importlib import resources
 
     from whisperd import formats
     from whisperd.engine import collect, items
@@ -311,8 +314,7 @@ def transcribe(
     with contextlib.ExitStack() as stack:
         paths = list(files or [])
         if sample:
-            shipped = resources.files("whisperd") / "samples" / "jfk.flac"
-            paths.append(stack.enter_context(resources.as_file(shipped)))
+            paths.append(stack.enter_context(resources.as_file(SAMPLE)))
         inputs = _inputs(paths, output_dir, formats.EXTENSIONS[fmt])
         _setup_logging("warning")
         single = len(paths) == 1
@@ -612,7 +614,9 @@ def bench(
     audio_paths: Annotated[
         list[Path] | None,
         typer.Option(
-            "--audio", help="Audio files or directories to send in turn [../shared/audio]."
+            "--audio",
+            help="Audio files or directories to send in turn [../shared/audio if it is there, "
+            "else the bundled 11 s sample].",
         ),
     ] = None,
     concurrency: Annotated[
@@ -657,9 +661,11 @@ def bench(
         raise _fail(f"--concurrency takes numbers like 1,4,16, not {concurrency!r}", 2) from None
     if not levels or min(levels) < 1:
         raise _fail("--concurrency needs at least one level of 1 or more clients", 2)
-    paths = audio_paths or [p for p in [b.default_audio_dir()] if p is not None]
-    if not paths:
-        raise _fail("no audio: pass --audio FILE_OR_DIR (../shared/audio is not here)", 2)
+    if plots:
+        try:
+            bench_report.check_plots()
+        except b.BenchError as exc:
+            raise _fail(str(exc), 2) from None
     starts = [spec.partition("=")[::2] for spec in start or ([] if url else ["whisperd"])]
     urls = [b.parse_named(spec, "") for spec in url or []]
     urls = [(name or address.split("//")[-1].rstrip("/"), address) for name, address in urls]
@@ -668,8 +674,10 @@ def bench(
         raise _fail(f"each server needs its own name (NAME=...); got {names}", 2)
     command = "whisperd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
-        clips = b.collect_clips(paths)
         with contextlib.ExitStack() as stack:
+            shared = b.default_audio_dir()
+            paths = audio_paths or [shared or stack.enter_context(resources.as_file(SAMPLE))]
+            clips = b.collect_clips(paths)
             servers: list[b.Server] = []
             for name, args in starts:
                 err.print(f"starting {name}: whisperd serve {args}", highlight=False)

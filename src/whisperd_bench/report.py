@@ -6,6 +6,7 @@ imported only when plotting.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,18 @@ def append_markdown(report: Report, path: Path) -> Path:
 # --- plots --------------------------------------------------------------------------------
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
+def check_plots() -> None:
+    """Fail now, not after the run, where matplotlib is missing."""
+    if importlib.util.find_spec("matplotlib") is None:
         raise BenchError(
             "the plots need matplotlib: pip install 'whisperd[bench]' (or pass --no-plots)"
-        ) from exc
+        )
+
+
+def _pyplot() -> Any:
+    check_plots()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
