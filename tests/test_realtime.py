@@ -361,7 +361,9 @@ def test_every_bad_event_gets_an_error_and_the_session_goes_on(live: str, jfk_pc
 def test_audio_before_a_transcription_session_is_an_error(live: str) -> None:
     async def main() -> None:
         async with await _raw(live, query="model=gpt-realtime") as ws:
-            assert (await _next(ws))["type"] == "session.created"
+            created = await _next(ws)
+            assert created["type"] == "session.created"
+            assert created["session"]["type"] == "realtime"  # not a transcription one yet
             await ws.send(
                 json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA", "event_id": "a1"})
             )
@@ -373,7 +375,9 @@ def test_audio_before_a_transcription_session_is_an_error(live: str) -> None:
             await ws.send(
                 json.dumps({"type": "session.update", "session": {"type": "transcription"}})
             )
-            assert (await _next(ws))["type"] == "session.updated"
+            updated = await _next(ws)
+            assert updated["type"] == "session.updated"
+            assert updated["session"]["type"] == "transcription"
             await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA"}))
             await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
             assert (await _next(ws))["type"] == "input_audio_buffer.cleared"

@@ -389,6 +389,8 @@ class LiveSession:
             self._vad = (SpeechProbabilities(), detector)
 
     def _described(self) -> dict[str, Any]:
+        if not self.configured:  # a session without intent: what it is waits for session.update
+            return {"object": "realtime.session", "id": self.id, "type": "realtime"}
         return self.config.described(self.id)
 
     # --- audio and turns ----------------------------------------------------------------
