@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import signal
 from collections.abc import Iterator
@@ -160,6 +161,11 @@ def test_server_vad_turns_at_real_time_pace(live: str, jfk_pcm: bytes) -> None:
     assert word_error_rate(said, JFK_TEXT) <= 0.15, said
     stopped = of(events, "input_audio_buffer.speech_stopped")
     assert all(s["audio_end_ms"] <= 12000 for s in stopped), stopped
+    # one turn's audio ends before the next one's begins
+    spans = [
+        (a["audio_start_ms"], b["audio_end_ms"]) for a, b in zip(started, stopped, strict=True)
+    ]
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), spans
 
 
 def _all_completed(events: list[dict[str, Any]]) -> bool:

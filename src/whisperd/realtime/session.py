@@ -443,14 +443,16 @@ class LiveSession:
                     turn.final[1].cancel()
                     turn.final = None
             else:
+                # the turn's audio: its speech and a tail of the pause (the next turn starts
+                # after it)
+                end = (turn.speech_end or change.sample) + _samples(self._tail_ms())
                 await self.send(
                     server_event(
                         "input_audio_buffer.speech_stopped",
-                        audio_end_ms=_ms(change.sample),
+                        audio_end_ms=_ms(end),
                         item_id=turn.item_id,
                     )
                 )
-                end = (turn.speech_end or change.sample) + _samples(self._tail_ms())
                 await self._commit(end, turn.paused_at or time.monotonic())
         if self.turn is None:
             # the prefix padding, and a chunk more: the VAD judges whole chunks
