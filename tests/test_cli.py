@@ -216,7 +216,19 @@ def test_multilingual_on_an_english_only_model_is_a_usage_error(
     result = whisperd_cli("transcribe", "--multilingual", jfk_path)
     assert_clean_failure(result)
     assert result.returncode == 2
-    assert "multilingual=true needs a multilingual model" in " ".join(result.stderr.split())
+    assert "--multilingual needs a multilingual model" in " ".join(result.stderr.split())
+
+
+def test_option_errors_name_the_flags(whisperd_cli: Run, jfk_path: Path) -> None:
+    result = whisperd_cli("transcribe", "--diarize", "-f", "text", jfk_path)
+    assert_clean_failure(result)
+    assert result.returncode == 2
+    said = " ".join(result.stderr.split())
+    assert "--diarize labels speakers" in said and "-f text has no speakers" in said, said
+    result = whisperd_cli("transcribe", "--max-line-count", "2", "-f", "srt", jfk_path)
+    assert result.returncode == 2
+    said = " ".join(result.stderr.split())
+    assert "--max-line-count needs --max-line-width or --max-words-per-line" in said, said
 
 
 def test_bad_format_is_a_usage_error(whisperd_cli: Run, jfk_path: Path) -> None:

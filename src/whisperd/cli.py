@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 import sys
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -136,6 +137,48 @@ def _setting_flags(*names: str) -> Callable[[Command], Command]:
         return command
 
     return add
+
+
+# The request fields that the transcribe command's flags set, as the API's messages name them.
+_FLAGS = {
+    "response_format": "-f",
+    "diarize": "--diarize",
+    "multichannel": "--multichannel",
+    "multilingual": "--multilingual",
+    "known_speaker_names": "--speaker",
+    "known_speaker_references": "--speaker",
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in (
+            "max_line_width",
+            "max_line_count",
+            "max_words_per_line",
+            "max_cue_seconds",
+            "highlight_words",
+            "word_timestamps",
+            "min_speakers",
+            "max_speakers",
+            "beam_size",
+        )
+    },
+}
+# a field with an underscore as it is, or any as ``name=value``
+_NAMES = "|".join(_FLAGS)
+_BARE = "|".join(name for name in _FLAGS if "_" in name)
+_FIELD = re.compile(rf"\b(?:(?P<name>{_NAMES})=(?P<value>[\w.-]+)|(?P<bare>{_BARE}))\b")
+
+
+def _in_flags(message: str) -> str:
+    """An API message in the command line's words: ``diarize=true`` as ``--diarize``,
+    ``response_format text`` as ``-f text``."""
+
+    def flag(match: re.Match[str]) -> str:
+        if match["bare"]:
+            return _FLAGS[match["bare"]]
+        name, value = _FLAGS[match["name"]], match["value"]
+        return name if value == "true" else f"{name} {value}"
+
+    return _FIELD.sub(flag, message)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -310,7 +353,7 @@ def transcribe(
             speakers=speakers,
         ).check()
     except WhisperdError as exc:
-        raise _fail(exc.message, 2) from None
+        raise _fail(_in_flags(exc.message), 2) from None
     with contextlib.ExitStack() as stack:
         paths = list(files or [])
         if sample:
@@ -327,7 +370,7 @@ def transcribe(
             # a bad language is the command's mistake, not a file's
             engine.check(engine.default_model, options)
         except WhisperdError as exc:
-            raise _fail(exc.message, 2) from None
+            raise _fail(_in_flags(exc.message), 2) from None
         if output_dir is not None:
             try:
                 output_dir.mkdir(parents=True, exist_ok=True)
@@ -445,7 +488,7 @@ def _side_by_side(
             try:
                 yield name, future.result()
             except WhisperdError as exc:
-                err.print(f"[bold red]error:[/] {escape(name)}: {escape(exc.message)}")
+                err.print(f"[bold red]error:[/] {escape(name)}: {escape(_in_flags(exc.message))}")
                 yield name, None
 
 
