@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from whisperd.audio import Audio
-from whisperd.engine import Item
+from whisperd.engine import PROMPT_CHARS, Item
 from whisperd.errors import ServiceUnavailableError
 from whisperd.realtime.agreement import StableText
 from whisperd.realtime.codecs import G711, InputAudio, pcm16
@@ -19,6 +19,7 @@ from whisperd.realtime.protocol import ProtocolError, SessionConfig, check_type,
 from whisperd.realtime.session import Budget, Decode
 from whisperd.realtime.turns import CHUNK, SpeechProbabilities, TurnDetector
 from whisperd.scheduler import Task
+from whisperd.spec import Spec
 
 
 def test_only_words_two_decodes_agree_on_are_sent_and_never_taken_back() -> None:
@@ -102,6 +103,20 @@ def test_a_session_update_is_merged_and_checked_whole() -> None:
     assert unknown.value.code == "unknown_parameter"
     with pytest.raises(ProtocolError):
         config.updated("not an object")
+
+
+def test_a_prompt_is_kept_as_far_as_whisper_reads_it() -> None:
+    """Whisper reads a prompt's last tokens and hotwords' first: a huge one is cut there once,
+    not kept whole in a session or a job and tokenized again at every window."""
+    words = " ".join(f"word{i}" for i in range(200_000))  # 1.4 MB
+    spec = Spec(prompt=words, hotwords=words)
+    assert spec.prompt is not None and spec.hotwords is not None
+    assert len(spec.prompt) == len(spec.hotwords) == PROMPT_CHARS
+    assert words.endswith(spec.prompt) and words.startswith(spec.hotwords)
+    assert Spec(prompt="Kubernetes, k3s.").prompt == "Kubernetes, k3s."
+    config = SessionConfig().updated({"audio": {"input": {"transcription": {"prompt": words}}}})
+    said = config.described("sess")["audio"]["input"]["transcription"]["prompt"]
+    assert said == spec.prompt
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,21 @@ class TranscribeOptions:
         return self.multilingual and self.language is None
 
 
+PROMPT_CHARS = 16384
+"""Whisper reads at most 223 tokens of a prompt (its last ones) and of hotwords (their first
+ones), and no token is near this many characters long: text past it cannot change a decode.
+It is cut off before it is kept or tokenized (tokenizing a megabyte of prompt held the GIL
+for a second, at every window)."""
+
+
+def clipped(text: str | None, *, keep: Literal["head", "tail"]) -> str | None:
+    """``text`` cut to the ``PROMPT_CHARS`` that Whisper can read of it: a prompt's tail,
+    hotwords' head."""
+    if text is None or len(text) <= PROMPT_CHARS:
+        return text
+    return text[:PROMPT_CHARS] if keep == "head" else text[-PROMPT_CHARS:]
+
+
 def temperatures_from(value: float | None) -> tuple[float, ...]:
     """OpenAI's single temperature as a fallback schedule: from ``value`` up to 1.0."""
     if value is None or value <= 0:

@@ -13,7 +13,13 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from whisperd.engine import TaskName, TranscribeOptions, Transcription, temperatures_from
+from whisperd.engine import (
+    TaskName,
+    TranscribeOptions,
+    Transcription,
+    clipped,
+    temperatures_from,
+)
 from whisperd.errors import InvalidRequestError
 from whisperd.render import SSE_FORMATS, Rendered, render, wants_words
 from whisperd.settings import Settings
@@ -45,6 +51,11 @@ class Spec:
     """``include[]=logprobs``: json carries each word's log probability."""
     speakers: SpeakerOptions = NO_SPEAKERS
     """Who said what (told apart once the whole transcript is in)."""
+
+    def __post_init__(self) -> None:
+        # kept (in a job's record too) only as far as the model reads them
+        object.__setattr__(self, "prompt", clipped(self.prompt, keep="tail"))
+        object.__setattr__(self, "hotwords", clipped(self.hotwords, keep="head"))
 
     def check(self, *, stream: bool = False) -> Spec:
         """Refuse, as OpenAI does, options the response format cannot carry (``stream``:

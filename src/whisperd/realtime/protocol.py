@@ -14,10 +14,11 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from whisperd import models
+from whisperd.engine import clipped
 from whisperd.errors import WhisperdError, shown
 
 LOGPROBS = "item.input_audio_transcription.logprobs"
@@ -64,6 +65,11 @@ class Transcription(_Model):
     model: str | None = "whisper-1"
     language: str | None = None
     prompt: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _readable(cls, prompt: str | None) -> str | None:
+        return clipped(prompt, keep="tail")
 
 
 class ServerVad(_Model):
