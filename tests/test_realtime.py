@@ -218,6 +218,41 @@ def test_partial_text_grows_before_a_manual_commit(live: str, jfk_pcm: bytes) ->
     assert final["usage"]["seconds"] >= 11
 
 
+@pytest.mark.parametrize("before", [None, VAD], ids=["manual-then-vad", "vad-then-longer"])
+def test_changing_turn_detection_mid_turn_keeps_the_turn(
+    live: str, jfk_pcm: bytes, before: dict[str, Any] | None
+) -> None:
+    """Turn detection switched on, or its silence changed, while a turn is in progress: the
+    turn goes on under the new detection, and no audio of it is lost."""
+    head = 24000 * 2 * 2  # mid-way through "And so my fellow Americans" (2 s)
+
+    async def main() -> list[dict[str, Any]]:
+        async with connect(live) as connection:
+            await connection.session.update(session=session(turn_detection=before))
+            log = await events_until(connection, "session.updated")
+            await append(connection, jfk_pcm[:head])
+            longer = {"type": "server_vad", "silence_duration_ms": 600}
+            await connection.session.update(session=session(turn_detection=longer))
+            await events_until(connection, "session.updated", log=log)
+            await append(connection, jfk_pcm[head:] + bytes(24000 * 2 * 3 // 2))
+            # every event before it has been handled once the clear is answered
+            await connection.input_audio_buffer.clear()
+            await events_until(connection, "input_audio_buffer.cleared", log=log)
+            async with asyncio.timeout(EVENT_TIMEOUT):
+                while len(of(log, "conversation.item.input_audio_transcription.completed")) < len(
+                    of(log, "input_audio_buffer.committed")
+                ):
+                    log.append((await connection.recv()).model_dump())
+            return log
+
+    events = asyncio.run(main())
+    assert of(events, "input_audio_buffer.committed"), events
+    said = transcripts(events)
+    # the words before the change are there (the turn they began was lost: "America. Not! ...")
+    assert normalise(said).startswith("and so") and "fellow" in normalise(said), said
+    assert word_error_rate(said, JFK_TEXT) <= 0.2, said
+
+
 def test_a_turns_final_text_is_the_file_transcription_of_its_audio(
     live: str, jfk_pcm: bytes
 ) -> None:

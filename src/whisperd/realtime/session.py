@@ -265,8 +265,8 @@ class LiveSession:
         self.buffer = Buffer()
         self._input = InputAudio(self.config.input.format.type)
         self._vad: tuple[SpeechProbabilities, TurnDetector] | None = None
-        self._detect_turns()
         self.turn: Turn | None = None
+        self._detect_turns()
         self.previous_item: str | None = None
         self._send_lock = anyio.Lock()
         self._group: TaskGroup | None = None
@@ -386,6 +386,8 @@ class LiveSession:
         if detection is not None:
             detector = TurnDetector(detection.threshold, detection.silence_ms)
             detector.position = self.buffer.end
+            # a turn in progress goes on, until the pause that ends it
+            detector.speaking = self.turn is not None
             self._vad = (SpeechProbabilities(), detector)
 
     def _described(self) -> dict[str, Any]:
