@@ -355,9 +355,14 @@ def wav(*channels: audio.Audio) -> bytes:
 
 def spoken_german(text: str, out: Path, words_per_minute: int = 150) -> Path:
     """``text`` spoken by espeak-ng's German voice (robotic, but base understands it)."""
+    return spoken(text, out, "de", words_per_minute)
+
+
+def spoken(text: str, out: Path, voice: str, words_per_minute: int = 150) -> Path:
+    """``text`` spoken by one of espeak-ng's voices, as a WAV file."""
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         require("espeak-ng")
-    command = [str(espeak), "-v", "de", "-s", str(words_per_minute), "-w", str(out), text]
+    command = [str(espeak), "-v", voice, "-s", str(words_per_minute), "-w", str(out), text]
     subprocess.run(command, check=True, timeout=60)
     return out

@@ -25,7 +25,7 @@ from whisperd.speakers.options import SpeakerOptions
 from whisperd.speakers.voices import Voice, window_spans
 from whisperd.spec import Spec
 
-from support import assert_jfk, make_settings, normalise, running_app, wav
+from support import assert_jfk, make_settings, normalise, running_app, spoken, wav
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -118,6 +118,26 @@ def test_diarized_json_tells_two_voices_apart(client: openai.OpenAI, conversatio
     assert_jfk(result.text)
     starts = [s["start"] for s in segments]
     assert starts == sorted(starts)
+
+
+def test_a_segment_that_starts_in_a_pause_is_its_speakers(
+    client: openai.OpenAI, jfk_audio: audio.Audio, tmp_path: Path
+) -> None:
+    """A synthetic voice and JFK taking turns 0.7 s apart, with no speaker count given:
+    Whisper starts JFK's second "And so" in the pause before it, and that silence is not
+    taken for a voice (the other one's, or a third)."""
+    said = "Thanks for calling the support line. How can I help you today?"
+    robot = audio.decode(spoken(said, tmp_path / "robot.wav", "en-us"))
+    pause = np.zeros(int(0.7 * audio.SAMPLE_RATE), np.float32)
+    meeting = np.concatenate([robot, pause, jfk_audio, pause, robot, pause, jfk_audio])
+    result = client.audio.transcriptions.create(
+        model="whisper-1", file=("meeting.wav", wav(meeting)), response_format="diarized_json"
+    )
+    segments = [s.model_dump() for s in result.segments]
+    said_by = by_speaker(segments)
+    assert set(said_by) == {"A", "B"}, segments
+    assert said_by["A"] == normalise(f"{said} {said}"), said_by  # not JFK's "And" too
+    assert "fellow" in said_by["B"] and "support" not in said_by["B"], said_by
 
 
 def test_a_known_speakers_reference_names_their_voice(

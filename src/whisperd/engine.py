@@ -24,7 +24,7 @@ import numpy as np
 from whisperd import audio, chunking, models
 from whisperd.audio import SAMPLE_RATE, Audio, AudioSource
 from whisperd.batching import BatchedWhisper, Batcher, Owner
-from whisperd.chunking import Section, plan_labelled_pieces, plan_pieces, speech_spans, stretches
+from whisperd.chunking import Section, plan_labelled_pieces, speech_spans, stretches
 from whisperd.errors import (
     AudioError,
     AudioTooLongError,
@@ -1037,12 +1037,14 @@ class _Run:
                 if planned is None:
                     exhausted = True
                     break
-                piece, language = planned
+                piece, language, speech = planned
                 active.add(piece.index)
                 self._buffers[piece.index] = []
                 started += 1
                 threading.Thread(
-                    target=self._stream, args=(piece, language or self.language), daemon=True
+                    target=self._stream,
+                    args=(piece, language or self.language, speech),
+                    daemon=True,
                 ).start()
             if exhausted and not active:
                 break
@@ -1072,29 +1074,35 @@ class _Run:
         if self._info is not None and self._info != self._new_info():
             self.task.put(self._new_info())
 
-    def _pieces(self) -> Iterator[tuple[Section, str | None]]:
-        """Each piece, with the language to decode it in (None: the task's)."""
+    def _pieces(self) -> Iterator[tuple[Section, str | None, list[tuple[float, float]]]]:
+        """Each piece, with the language to decode it in (None: the task's) and its runs of
+        speech (in seconds of the piece)."""
         index = 0
         for section in self.sections:
             if index == 0 and section.offset == 0 and section.duration <= SHORT_SECONDS:
                 self.owner.priority = max(self.owner.priority, SHORT_PRIORITY)
             self.duration = section.offset + section.duration
-            for start, end, language in self._plan(section.samples):
+            spans = speech_spans(section.samples)
+            for start, end, language in self._plan(section.samples, spans):
                 piece = Section(
                     index, section.offset + start / SAMPLE_RATE, section.samples[start:end]
                 )
-                yield piece, language
+                speech = [
+                    ((max(a, start) - start) / SAMPLE_RATE, (min(b, end) - start) / SAMPLE_RATE)
+                    for a, b in spans
+                    if a < end and b > start
+                ]
+                yield piece, language, speech
                 index += 1
 
-    def _plan(self, samples: Audio) -> list[tuple[int, int, str | None]]:
+    def _plan(
+        self, samples: Audio, spans: list[tuple[int, int]]
+    ) -> list[tuple[int, int, str | None]]:
         """Where a section's pieces start and end and, in multilingual mode, their languages."""
-        drop_silence = self.options.vad_filter
-        if not self.options.per_stretch:
-            pieces = plan_pieces(samples, drop_silence=drop_silence)
-            return [(start, end, None) for start, end in pieces]
-        spans = speech_spans(samples)
-        labels = self._languages(samples, spans)
-        return plan_labelled_pieces(samples, spans, labels, drop_silence=drop_silence)
+        labels = self._languages(samples, spans) if self.options.per_stretch else None
+        return plan_labelled_pieces(
+            samples, spans, labels or [None] * len(spans), drop_silence=self.options.vad_filter
+        )
 
     def _languages(self, samples: Audio, spans: list[tuple[int, int]]) -> list[str]:
         """The language of each span: that of the stretch of speech it is in, detected on the
@@ -1127,7 +1135,9 @@ class _Run:
             self.language, self.probability = labels[0], self._detected[labels[0]]
         return labels
 
-    def _stream(self, piece: Section, language: str | None) -> None:
+    def _stream(
+        self, piece: Section, language: str | None, speech: list[tuple[float, float]]
+    ) -> None:
         """Decode one piece sequentially (in this thread, its calls batched with others')."""
         options = self.options
         try:
@@ -1150,7 +1160,7 @@ class _Run:
                         self.events.put((piece, "segment", (segment, None)))
             # the voices are embedded beside the batcher, not inside one of its windows
             if decoded:
-                found = voices(decoded, piece.samples, piece.offset)
+                found = voices(decoded, piece.samples, piece.offset, speech)
                 for segment, voice in zip(decoded, found, strict=True):
                     self.events.put((piece, "segment", (segment, voice)))
         except BaseException as exc:

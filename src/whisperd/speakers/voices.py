@@ -1,7 +1,9 @@
 """Voice embeddings over a transcript's speech: what tells its speakers apart.
 
-Each segment's speech (from its first word to its last) is cut into windows of about
-``WINDOW_SECONDS``, overlapping, and each window is embedded by the speaker model. A segment
+Each segment's speech (from its first word to its last, less the silence the voice activity
+detector finds at either end: Whisper's first word often starts in the pause before it) is cut
+into windows of about ``WINDOW_SECONDS``, overlapping, and each window is embedded by the
+speaker model. A segment
 keeps its windows' spans (in the file's time) and embeddings as its :class:`Voice`.
 """
 
@@ -54,6 +56,17 @@ def _speech(segment: Any) -> tuple[float, float]:
     return float(segment.start), float(segment.end)
 
 
+def _trimmed(
+    start: float, end: float, speech: Sequence[tuple[float, float]]
+) -> tuple[float, float]:
+    """``start``-``end`` without the silence at its ends: from the first run of ``speech`` in
+    it to the last (as it is, if none is)."""
+    inside = [(a, b) for a, b in speech if a < end and b > start]
+    if not inside:
+        return start, end
+    return max(start, inside[0][0]), min(end, inside[-1][1])
+
+
 def _widened(start: float, end: float, length: float) -> tuple[float, float]:
     missing = SHORTEST_SECONDS - (end - start)
     if missing <= 0:
@@ -62,14 +75,21 @@ def _widened(start: float, end: float, length: float) -> tuple[float, float]:
     return start, min(length, start + SHORTEST_SECONDS)
 
 
-def voices(segments: Sequence[Any], samples: Audio, offset: float) -> list[Voice]:
+def voices(
+    segments: Sequence[Any],
+    samples: Audio,
+    offset: float,
+    speech: Sequence[tuple[float, float]],
+) -> list[Voice]:
     """The :class:`Voice` of each of a piece's decoded ``segments`` (times in the piece),
-    from the piece's ``samples``; ``offset`` is where the piece starts in the file."""
+    from the piece's ``samples``; ``offset`` is where the piece starts in the file, ``speech``
+    the runs of speech the voice activity detector found in it (in seconds of the piece)."""
     from whisperd.speakers.encoder import voice_encoder
 
     length = samples.shape[0] / SAMPLE_RATE
     spans = [
-        window_spans(*_widened(*_speech(s), length)) if s.end > s.start else [] for s in segments
+        window_spans(*_widened(*_trimmed(*_speech(s), speech), length)) if s.end > s.start else []
+        for s in segments
     ]
     windows = [
         samples[round(a * SAMPLE_RATE) : round(b * SAMPLE_RATE)] for row in spans for a, b in row
