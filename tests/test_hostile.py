@@ -696,6 +696,23 @@ def test_text_where_the_file_belongs_is_a_422(client: httpx.Client) -> None:
     assert error_of(response, 422)["param"] == "file"
 
 
+def test_a_path_cannot_forge_a_log_line(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="whisperd.access")
+    forged = "/v1/jobs%0a2026-12-03 00:00:00,000 INFO whisperd.access: POST /v1/jobs 202%1b[2J"
+    response = client.get(forged, headers={"X-Request-Id": "forger"})
+    assert response.status_code == 404
+
+    def logged() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "request_id", "") == "forger"]
+
+    (record,) = wait_for(logged, 30, "the request to be logged")
+    line = record.getMessage()
+    assert "\n" not in line and "\x1b" not in line, line
+    assert "/v1/jobs\\n2026-12-03" in line and "\\x1b[2J" in line, line
+
+
 # --- a client that leaves mid-upload --------------------------------------------------------
 @pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/function/whisper"])
 def test_a_client_leaving_mid_upload_leaves_nothing_behind(

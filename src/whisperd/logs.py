@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """A client's ``text`` (a request's path) with its control characters escaped (``\\n``,
+    ``\\x1b``), so that it cannot begin a log line of its own or drive a terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class JsonFormatter(logging.Formatter):

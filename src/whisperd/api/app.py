@@ -35,6 +35,7 @@ from whisperd.errors import (
     shown,
 )
 from whisperd.jobs.service import JobsService
+from whisperd.logs import printable
 from whisperd.metrics import Metrics
 from whisperd.realtime.sessions import LiveSessions
 from whisperd.scheduler import Admission
@@ -113,7 +114,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("Unhandled error on %s %s", request.method, request.url.path)
+    logger.exception("Unhandled error on %s %s", request.method, printable(request.url.path))
     return _error_response(WhisperdError("Internal server error; see the server log."))
 
 

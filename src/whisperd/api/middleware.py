@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whisperd.errors import AuthenticationError, PayloadTooLargeError, WhisperdError
+from whisperd.logs import printable
 from whisperd.metrics import Metrics
 from whisperd.realtime.protocol import MAX_REASON, POLICY_VIOLATION, SUBPROTOCOL, error_event
 from whisperd.timings import Timings
@@ -106,7 +107,7 @@ class RequestContextMiddleware(_HttpMiddleware):
             logger.info(
                 "%s %s %d %.3fs audio=%.1fs %s",
                 scope["method"],
-                scope["path"],
+                printable(scope["path"]),
                 status,
                 elapsed,
                 timings.audio_seconds,
