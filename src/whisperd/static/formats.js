@@ -57,11 +57,15 @@ export function toLines(segments) {
 /** A cue's text: a segment's on one line, or the lines fitCues made. */
 const cueText = (cue, escape = (t) => t) => (cue.lines ?? [cue.text]).map((t) => oneLine(escape(t))).join("\n");
 
+/** What starts an SRT cue's first line when its segment has a speaker (as
+ * subtitles.speaker_label). */
+const speakerLabel = (speaker) => (speaker != null ? `${speaker}: ` : "");
+
 /** SRT cues, each after `Name: ` when its segment has a speaker (as formats.srt_block). */
 export function toSrt(cues) {
   return cues
     .map((c, i) => {
-      const said = c.speaker != null ? `${c.speaker}: ` : "";
+      const said = speakerLabel(c.speaker);
       return `${i + 1}\n${timestamp(c.start)} --> ${timestamp(c.end)}\n${said}${cueText(c)}\n\n`;
     })
     .join("");
@@ -115,14 +119,17 @@ function even(items, count, fits, size) {
 }
 
 /** Cues fit for a screen from the segments' words: at most `count` lines of `width`
- * characters (but for a single longer word), cut at words, lines and cues balanced. */
-export function fitCues(segments, width, count = 2) {
+ * characters (but for a single longer word), cut at words, lines and cues balanced.
+ * `labelled`: SRT's `Name: ` counts in the width (as subtitles.Cuer). */
+export function fitCues(segments, width, count = 2, labelled = false) {
   const size = (words) => oneLine(words.map((w) => w.word).join(" ")).length;
-  const lineFits = (words) => words.length === 1 || size(words) <= width;
+  let room = width;
+  const lineFits = (words) => words.length === 1 || size(words) <= room;
   const cueFits = (words) => words.length === 1 || fewest(words, lineFits) <= count;
   const cues = [];
   let lastEnd = 0;
   for (const segment of segments) {
+    room = labelled ? Math.max(1, width - speakerLabel(segment.speaker).length) : width;
     const words = (segment.words ?? []).filter((w) => w.word.trim());
     if (!words.length) {
       cues.push(segment);
@@ -184,13 +191,14 @@ export function parseCues(text) {
 }
 
 /** SRT or WebVTT cues of `segments`: a segment each, or fit for a screen (`width` > 0). */
-const cues = (segments, width) => (width ? fitCues(segments, width) : segments);
+const cues = (segments, width, labelled = false) =>
+  width ? fitCues(segments, width, 2, labelled) : segments;
 
 // Downloads name the speakers as they were named on the page; a live transcript's text is a
 // line per turn.
 const RENDERERS = {
   txt: ["text/plain", (t) => (t.live ? toLines(t.segments) : toText(t.speakers.named(t.segments)))],
-  srt: ["application/x-subrip", (t, width) => toSrt(cues(t.speakers.named(t.segments), width))],
+  srt: ["application/x-subrip", (t, width) => toSrt(cues(t.speakers.named(t.segments), width, true))],
   vtt: ["text/vtt", (t, width) => toVtt(cues(t.speakers.named(t.segments), width))],
   json: ["application/json", (t) => toJson(t, (label) => t.speakers.name(label))],
 };
