@@ -386,9 +386,17 @@ class LiveSession:
         if detection is not None:
             detector = TurnDetector(detection.threshold, detection.silence_ms)
             detector.position = self.buffer.end
-            # a turn in progress goes on, until the pause that ends it
-            detector.speaking = self.turn is not None
+            if self.turn is not None:  # a turn in progress goes on, until the pause that ends it
+                detector.speaking = True
+                self._resume(self.turn)
             self._vad = (SpeechProbabilities(), detector)
+
+    def _resume(self, turn: Turn) -> None:
+        """The turn's speech goes on: a pause heard in it so far is not its end."""
+        turn.speech_end = None
+        if turn.final is not None:
+            turn.final[1].cancel()
+            turn.final = None
 
     def _described(self) -> dict[str, Any]:
         if not self.configured:  # a session without intent: what it is waits for session.update
@@ -440,10 +448,7 @@ class LiveSession:
                 if turn.partial is not None:  # the final decode comes next: it goes first
                     turn.partial.cancel()
             elif change.kind == "resumed":
-                turn.speech_end = None
-                if turn.final is not None:
-                    turn.final[1].cancel()
-                    turn.final = None
+                self._resume(turn)
             else:
                 # the turn's audio: its speech and a tail of the pause (the next turn starts
                 # after it)

@@ -3,8 +3,8 @@
 Each segment's speech (from its first word to its last, less the silence the voice activity
 detector finds at either end: Whisper's first word often starts in the pause before it) is cut
 into windows of about ``WINDOW_SECONDS``, overlapping, and each window is embedded by the
-speaker model. A segment
-keeps its windows' spans (in the file's time) and embeddings as its :class:`Voice`.
+speaker model. A segment keeps its windows' spans (in the file's time) and embeddings as its
+:class:`Voice`.
 """
 
 from __future__ import annotations
