@@ -57,7 +57,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from starlette.routing import compile_path
+from starlette.routing import BaseRoute, Route
 from starlette.types import Scope
 
 from whisperd import __version__
@@ -86,21 +86,24 @@ class RouteLabels:
     """The route template of a request (``/v1/jobs/{job_id}``), for a bounded ``route`` label.
 
     Routed requests carry their route in ``scope["route"]``. Requests answered before routing
-    (401 from the key check, 413 from the body limit) are matched against the templates of
-    the app's OpenAPI schema; anything else is :data:`UNMATCHED`, never the raw path.
+    (401 from the key check, 413 from the body limit) are matched against the documented HTTP
+    routes given to :meth:`learn`; anything else is :data:`UNMATCHED`, never the raw path.
     """
 
     def __init__(self) -> None:
-        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+        self._patterns: list[tuple[re.Pattern[str], str]] = []
+
+    def learn(self, routes: Iterable[BaseRoute]) -> None:
+        self._patterns = [
+            (route.path_regex, route.path)
+            for route in routes
+            if isinstance(route, Route) and route.include_in_schema
+        ]
 
     def __call__(self, scope: Scope) -> str:
         path = getattr(scope.get("route"), "path", None)
         if isinstance(path, str):
             return path
-        if self._patterns is None:
-            openapi = getattr(scope.get("app"), "openapi", None)
-            templates = openapi().get("paths", {}) if openapi is not None else {}
-            self._patterns = [(compile_path(t)[0], t) for t in templates]
         raw = scope.get("path", "")
         for regex, template in self._patterns:
             if regex.match(raw):
@@ -119,7 +122,7 @@ class Metrics:
         if multiprocess_dir is None:
             multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.multiprocess_dir = multiprocess_dir
-        self._route = RouteLabels()
+        self.routes = RouteLabels()
         self.registry = CollectorRegistry()
         """What ``/metrics`` exposes."""
         # In multiprocess mode the metric objects write to files and are read back through
@@ -194,7 +197,7 @@ class Metrics:
         """Record one finished request (called once, by the request-context middleware)."""
         method = scope.get("method", "")
         method = method if method in _METHODS else "other"
-        route = self._route(scope)
+        route = self.routes(scope)
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
         for stage, spent in timings.stages.items():

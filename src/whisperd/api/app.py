@@ -163,14 +163,10 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.include_router(ops.router)
-    app.include_router(openai.router)
-    app.include_router(language.router)
-    app.include_router(realtime.router)
-    app.include_router(compat.router)
-    app.include_router(jobs.router)
-    app.include_router(metrics.router)
-    app.include_router(ui.router)
+    routers = (ops, openai, language, realtime, compat, jobs, metrics, ui)
+    for module in routers:
+        app.include_router(module.router)
+    held.metrics.routes.learn(route for module in routers for route in module.router.routes)
     # Added last = outermost: context first, then keys, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     keys = settings.all_api_keys()
