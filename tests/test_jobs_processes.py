@@ -161,7 +161,7 @@ def test_distributed_worker_killed_mid_job_loses_nothing(
         ]
         wait_ready(client, api)
         ids = [submit_gated(client, local, callback_url)]
-        ids += [submit_upload(client, callback_url) for _ in range(19)]
+        ids += [submit_upload(client, callback_url) for _ in range(9)]
         assert local.gate_entered.wait(90), "a worker should take the first job"
 
         holder: str = poll(

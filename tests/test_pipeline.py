@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 @pytest.fixture(scope="module")
 def long_speech() -> bytes:
-    return speech_flac(360)
+    return speech_flac(240)
 
 
 @pytest.fixture(scope="module")
