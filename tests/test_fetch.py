@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
-from whisperd import fetch
+from whisperd import fetch, logs
 from whisperd.errors import (
     DeadlineExceededError,
     FetchError,
@@ -287,6 +287,19 @@ def test_logs_leave_out_credentials_and_query(
     assert "secret" not in caplog.text
 
 
+def test_the_http_clients_own_log_never_shows_a_url() -> None:
+    loggers = [logging.getLogger(name) for name in ("", "httpx", "httpcore")]
+    handlers, levels = list(loggers[0].handlers), [lg.level for lg in loggers]
+    try:
+        logs.configure("debug")
+        # httpx's "HTTP Request: GET <the whole URL>" lines
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    finally:
+        loggers[0].handlers[:] = handlers
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 # --- refusals -----------------------------------------------------------------------------
 
 FORBIDDEN_URLS = [
@@ -457,6 +470,10 @@ def test_a_host_that_does_not_resolve(
         "ff02::1",
         "::ffff:10.0.0.1",
         "64:ff9b::a9fe:a9fe",
+        # special-purpose blocks some Python releases count as global
+        "192.0.0.192",
+        "192.88.99.1",
+        "fec0::1",
     ],
 )
 def test_internal_addresses_have_a_reason(address: str) -> None:

@@ -58,6 +58,28 @@ _SCHEMES = frozenset({"http", "https"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SPECIAL_PURPOSE = tuple(
+    ipaddress.ip_network(block)
+    for block in (
+        "192.0.0.0/24",  # IETF protocol assignments (192.0.0.192: a cloud metadata address)
+        "192.0.2.0/24",
+        "192.88.99.0/24",  # the former 6to4 relay anycast
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "240.0.0.0/4",
+        "64:ff9b:1::/48",  # local-use NAT64
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "3fff::/20",
+        "5f00::/16",
+        "fc00::/7",
+        "fec0::/10",  # the former site-local
+    )
+)
+"""IANA special-purpose blocks that are not globally reachable: checked here, because the
+interpreter's own tables (``is_global``) leave some of them out in older Python releases."""
 _SPOOL_BYTES = 8 * 1024 * 1024
 """Downloads up to this size stay in memory; larger ones spill to a file in tmp_dir."""
 _ALLOW_HINT = "if the host is trusted, add it to WHISPERD_FETCH_ALLOW_HOSTS"
@@ -277,7 +299,7 @@ def _forbidden_reason(ip: IPAddress) -> str | None:
         (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT, "shared (carrier-grade NAT)"),
         (ip.is_private, "private"),
         (ip.is_reserved, "reserved"),
-        (not ip.is_global, "non-public"),
+        (not ip.is_global or any(ip in block for block in _SPECIAL_PURPOSE), "non-public"),
     )
     for matches, reason in checks:
         if matches:
