@@ -45,3 +45,7 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The HTTP client logs each request's whole URL, credentials and query (a signed link's
+    # token) included; whisperd logs its fetches and callbacks itself, without them.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
