@@ -9,6 +9,7 @@ import anyio
 import av
 import numpy as np
 import pytest
+from fastapi import FastAPI
 
 from whisperd.audio import Audio
 from whisperd.engine import PROMPT_CHARS, Item
@@ -19,6 +20,8 @@ from whisperd.realtime.protocol import ProtocolError, SessionConfig, check_type,
 from whisperd.realtime.session import Budget, Decode
 from whisperd.realtime.turns import CHUNK, SpeechProbabilities, TurnDetector
 from whisperd.scheduler import Task
+from whisperd.server import uvicorn_config
+from whisperd.settings import Settings
 from whisperd.spec import Spec
 
 
@@ -188,3 +191,10 @@ def test_no_partial_decode_starts_while_a_final_one_runs() -> None:
             partials.release()
 
     anyio.run(session)
+
+
+def test_a_session_that_stops_reading_is_not_closed_for_its_pong() -> None:
+    # While its turns wait for transcripts a session reads nothing, the client's pong included:
+    # a ping timeout closed it (1011) with committed turns never completed.
+    config = uvicorn_config(FastAPI(), Settings())
+    assert config.ws_ping_interval is not None and config.ws_ping_timeout is None

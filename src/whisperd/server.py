@@ -258,6 +258,10 @@ def uvicorn_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
         "http": protocol,
         "log_config": None,
         "access_log": False,
+        # Pings keep a live session's connection open through proxies, but a pong is never
+        # awaited: a session that stops reading (its client sends faster than it is
+        # transcribed) cannot read one, and it ends when its client leaves or idles out.
+        "ws_ping_timeout": None,
         **options,
     }
     return uvicorn.Config(app, **values)
