@@ -110,7 +110,7 @@ def test_embedded_server_killed_mid_job_loses_nothing(
         wait_ready(client, server)
         ids = [submit_gated(client, local, callback_url)]
         assert local.gate_entered.wait(30), "the first job should be downloading"
-        ids += [submit_upload(client, callback_url) for _ in range(9)]
+        ids += [submit_upload(client, callback_url) for _ in range(5)]
         assert client.get(f"/v1/jobs/{ids[0]}").json()["status"] == "running"
 
         server.kill()  # kill -9, mid-job; the embedded Redis lives on as an orphan

@@ -190,16 +190,16 @@ def test_long_audio_runs_in_pieces_streamed_and_not(tmp_path: Path, model_cache:
 
     # its own engine: the engine cuts the sections (section_seconds)
     settings = make_settings(tmp_path, model_cache, section_seconds=30)
-    speech = speech_flac(100)
+    speech = speech_flac(70)  # five sentences in three sections
     with Transcriber(settings) as engine, running_app(create_app(settings, engine=engine)) as url:
         whole = _post(url, speech, data={"response_format": "verbose_json"}).json()
-        assert whole["duration"] == pytest.approx(100, abs=8)
+        assert whole["duration"] == pytest.approx(70, abs=1)
         ids = [s["id"] for s in whole["segments"]]
         assert ids == list(range(len(ids)))
         ends = [s["end"] for s in whole["segments"]]
         assert ends == sorted(ends)
         assert 0 < ends[-1] <= whole["duration"]
-        assert normalise(whole["text"]).count("ask not what your country can do for you") >= 6
+        assert normalise(whole["text"]).count("ask not what your country can do for you") >= 4
 
         with httpx.stream(
             "POST",

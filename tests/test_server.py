@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path: Path) -> None:
-    speech = speech_flac(180)  # still in flight while the drain is checked
+    speech = speech_flac(100)  # still in flight while the drain is checked
     env = {"WHISPERD_DRAIN_TIMEOUT": "120"}
     with server_process(tmp_path, env) as server, concurrent.futures.ThreadPoolExecutor() as pool:
         in_flight = pool.submit(
