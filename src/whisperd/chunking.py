@@ -79,33 +79,25 @@ def stretches(spans: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
 
 
 def plan_pieces(
-    samples: Audio, *, drop_silence: bool, max_seconds: float = PIECE_SECONDS
-) -> list[tuple[int, int]]:
-    """The pieces (start and end sample) to decode as separate streams: runs of speech of up
-    to ``max_seconds`` (a longer run without a pause is one piece), cut at pauses.
+    samples: Audio,
+    spans: Sequence[tuple[int, int]],
+    labels: Sequence[str | None] | None = None,
+    *,
+    drop_silence: bool,
+    max_seconds: float = PIECE_SECONDS,
+) -> list[tuple[int, int, str | None]]:
+    """The pieces (start and end sample, and label) to decode as separate streams, given the
+    samples' :func:`speech_spans`: runs of speech of up to ``max_seconds`` (a longer run
+    without a pause is one piece), cut at pauses. With ``labels`` (one per span, such as its
+    language) a piece also ends where the label changes, and comes with the label of its
+    spans; without them, and for the one piece of audio without speech, the label is None.
 
     With ``drop_silence``, audio without speech is left out: leading and trailing silence, and
     pauses of ``SILENCE_SECONDS`` or more, but for ``SPEECH_PAD_SECONDS`` around the speech;
     audio with no speech at all gives no piece. Without it the pieces cover all the audio.
     """
-    spans = speech_spans(samples)
-    planned = plan_labelled_pieces(
-        samples, spans, [None] * len(spans), drop_silence=drop_silence, max_seconds=max_seconds
-    )
-    return [(start, end) for start, end, _ in planned]
-
-
-def plan_labelled_pieces(
-    samples: Audio,
-    spans: Sequence[tuple[int, int]],
-    labels: Sequence[str | None],
-    *,
-    drop_silence: bool,
-    max_seconds: float = PIECE_SECONDS,
-) -> list[tuple[int, int, str | None]]:
-    """Like :func:`plan_pieces`, given the samples' :func:`speech_spans` and a label for each
-    (such as its language): a piece also ends where the label changes, and comes with the
-    label of its spans (None for the one piece of audio without speech)."""
+    if labels is None:
+        labels = [None] * len(spans)
     total = samples.shape[0]
     if not spans:
         return [] if drop_silence or total == 0 else [(0, total, None)]

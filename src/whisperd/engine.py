@@ -24,7 +24,7 @@ import numpy as np
 from whisperd import audio, chunking, models
 from whisperd.audio import SAMPLE_RATE, Audio, AudioSource
 from whisperd.batching import BatchedWhisper, Batcher, Owner
-from whisperd.chunking import Section, plan_labelled_pieces, speech_spans, stretches
+from whisperd.chunking import Section, plan_pieces, speech_spans, stretches
 from whisperd.errors import (
     AudioError,
     AudioTooLongError,
@@ -1100,9 +1100,7 @@ class _Run:
     ) -> list[tuple[int, int, str | None]]:
         """Where a section's pieces start and end and, in multilingual mode, their languages."""
         labels = self._languages(samples, spans) if self.options.per_stretch else None
-        return plan_labelled_pieces(
-            samples, spans, labels or [None] * len(spans), drop_silence=self.options.vad_filter
-        )
+        return plan_pieces(samples, spans, labels, drop_silence=self.options.vad_filter)
 
     def _languages(self, samples: Audio, spans: list[tuple[int, int]]) -> list[str]:
         """The language of each span: that of the stretch of speech it is in, detected on the
