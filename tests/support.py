@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 import av
 import httpx
 import numpy as np
+import trustme
 import uvicorn
 
 from whisperd import audio
@@ -127,6 +129,28 @@ def poll(
     raise AssertionError(f"Timed out after {timeout:g} s waiting for {what or fn}; last: {last!r}")
 
 
+@dataclass(frozen=True)
+class LocalCertificate:
+    """A certificate for 127.0.0.1 and its key, as PEM files, and a client context that
+    trusts the authority that signed it."""
+
+    certfile: Path
+    keyfile: Path
+    trusted: ssl.SSLContext
+
+
+def local_certificate(directory: Path) -> LocalCertificate:
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    directory.mkdir(parents=True, exist_ok=True)
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    certfile.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    keyfile.write_bytes(issued.private_key_pem.bytes())
+    trusted = ssl.create_default_context()
+    authority.configure_trust(trusted)
+    return LocalCertificate(certfile, keyfile, trusted)
+
+
 @contextlib.contextmanager
 def running_app(app: Any) -> Iterator[str]:
     """Serve ``app`` with a real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
@@ -138,7 +162,8 @@ def running_app(app: Any) -> Iterator[str]:
     try:
         poll(lambda: server.started or not thread.is_alive(), timeout=60)
         assert server.started, "server failed to start"
-        yield f"http://127.0.0.1:{port}"
+        scheme = "https" if config.ssl_certfile else "http"
+        yield f"{scheme}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(30)

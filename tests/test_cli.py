@@ -21,7 +21,7 @@ from whisperd import cli
 from whisperd.settings import Settings
 from whisperd_bench.wer import words
 
-from support import server_process
+from support import local_certificate, server_process
 
 Result = subprocess.CompletedProcess[str]
 Run = Callable[..., Result]
@@ -362,10 +362,13 @@ def flag_settings(command: str) -> set[str]:
 def test_every_serve_and_worker_flag_reaches_the_settings(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys"
     keys_file.write_text("k3\n")
+    tls = local_certificate(tmp_path / "tls")
     given = {
         "serve": [
             (["--host", "0.0.0.0"], "host", "0.0.0.0"),
             (["--port", "9001"], "port", 9001),
+            (["--tls-certfile", str(tls.certfile)], "tls_certfile", tls.certfile),
+            (["--tls-keyfile", str(tls.keyfile)], "tls_keyfile", tls.keyfile),
             (["-m", "base"], "model", "base"),
             (
                 ["--preload-model", "tiny", "--preload-model", "small,medium"],
@@ -426,6 +429,23 @@ def test_every_serve_and_worker_flag_reaches_the_settings(tmp_path: Path) -> Non
             (name, value) for _, name, value in flags
         }
         assert flag_settings(command) == {name for _, name, _ in flags}
+
+
+def test_tls_files_are_checked_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ours, theirs = local_certificate(tmp_path / "a"), local_certificate(tmp_path / "b")
+    cases = {
+        "go together": ["--tls-certfile", str(ours.certfile)],
+        "not a readable PEM certificate and its key": [
+            *("--tls-certfile", str(ours.certfile), "--tls-keyfile", str(theirs.keyfile)),
+        ],
+    }
+    for message, argv in cases.items():
+        with pytest.raises(typer.Exit) as stopped:
+            parsed_settings("serve", argv)
+        assert stopped.value.exit_code == 2
+        assert message in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.parametrize("command", ["serve", "worker"])

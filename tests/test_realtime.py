@@ -26,7 +26,16 @@ from whisperd.realtime.codecs import InputAudio, pcm16
 from whisperd.settings import Settings
 from whisperd_bench.wer import word_error_rate
 
-from support import assert_jfk, make_settings, normalise, poll, running_app, server_process
+from support import (
+    JFK,
+    assert_jfk,
+    local_certificate,
+    make_settings,
+    normalise,
+    poll,
+    running_app,
+    server_process,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -117,6 +126,41 @@ def transcripts(events: list[dict[str, Any]]) -> str:
     return " ".join(
         e["transcript"] for e in of(events, "conversation.item.input_audio_transcription.completed")
     )
+
+
+def test_https_and_wss_with_a_certificate(
+    engine: Transcriber, tmp_path: Path, jfk_pcm: bytes
+) -> None:
+    tls = local_certificate(tmp_path / "tls")
+    settings = live_settings(engine, tmp_path, tls_certfile=tls.certfile, tls_keyfile=tls.keyfile)
+
+    async def main(url: str) -> tuple[str, str]:
+        http = httpx.AsyncClient(verify=tls.trusted)
+        async with openai.AsyncOpenAI(
+            api_key="unused", base_url=f"{url}/v1", max_retries=0, http_client=http
+        ) as client:
+            file = await client.audio.transcriptions.create(
+                model="whisper-1", file=("jfk.flac", JFK.read_bytes())
+            )
+            async with client.realtime.connect(
+                extra_query={"intent": "transcription"},
+                websocket_connection_options={"ssl": tls.trusted},
+            ) as connection:
+                await connection.session.update(session=session(turn_detection=None))
+                await append(connection, jfk_pcm)
+                await connection.input_audio_buffer.commit()
+                events = await events_until(
+                    connection, "conversation.item.input_audio_transcription.completed"
+                )
+        return file.text, transcripts(events)
+
+    with running_app(create_app(settings, engine=engine)) as url:
+        assert url.startswith("https://")
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not served beside it
+            httpx.get(url.replace("https", "http", 1) + "/healthz", timeout=10)
+        file_text, live_text = asyncio.run(main(url))
+    assert_jfk(file_text)
+    assert_jfk(live_text)
 
 
 def test_server_vad_turns_at_real_time_pace(live: str, jfk_pcm: bytes) -> None:

@@ -53,6 +53,8 @@ STDIN = Path("-")  # the input name that reads audio from standard input
 SERVE_FLAGS = (
     "host",
     "port",
+    "tls_certfile",
+    "tls_keyfile",
     "model",
     "preload_models",
     "models_dir",

@@ -262,6 +262,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
         # awaited: a session that stops reading (its client sends faster than it is
         # transcribed) cannot read one, and it ends when its client leaves or idles out.
         "ws_ping_timeout": None,
+        "ssl_certfile": settings.tls_certfile,
+        "ssl_keyfile": settings.tls_keyfile,
         **options,
     }
     return uvicorn.Config(app, **values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import ssl
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -68,6 +69,11 @@ class Settings(BaseSettings):
     """Interface to listen on; use 0.0.0.0 in a container (and set API keys)."""
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on."""
+    tls_certfile: Path | None = None
+    """A PEM certificate (chain) to serve HTTPS and wss:// with, beside `tls_keyfile`; a
+    browser gives the page's microphone only to an https page or one at localhost."""
+    tls_keyfile: Path | None = None
+    """The PEM private key of `tls_certfile`."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level."""
     log_format: Literal["text", "json"] = "text"
@@ -282,6 +288,7 @@ class Settings(BaseSettings):
             if not self._file_keys():
                 msg = f"api_keys_file: {self.api_keys_file} holds no key (one key per line)"
                 raise ValueError(msg)
+        self._check_tls()
         for name in ("job_max_queued_bytes", "job_max_queued_bytes_per_key"):
             value = getattr(self, name)
             if 0 < value < self.job_max_upload_bytes:
@@ -293,6 +300,23 @@ class Settings(BaseSettings):
                 )
                 raise ValueError(msg)
         return self
+
+    def _check_tls(self) -> None:
+        """Both TLS files or neither, and a key that is the certificate's."""
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            msg = "tls_certfile and tls_keyfile go together: set both (or neither)"
+            raise ValueError(msg)
+        if self.tls_certfile is None or self.tls_keyfile is None:
+            return
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls_certfile, self.tls_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            msg = (
+                f"tls_certfile {self.tls_certfile} and tls_keyfile {self.tls_keyfile} are not "
+                f"a readable PEM certificate and its key: {exc}"
+            )
+            raise ValueError(msg) from exc
 
     @property
     def job_queued_bytes_limit(self) -> int:
