@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -28,6 +29,7 @@ from job_helpers import (
     signature,
     spaced_wav,
 )
+from whisperd import audio
 from whisperd.api import create_app
 from whisperd.engine import Segment, Transcriber
 from whisperd.errors import InvalidTransitionError, RateLimitError, ServiceUnavailableError
@@ -257,11 +259,20 @@ def test_async_function_callback_is_retried_until_the_receiver_takes_it(
 def test_permanent_failures_fail_at_once_with_the_error(
     tmp_path: Path, engine: Transcriber, local: LocalServer
 ) -> None:
-    with api(job_settings(tmp_path), engine) as client:
+    local.add_audio("long.flac", audio.encode_flac(np.zeros(200 * audio.SAMPLE_RATE, np.float32)))
+    settings = job_settings(tmp_path, max_audio_seconds=100, job_chunk_seconds=60)
+    with api(settings, engine) as client:
         garbage = submit(
             client, upload=b"this is not audio " * 64, callback_url=f"{local.base}/callback/bad"
         )
         missing = submit(client, url=f"{local.base}/audio/missing.flac")
+        too_long = submit(client, url=f"{local.base}/audio/long.flac")
+
+        # refused from what its header declares, before any of it is split or decoded
+        long_ = wait_job(client, too_long["id"])
+        assert (long_["status"], long_["attempts"]) == ("failed", 1)
+        assert long_["error"]["code"] == "audio_too_long"
+        assert "lasts 200 s" in long_["error"]["message"]
 
         bad = wait_job(client, garbage["id"])
         assert bad["status"] == "failed"

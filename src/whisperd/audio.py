@@ -87,6 +87,21 @@ def probe_duration(source: AudioSource) -> float | None:
     return None
 
 
+def declared_seconds(source: IO[bytes], max_seconds: float) -> float | None:
+    """The duration ``source`` declares (None if it does not; the position is put back to
+    the start), refusing audio that declares more than ``max_seconds`` before anything is
+    decoded. A header that understates the length is caught by the decoder's own limit."""
+    estimate = probe_duration(source)
+    source.seek(0)
+    if estimate is not None and estimate > max_seconds:
+        raise AudioTooLongError(
+            f"The audio lasts {estimate:.0f} s, over the limit of {max_seconds:.0f} s; split "
+            "it or raise WHISPERD_MAX_AUDIO_SECONDS.",
+            param="file",
+        )
+    return estimate
+
+
 def channel_count(source: IO[bytes]) -> int:
     """How many channels the first audio stream of ``source`` has (read from its start; the
     position is put back to the start)."""

@@ -27,7 +27,6 @@ from whisperd.batching import BatchedWhisper, Batcher, Owner
 from whisperd.chunking import Section, plan_pieces, speech_spans, stretches
 from whisperd.errors import (
     AudioError,
-    AudioTooLongError,
     EmptyAudioError,
     InvalidValueError,
     ModelLoadError,
@@ -707,16 +706,7 @@ class Transcriber:
         self.check(loaded, options)
         estimate = None
         if source is not None:
-            estimate = audio.probe_duration(source)
-            source.seek(0)
-            limit = self.settings.max_audio_seconds
-            if estimate is not None and estimate > limit:
-                # a header that understates the length is caught by the decoder's own limit
-                raise AudioTooLongError(
-                    f"The audio lasts {estimate:.0f} s, over the limit of {limit:.0f} s; split "
-                    "it or raise WHISPERD_MAX_AUDIO_SECONDS.",
-                    param="file",
-                )
+            estimate = audio.declared_seconds(source, self.settings.max_audio_seconds)
         return Prepared(loaded, options, estimate)
 
     def sections(self, source: AudioSource, *, channel: int | None = None) -> Iterator[Section]:

@@ -106,12 +106,10 @@ class Work:
             active.check()  # why it stopped: a cancel, or this worker stopping
             raise
 
-    @staticmethod
-    def probe(source: IO[bytes]) -> float | None:
-        """The duration the audio declares, if it does."""
-        estimate = audio.probe_duration(source)
-        source.seek(0)
-        return estimate
+    def probe(self, source: IO[bytes]) -> float | None:
+        """The duration the audio declares, if it does; audio declaring more than the limit
+        fails here, before it is split or decoded."""
+        return audio.declared_seconds(source, self.settings.max_audio_seconds)
 
     def fits_in_one_go(self, job: Job, estimate: float) -> bool:
         """Whether audio of this length runs in one go: a split would give a single chunk."""
