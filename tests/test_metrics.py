@@ -138,6 +138,9 @@ def test_metrics_count_what_was_served(served: tuple[str, Any]) -> None:
     assert httpx.get(f"{url}/v1/no-such-route/12345").status_code == 404
     assert httpx.get(f"{url}/v1/jobs/no-such-job-6789").status_code == 404
     assert httpx.request("PROPFIND", f"{url}/healthz").status_code == 405
+    docs = httpx.get(f"{url}/docs")
+    asset = next(p for p in docs.text.split('"') if p.startswith("/static-offline-docs/"))
+    assert httpx.get(f"{url}{asset}").status_code == 200
     admission = services_of(app).admission
     poll(lambda: admission.active == 0 and admission.waiting == 0, timeout=10)
     after = scrape(url)
@@ -152,6 +155,9 @@ def test_metrics_count_what_was_served(served: tuple[str, Any]) -> None:
     assert delta("whisperd_http_requests_total", route="unmatched", status="404") == 1
     assert delta("whisperd_http_requests_total", route="/v1/jobs/{job_id}", status="404") == 1
     assert delta("whisperd_http_requests_total", method="other", status="405") == 1
+    # the docs page and its files, which the app serves itself, are routes too
+    assert delta("whisperd_http_requests_total", route="/docs", status="200") == 1
+    assert delta("whisperd_http_requests_total", route="/static-offline-docs/{path:path}") == 1
     assert not any(s in v for _, ls in after for _, v in ls for s in ("12345", "6789", "PROPFIND"))
     assert delta("whisperd_http_request_duration_seconds_count", **ok) == 3
     assert delta("whisperd_http_request_duration_seconds_sum", **ok) > 0

@@ -57,7 +57,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Scope
 
 from whisperd import __version__
@@ -85,20 +85,22 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 class RouteLabels:
     """The route template of a request (``/v1/jobs/{job_id}``), for a bounded ``route`` label.
 
-    Routed requests carry their route in ``scope["route"]``. Requests answered before routing
-    (401 from the key check, 413 from the body limit) are matched against the documented HTTP
-    routes given to :meth:`learn`; anything else is :data:`UNMATCHED`, never the raw path.
+    Requests routed by FastAPI carry their route in ``scope["route"]``. Others (401 from the
+    key check, 413 from the body limit, the docs pages' routes) are matched against the HTTP
+    routes given to :meth:`learn` (a mount's files under ``{path:path}``); anything else is
+    :data:`UNMATCHED`, never the raw path.
     """
 
     def __init__(self) -> None:
         self._patterns: list[tuple[re.Pattern[str], str]] = []
 
     def learn(self, routes: Iterable[BaseRoute]) -> None:
-        self._patterns = [
-            (route.path_regex, route.path)
-            for route in routes
-            if isinstance(route, Route) and route.include_in_schema
-        ]
+        self._patterns = []
+        for route in routes:
+            if isinstance(route, Route):
+                self._patterns.append((route.path_regex, route.path))
+            elif isinstance(route, Mount):  # the docs pages' files
+                self._patterns.append((route.path_regex, f"{route.path}/{{path:path}}"))
 
     def __call__(self, scope: Scope) -> str:
         path = getattr(scope.get("route"), "path", None)

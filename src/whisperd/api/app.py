@@ -166,7 +166,8 @@ def create_app(settings: Settings, *, engine: Transcriber | None = None) -> Fast
     routers = (ops, openai, language, realtime, compat, jobs, metrics, ui)
     for module in routers:
         app.include_router(module.router)
-    held.metrics.routes.learn(route for module in routers for route in module.router.routes)
+    # the docs pages' routes are the app's own; the rest are the routers'
+    held.metrics.routes.learn([*app.router.routes, *(r for m in routers for r in m.router.routes)])
     # Added last = outermost: context first, then keys, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     keys = settings.all_api_keys()
