@@ -106,7 +106,7 @@ def test_diarized_json_tells_two_voices_apart(client: openai.OpenAI, conversatio
         model="whisper-1",
         file=("talk.wav", conversation),
         response_format="diarized_json",
-        chunking_strategy="auto",
+        chunking_strategy={"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500},
         extra_body=TWO,
     )
     assert isinstance(result, TranscriptionDiarized)
@@ -248,6 +248,9 @@ def test_the_function_labels_speakers(base_url: str, call: tuple[bytes, Any, Any
         ({"chunking_strategy": '{"type": "server_vad", "threshold": NaN}'}, "chunking_strategy"),
         ({"chunking_strategy": '{"type": "server_vad", "prefix_padding_ms": "1"}'}, "chunking"),
         ({"chunking_strategy": '{"type": "server_vad", "silence_duration_ms": -1}'}, "chunking"),
+        # an object as OpenAI's SDKs send one in a form
+        ({"chunking_strategy[type]": "bogus"}, "chunking_strategy"),
+        ({"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "5"}, "chunk"),
     ],
 )
 def test_bad_speaker_fields_are_400(base_url: str, form: dict[str, Any], param: str) -> None:

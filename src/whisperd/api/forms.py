@@ -6,13 +6,15 @@ routes). Each route takes one dependency; the audio itself is :mod:`whisperd.api
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import Depends, Form, Query
+from fastapi import Depends, Form, Query, Request
 from pydantic import Field
+from starlette.datastructures import FormData
 
 from whisperd.api.inputs import Omitted
 from whisperd.settings import ResponseFormat
@@ -136,7 +138,29 @@ subtitles_form = _cue_options(Form)
 subtitles_query = _cue_options(Query)
 
 
-def speakers_form(
+def _nested(form: FormData, name: str) -> str | None:
+    """An object sent as ``name[key]`` fields, the way OpenAI's SDKs send one in a form, as
+    JSON (a number where a value reads as one); None if there are none."""
+    fields = {
+        key[len(name) + 1 : -1]: value
+        for key, value in form.multi_items()
+        if key.startswith(f"{name}[") and key.endswith("]") and isinstance(value, str)
+    }
+    if not fields:
+        return None
+    return json.dumps({key: _scalar(value) for key, value in fields.items()})
+
+
+def _scalar(text: str) -> object:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else text
+
+
+async def speakers_form(
+    request: Request,
     diarize: Annotated[
         bool,
         Form(
@@ -175,10 +199,15 @@ def speakers_form(
     ] = None,
     chunking_strategy: Annotated[
         str | None,
-        Form(description="`auto` or a `server_vad` object; long audio is always cut at pauses."),
+        Form(
+            description="`auto` or a `server_vad` object (as JSON, or as "
+            "`chunking_strategy[type]` and the like); long audio is always cut at pauses."
+        ),
     ] = None,
 ) -> SpeakerFields:
     """Who said what, as the form asks (checked by :meth:`SpeakerFields.checked`)."""
+    if chunking_strategy is None:
+        chunking_strategy = _nested(await request.form(), "chunking_strategy")
     return SpeakerFields(
         diarize,
         multichannel,
