@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import signal
@@ -508,9 +509,22 @@ def test_limits_sessions_idle_and_turn_length(
         )
         async with await _raw(url) as idle:
             assert (await _next(idle))["type"] == "session.created"
-            assert (await _next(idle))["error"]["code"] == "idle_timeout"
+
+            async def refused_events() -> None:  # answered with errors: they are not activity
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    for _ in range(100):
+                        await idle.send("{}")
+                        await asyncio.sleep(0.3)
+
+            sending = asyncio.create_task(refused_events())
+            codes = []
+            while (code := (await _next(idle))["error"]["code"]) != "idle_timeout":
+                codes.append(code)
+            assert set(codes) <= {"invalid_event"}, codes
+            assert not sending.done()  # closed while they were still coming
             with pytest.raises(websockets.ConnectionClosed):
                 await idle.recv()
+            sending.cancel()
 
     app = create_app(settings, engine=engine)
     with running_app(app) as url:

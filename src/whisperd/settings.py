@@ -156,7 +156,8 @@ class Settings(BaseSettings):
     """Live transcription sessions (the /v1/realtime WebSocket) at once; more are refused with
     an error event and close code 1013. 0 turns live transcription off."""
     realtime_idle_timeout: float = Field(60.0, gt=0)
-    """Seconds a live session may send nothing before the server closes it."""
+    """Seconds a live session may send nothing the server takes (an event answered with an
+    error does not count) before the server closes it."""
     realtime_max_turn_seconds: float = Field(30.0, ge=1, le=600)
     """Longest live turn: one that reaches it is committed and transcribed, as if the speaker
     had paused."""

@@ -309,13 +309,15 @@ class LiveSession:
         the server drains; returns the close frame to send. Only the wait for the next event
         is cut short by a drain, never the handling of one."""
         timeout = self.settings.realtime_idle_timeout
+        idle_at = anyio.current_time() + timeout
         while not self._draining.is_set():
             message: Message | None = None
-            with anyio.move_on_after(timeout) as self._waiting:
+            with anyio.move_on_after(idle_at - anyio.current_time()) as self._waiting:
                 message = await self.ws.receive()
             self._waiting = None
             if message is not None:
-                await self._take(message)
+                if await self._take(message):  # an event refused does not keep it open
+                    idle_at = anyio.current_time() + timeout
             elif not self._draining.is_set():
                 await self.send_error(
                     ProtocolError(
@@ -325,7 +327,8 @@ class LiveSession:
                 return 1000, "Idle timeout."
         return GOING_AWAY, "The server is shutting down."
 
-    async def _take(self, message: Message) -> None:
+    async def _take(self, message: Message) -> bool:
+        """Handle one client event; whether it was taken (False: an error event answered it)."""
         if message["type"] == "websocket.disconnect":
             raise ClientGone
         event_id = None
@@ -342,6 +345,9 @@ class LiveSession:
         except Exception:
             logger.exception("Live session %s: an event failed", self.id)
             await self.send_error(WhisperdError("Internal server error; see the server log."))
+        else:
+            return True
+        return False
 
     # --- events -------------------------------------------------------------------------
     async def _handle(self, event: dict[str, Any]) -> None:
