@@ -162,10 +162,13 @@ def test_logprobs_need_the_json_format(client: openai.OpenAI) -> None:
 
 def test_models(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
-    assert {"whisper-1", "tiny.en", "base", "large-v3"} <= set(ids)
-    assert client.models.retrieve("whisper-1").id == "whisper-1"
-    assert client.models.retrieve("gpt-4o-transcribe").id == "whisper-1"
-    assert client.models.retrieve("tiny.en").id == "tiny.en"
+    assert {"whisper-1", "gpt-4o-transcribe", "tiny.en", "base", "large-v3"} <= set(ids)
+    assert ids[0] == "whisper-1"
+    # each by the name asked for, an alias too
+    for name in ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "tiny.en"):
+        assert client.models.retrieve(name).id == name
+    alias = client.models.retrieve("gpt-4o-transcribe").model_extra or {}
+    assert alias["default"] is True and alias["openai_name"] is True
     with pytest.raises(openai.NotFoundError) as info:
         client.models.retrieve("no-such-model")
     assert _error(info.value)["type"] == "not_found_error"

@@ -104,6 +104,11 @@ class ModelObject(BaseModel):
         False, description="Null for a model of the models directory until it is loaded."
     )
     default: bool = False
+    openai_name: bool = Field(
+        False,
+        description="One of OpenAI's names (`whisper-1`, `gpt-4o-transcribe`, ...) for "
+        "the served default.",
+    )
 
 
 class ModelList(BaseModel):

@@ -56,8 +56,10 @@ export function fillLanguages() {
 export async function loadModels() {
   try {
     const { data } = await apiJson("/v1/models");
-    state.models = data.filter((m) => m.available || m.loaded);
-    const real = data.find((m) => m.default && m.id !== "whisper-1");
+    // OpenAI's names for the default are all one model: the menu offers it as whisper-1
+    const offered = (m) => (m.available || m.loaded) && (!m.openai_name || m.id === "whisper-1");
+    state.models = data.filter(offered);
+    const real = data.find((m) => m.default && !m.openai_name);
     const select = $("model");
     select.replaceChildren();
     for (const m of state.models) {

@@ -86,15 +86,17 @@ async def create_translation(
 def _model_objects(engine: Transcriber) -> list[ModelObject]:
     loaded = engine.loaded
     default = engine.default_model
-    objects = [
+    objects = [  # OpenAI's names, each the served default
         ModelObject(
-            id="whisper-1",
+            id=name,
             loaded=True,
             available=True,
             source=default.source,
             multilingual=default.multilingual,
             default=True,
+            openai_name=True,
         )
+        for name in sorted(models.OPENAI_NAMES, key=lambda name: name != "whisper-1")
     ]
     for row in engine.catalog():
         model = loaded.pop(row.name, None)
@@ -126,7 +128,8 @@ def _model_objects(engine: Transcriber) -> list[ModelObject]:
     "/models", summary="List models", response_model=ModelList, responses=error_responses(401)
 )
 async def list_models(engine: EngineDep) -> ModelList:
-    """The served default (`whisper-1`), the loaded models and the catalog with availability."""
+    """The served default (`whisper-1`, and OpenAI's other transcription names), the loaded
+    models and the catalog with availability."""
     return ModelList(data=await anyio.to_thread.run_sync(_model_objects, engine))
 
 
@@ -142,5 +145,5 @@ async def get_model(model_id: str, engine: EngineDep) -> ModelObject:
     wanted = "whisper-1" if models.is_default(model_id) else models.canonical_name(model_id)
     for entry in await anyio.to_thread.run_sync(_model_objects, engine):
         if entry.id == wanted and (entry.available or entry.loaded):
-            return entry
+            return entry.model_copy(update={"id": model_id})  # as asked, an alias too
     raise ModelNotFoundError(f"Model {shown(model_id)} is unknown or not available on this server.")
