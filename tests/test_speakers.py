@@ -159,11 +159,11 @@ def test_a_known_speakers_reference_names_their_voice(
 def test_verbose_json_srt_and_vtt_carry_speakers_when_asked(
     base_url: str, conversation: bytes
 ) -> None:
-    def ask(fmt: str) -> httpx.Response:
+    def ask(fmt: str, **form: str) -> httpx.Response:
         response = httpx.post(
             f"{base_url}/v1/audio/transcriptions",
             files={"file": ("talk.wav", conversation)},
-            data={"response_format": fmt, "diarize": "true", **TWO},
+            data={"response_format": fmt, "diarize": "true", **TWO, **form},
             timeout=120,
         )
         assert response.status_code == 200, response.text
@@ -171,7 +171,12 @@ def test_verbose_json_srt_and_vtt_carry_speakers_when_asked(
 
     verbose = ask("verbose_json").json()
     assert_two_men(verbose["segments"])
-    assert all(s["words"] for s in [verbose])
+    assert verbose["words"]
+    # with the words alone, each word says whose it is
+    words = ask("verbose_json", **{"timestamp_granularities[]": "word"}).json()
+    assert words.get("segments") is None
+    said = {who: " ".join(w["word"] for w in words["words"] if w["speaker"] == who) for who in "AB"}
+    assert "country" in said["A"] and "folder" in said["B"], said
     srt = ask("srt").text
     assert "\nA: " in srt and "\nB: " in srt
     vtt = ask("vtt").text
@@ -217,10 +222,18 @@ def test_a_stereo_call_has_one_speaker_per_channel(
         mono = transcribe(wav(alone))["text"]
         heard = " ".join(s["text"] for s in merged["segments"] if s["channel"] == channel)
         assert normalise(heard) == normalise(mono)
-    named = transcribe(stereo, multichannel="true", **{"known_speaker_names[]": "Agent"})[
-        "segments"
-    ]
-    assert_two_men(named, first="Agent", second="B")
+    named = transcribe(
+        stereo,
+        multichannel="true",
+        **{"known_speaker_names[]": "Agent", "timestamp_granularities[]": "word"},
+    )
+    # the words of both channels, in time order, each with its channel and speaker
+    starts = [w["start"] for w in named["words"]]
+    assert starts == sorted(starts)
+    said = {w["channel"]: w["speaker"] for w in named["words"]}
+    assert said == {0: "Agent", 1: "B"}
+    heard = {c: " ".join(w["word"] for w in named["words"] if w["channel"] == c) for c in (0, 1)}
+    assert "country" in heard[0] and "folder" in heard[1], heard
 
 
 def test_the_function_labels_speakers(base_url: str, call: tuple[bytes, Any, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from whisperd.engine import Segment, Transcription, TranscriptionInfo, Word
+from whisperd.engine import Segment, Transcription, TranscriptionInfo
 from whisperd.subtitles import DEFAULT_CUES, Cue, Cuer, SubtitleOptions, speaker_label
 
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "tsv", "diarized_json")
@@ -151,6 +151,12 @@ class WordModel(BaseModel):
     word: str
     start: float
     end: float
+    speaker: str | SkipJsonSchema[None] = Field(
+        default=None, description="Who said it, with `diarize` or `multichannel` (ours)."
+    )
+    channel: int | SkipJsonSchema[None] = Field(
+        default=None, description="The channel it was heard on, with `multichannel` (ours)."
+    )
 
 
 class Logprob(BaseModel):
@@ -317,11 +323,24 @@ def diarized_segment(segment: Segment) -> DiarizedSegment:
     )
 
 
-def word_bodies(words: Iterable[Word]) -> list[WordModel]:
-    """Words with OpenAI's field names."""
+def word_bodies(segment: Segment) -> list[WordModel]:
+    """A segment's words with OpenAI's field names, and the segment's speaker and channel."""
     return [
-        WordModel(word=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3)) for w in words
+        WordModel(
+            word=w.word.strip(),
+            start=round(w.start, 3),
+            end=round(w.end, 3),
+            speaker=segment.speaker,
+            channel=segment.channel,
+        )
+        for w in segment.words or ()
     ]
+
+
+def _all_words(segments: Iterable[Segment]) -> list[WordModel]:
+    """Every segment's words, in time order (the channels' segments overlap in time)."""
+    words = [w for s in segments for w in word_bodies(s)]
+    return sorted(words, key=lambda w: w.start)
 
 
 def word_logprobs(segments: Iterable[Segment]) -> list[Logprob]:
@@ -372,7 +391,7 @@ def to_verbose_json(
         duration=round(transcription.duration, 3),
         text=transcription.text,
         segments=[segment_body(s) for s in parts] if segments else None,
-        words=[w for s in parts for w in word_bodies(s.words or ())] if words else None,
+        words=_all_words(parts) if words else None,
         usage=usage(transcription.duration),
         timings=timings,
     )
@@ -387,7 +406,7 @@ def delta_event(segment: Segment, *, logprobs: bool = False) -> TranscriptTextDe
         segment_id=_segment_id(segment),
         start=round(segment.start, 3),
         end=round(segment.end, 3),
-        words=None if segment.words is None else word_bodies(segment.words),
+        words=None if segment.words is None else word_bodies(segment),
         logprobs=word_logprobs([segment]) if logprobs else None,
     )
 

@@ -105,7 +105,7 @@ class ModelObject(BaseModel):
     )
     default: bool = False
     openai_name: bool = Field(
-        False,
+        default=False,
         description="One of OpenAI's names (`whisper-1`, `gpt-4o-transcribe`, ...) for "
         "the served default.",
     )
