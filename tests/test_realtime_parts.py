@@ -17,7 +17,7 @@ from whisperd.errors import ServiceUnavailableError
 from whisperd.realtime.agreement import StableText
 from whisperd.realtime.codecs import G711, InputAudio, pcm16
 from whisperd.realtime.protocol import ProtocolError, SessionConfig, check_type, parse
-from whisperd.realtime.session import Budget, Decode
+from whisperd.realtime.session import AHEAD_S, Budget, Decode, Pace
 from whisperd.realtime.turns import CHUNK, SpeechProbabilities, TurnDetector
 from whisperd.scheduler import Task
 from whisperd.server import uvicorn_config
@@ -198,3 +198,20 @@ def test_a_session_that_stops_reading_is_not_closed_for_its_pong() -> None:
     # a ping timeout closed it (1011) with committed turns never completed.
     config = uvicorn_config(FastAPI(), Settings())
     assert config.ws_ping_interval is not None and config.ws_ping_timeout is None
+
+
+def test_audio_sent_faster_than_real_time_loses_the_live_priority() -> None:
+    paced = Pace()
+    for second in range(120):  # real time, 100 ms at a time
+        paced.received(0.1, second / 10)
+        assert paced.live(second / 10)
+    flood = Pace()
+    flood.received(30.0, 0.0)  # 30 s at once
+    assert not flood.live(0.0)
+    assert flood.live(30.0 - AHEAD_S)  # ...until real time has caught up
+    burst = Pace()
+    burst.received(1.0, 0.0)
+    burst.received(AHEAD_S, 600.0)  # a long pause earns no credit for what comes after it
+    assert burst.live(600.0)
+    burst.received(1.0, 600.0)
+    assert not burst.live(600.0)

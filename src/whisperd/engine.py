@@ -345,6 +345,9 @@ SHORT_SECONDS = 30.0
 SHORT_PRIORITY = 1
 # Live turns' decodes go before everything else (their final decodes first of all).
 LIVE_PRIORITY = SHORT_PRIORITY + 1
+# Work that goes after every request, a short one included (audio sent live faster than real
+# time); the batcher's starvation rule still gives it a turn.
+BACKGROUND_PRIORITY = -1
 # GPU memory one 30 s window of a large model needs in a batch (encoder and beam states).
 _GPU_BYTES_PER_WINDOW = 256 << 20
 _GPU_MAX_BATCH = 32
@@ -1069,7 +1072,8 @@ class _Run:
         speech (in seconds of the piece)."""
         index = 0
         for section in self.sections:
-            if index == 0 and section.offset == 0 and section.duration <= SHORT_SECONDS:
+            short = index == 0 and section.offset == 0 and section.duration <= SHORT_SECONDS
+            if short and self.owner.priority != BACKGROUND_PRIORITY:
                 self.owner.priority = max(self.owner.priority, SHORT_PRIORITY)
             self.duration = section.offset + section.duration
             spans = speech_spans(section.samples)

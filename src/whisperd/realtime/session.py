@@ -33,6 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from whisperd.audio import SAMPLE_RATE, Audio
 from whisperd.engine import (
+    BACKGROUND_PRIORITY,
     LIVE_PRIORITY,
     Item,
     TranscribeOptions,
@@ -64,6 +65,9 @@ PARTIAL_PRIORITY = LIVE_PRIORITY
 """Partial decodes go before file requests in every batch..."""
 FINAL_PRIORITY = LIVE_PRIORITY + 1
 """...and final decodes before partial ones."""
+AHEAD_S = 10.0
+"""Audio ahead of real time that a session's decodes keep their priority with: one sending
+faster is transcribed after every request (as work in the background)."""
 MAX_PENDING_TURNS = 2
 """Committed turns waiting for their transcript; past it the session stops reading."""
 TAIL_MS = 200
@@ -108,6 +112,26 @@ class Budget:
             yield
         finally:
             self.holds -= 1
+
+
+class Pace:
+    """How far a session's audio runs ahead of real time: the seconds received beyond the
+    seconds passed, never below 0 (a pause earns no credit for a later burst)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+        self._at: float | None = None
+
+    def received(self, seconds: float, now: float) -> None:
+        if self._at is not None:
+            self.ahead = max(0.0, self.ahead - (now - self._at))
+        self.ahead += seconds
+        self._at = now
+
+    def live(self, now: float) -> bool:
+        """Whether the audio comes at about real time (at most ``AHEAD_S`` ahead)."""
+        passed = 0.0 if self._at is None else now - self._at
+        return self.ahead - passed <= AHEAD_S
 
 
 class ClientGone(Exception):
@@ -263,6 +287,7 @@ class LiveSession:
         """Committed turns still waiting for their transcript."""
         self._observe = observe
         self.buffer = Buffer()
+        self._pace = Pace()
         self._input = InputAudio(self.config.input.format.type)
         self._vad: tuple[SpeechProbabilities, TurnDetector] | None = None
         self.turn: Turn | None = None
@@ -412,6 +437,7 @@ class LiveSession:
     # --- audio and turns ----------------------------------------------------------------
     async def _append(self, samples: Audio) -> None:
         self._observe("audio", samples.size / SAMPLE_RATE)
+        self._pace.received(samples.size / SAMPLE_RATE, time.monotonic())
         # a second at a time, so that a large append finds its turns as a stream of small ones
         for start in range(0, samples.size, SAMPLE_RATE):
             await self._take_audio(samples[start : start + SAMPLE_RATE])
@@ -601,6 +627,8 @@ class LiveSession:
         samples = self.buffer.audio(start, end)
         options = self._final_options(self.config) if final else self._partial_options()
         priority = FINAL_PRIORITY if final else PARTIAL_PRIORITY
+        if not self._pace.live(time.monotonic()):
+            priority = BACKGROUND_PRIORITY
         deadline = time.monotonic() + self.settings.request_timeout
         assert self._group is not None
         submit = functools.partial(
