@@ -262,6 +262,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
         # awaited: a session that stops reading (its client sends faster than it is
         # transcribed) cannot read one, and it ends when its client leaves or idles out.
         "ws_ping_timeout": None,
+        # Live events read off the socket and not yet taken (uvicorn's default is 32 of up to
+        # 16 MiB each, per session): past these two, a fast client waits on TCP instead.
+        "ws_max_queue": 2,
         "ssl_certfile": settings.tls_certfile,
         "ssl_keyfile": settings.tls_keyfile,
         **options,

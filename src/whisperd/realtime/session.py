@@ -296,6 +296,7 @@ class LiveSession:
         self._send_lock = anyio.Lock()
         self._group: TaskGroup | None = None
         self._waiting: anyio.CancelScope | None = None
+        self._held: Message | None = None
         self._commits: MemoryObjectSendStream[Committed]
         self._completions: MemoryObjectReceiveStream[Committed]
         self._commits, self._completions = anyio.create_memory_object_stream[Committed](
@@ -336,10 +337,11 @@ class LiveSession:
         timeout = self.settings.realtime_idle_timeout
         idle_at = anyio.current_time() + timeout
         while not self._draining.is_set():
-            message: Message | None = None
-            with anyio.move_on_after(idle_at - anyio.current_time()) as self._waiting:
-                message = await self.ws.receive()
-            self._waiting = None
+            message, self._held = self._held, None  # one read while a turn waited, first
+            if message is None:
+                with anyio.move_on_after(idle_at - anyio.current_time()) as self._waiting:
+                    message = await self.ws.receive()
+                self._waiting = None
             if message is not None:
                 if await self._take(message):  # an event refused does not keep it open
                     idle_at = anyio.current_time() + timeout
@@ -597,10 +599,34 @@ class LiveSession:
             server_event("conversation.item.done", item=item, previous_item_id=previous)
         )
         self._pending += 1
+        await self._queue(Committed(turn, samples, decode, ended_at))
+
+    async def _queue(self, committed: Committed) -> None:
+        """Put a committed turn in line for its transcript. While MAX_PENDING_TURNS wait, the
+        client's next message is read (and kept for after), so that one who leaves meanwhile
+        ends the session at once, its decodes cancelled."""
+
+        async def watch() -> None:
+            if self._held is None:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    raise ClientGone
+                self._held = message
+
         try:
-            await self._commits.send(Committed(turn, samples, decode, ended_at))
+            try:
+                self._commits.send_nowait(committed)
+            except anyio.WouldBlock:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(watch)
+                    await self._commits.send(committed)
+                    group.cancel_scope.cancel()
         except anyio.BrokenResourceError:  # the transcripts stopped: sending to the client failed
             raise ClientGone from None
+        except ExceptionGroup as errors:
+            if errors.subgroup((ClientGone, anyio.BrokenResourceError)) is not None:
+                raise ClientGone from None
+            raise
 
     def _drop_turn(self) -> None:
         turn, self.turn = self.turn, None
