@@ -656,6 +656,17 @@ def test_options_the_format_cannot_carry_are_a_400(
     assert error_of(response, 400)["param"] == param
 
 
+def test_a_second_recording_in_one_form_is_a_400(client: httpx.Client) -> None:
+    """Rather than one of them transcribed and the other left out unheard."""
+    flac = JFK.read_bytes()
+    two_files = [("file", ("a.flac", flac)), ("file", ("b.flac", flac))]
+    response = client.post("/v1/audio/transcriptions", files=two_files)
+    assert error_of(response, 400)["param"] == "file"
+    two_urls = {"url": ["https://example.com/a.mp3", "https://example.com/b.mp3"]}
+    response = client.post("/v1/audio/translations", data=two_urls, files={"model": (None, "x")})
+    assert error_of(response, 400)["param"] == "url"
+
+
 def test_a_model_is_never_loaded_from_a_path_a_client_sends(
     client: httpx.Client, engine: Transcriber, model_cache: Path
 ) -> None:

@@ -161,8 +161,16 @@ def job_too_large(limit: int, param: str) -> PayloadTooLargeError:
     )
 
 
-def audio_form(file: FileField = None, url: UrlField = None) -> AudioInput:
-    """The form's audio: a ``file`` or a ``url`` (checked when it is opened or stored)."""
+async def audio_form(request: Request, file: FileField = None, url: UrlField = None) -> AudioInput:
+    """The form's audio: a ``file`` or a ``url`` (checked when it is opened or stored), sent
+    once: a second would be left out unheard."""
+    form = await request.form()
+    for name in ("file", "url"):
+        if len(form.getlist(name)) > 1:
+            raise InvalidRequestError(
+                f"The form has more than one {name!r}; send one recording per request.",
+                param=name,
+            )
     return AudioInput(file=file, url=url)
 
 
