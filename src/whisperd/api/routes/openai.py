@@ -96,7 +96,7 @@ def _model_objects(engine: Transcriber) -> list[ModelObject]:
             default=True,
             openai_name=True,
         )
-        for name in sorted(models.OPENAI_NAMES, key=lambda name: name != "whisper-1")
+        for name in sorted(models.OPENAI_NAMES, key=lambda name: (name != "whisper-1", name))
     ]
     for row in engine.catalog():
         model = loaded.pop(row.name, None)
